@@ -1,0 +1,47 @@
+"""The gateway's one error type, and handlers that answer every error in the contract's JSON shape."""
+
+import logging
+
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+# Werkzeug's own refusals, in the contract's codes.
+_HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}
+
+
+class GatewayError(Exception):
+    """A refusal or failure with its HTTP status and a short code; 4xx are final, 5xx transient."""
+
+    def __init__(self, status, code, message):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status, code, message):
+    response = jsonify({"error": {"code": code, "message": " ".join(str(message).split())}})
+    response.status_code = status
+    return response
+
+
+def _gateway_error(exc):
+    return error_response(exc.status, exc.code, exc.message)
+
+
+def _http_error(exc):
+    status = exc.code or 500
+    if status >= 500:
+        return error_response(502, "GATEWAY_ERROR", exc.description)
+    return error_response(status, _HTTP_CODES.get(status, "HTTP_%d" % status), exc.description)
+
+
+def _unexpected(exc):
+    logger.exception("unexpected error while handling a request")
+    return error_response(502, "GATEWAY_ERROR", "the gateway failed on this request; retry later")
+
+
+def init_app(app):
+    app.register_error_handler(GatewayError, _gateway_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
