@@ -7,6 +7,7 @@ single-threaded, so forking from them is safe. The child answers through a pipe 
 """
 
 import ctypes
+import faulthandler
 import os
 import pickle
 import resource
@@ -109,6 +110,7 @@ def _child(write_fd, func, args, limits):
 
 
 def _reset_signals():
+    faulthandler.disable()  # a crash is the parent's to report, as one log line, not a traceback dump
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP,
                 signal.SIGWINCH, signal.SIGABRT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
