@@ -1,0 +1,58 @@
+# pdfqueue: `make run` sets everything up and starts web + worker + gateway; `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+GATEWAY_PORT ?= 8002
+export PORT GATEWAY_PORT
+
+# With GATEWAY_URL set, an external gateway does the work and ours is not started.
+PROCESSES := $(if $(GATEWAY_URL),web worker,web worker gateway)
+
+.PHONY: setup run test web worker gateway bench db assets system-deps clean
+
+setup: $(VENV)/.installed assets db
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Served locally from webapp/static/vendor (built, never committed): no CDN, boxes may be offline.
+assets: node_modules/.installed
+	@mkdir -p webapp/static/vendor
+	@cp node_modules/htmx.org/dist/htmx.min.js node_modules/htmx-ext-sse/dist/sse.js webapp/static/vendor/
+
+db: $(VENV)/.installed
+	$(BIN)/flask --app wsgi db upgrade
+
+run: setup
+	$(BIN)/honcho start -f Procfile -p $(PORT) $(PROCESSES)
+
+web: setup
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+worker: setup
+	$(BIN)/python worker.py
+
+gateway: $(VENV)/.installed
+	$(BIN)/gunicorn -c gateway/gunicorn.conf.py gateway.wsgi:app
+
+# Chromium (browser tests), redis-server and PostgreSQL (scale-out tests): installed when missing.
+system-deps:
+	@scripts/system-deps.sh
+
+test: setup system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	@for bench in bench/bench_*.py; do echo "== $$bench"; $(BIN)/python $$bench || exit 1; done
+
+clean:
+	rm -rf $(VENV) node_modules webapp/static/vendor

@@ -1,0 +1,307 @@
+"""The worker's whole job: take a queued job, send its PDF to the gateway, keep the XML — or say why not.
+
+The jobs table decides and Huey only wakes: a wake-up claims its job with one conditional UPDATE, so a
+duplicate or late wake-up does nothing. A lease, extended while the gateway works, marks a job as being
+processed; the maintenance loop (one leader among worker processes) re-queues jobs whose lease lapsed,
+re-wakes queued jobs whose wake-up was lost, probes the gateway while the breaker is open, and applies
+retention once a day.
+"""
+import logging
+import os
+import random
+import socket
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from xml.etree.ElementTree import ParseError
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+from flask import current_app
+from huey.signals import SIGNAL_INTERRUPTED
+from sqlalchemy import select
+
+from webapp import breaker, gateway_client
+from webapp.db import db
+from webapp.gateway_client import GatewayError
+from webapp.models import ACTIVE, COMPLETE, PROCESSING, QUEUED, Coordination, Job, utcnow
+from webapp.queue import bound_app, huey
+
+logger = logging.getLogger("pdfqueue.worker")
+
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
+HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
+CAPACITY_WAITING = "capacity_waiting"
+_in_flight = {}  # job id -> lease holder, released if the consumer is interrupted
+
+
+@huey.task()
+def process_job(job_id):
+    """Convert one job through the gateway, if it is still queued and due."""
+    with bound_app().app_context():
+        run_job(job_id)
+
+
+def run_job(job_id):
+    """Claim the job, convert it, and record what happened (the body of process_job)."""
+    config = current_app.config
+    if breaker.is_open():
+        Job.hold(job_id, HELD_MESSAGE)
+        return
+    worker = f"{PROCESS_ID}:{threading.get_ident()}"
+    if not Job.claim(job_id, worker, config["LEASE_SECONDS"], config["WORKER_CONCURRENCY"]):
+        _note_capacity_skip(job_id)
+        return
+    job = db.session.get(Job, job_id)
+    db.session.commit()  # end the read; the heartbeat and transitions write from here on
+    _in_flight[job_id] = worker
+    started = time.monotonic()
+    _log(job, QUEUED, PROCESSING)
+    try:
+        with Heartbeat(bound_app(), job_id, worker, config["LEASE_SECONDS"]):
+            result_path = convert(job, worker, started)
+    except GatewayError as error:
+        _after_failure(job, worker, error, started)
+    except OSError as error:
+        _after_failure(job, worker, GatewayError("IO_ERROR", f"storage error: {error.strerror or error}"), started)
+    else:
+        breaker.record_success()
+        if Job.complete(job_id, worker, result_path):
+            _log(job, PROCESSING, COMPLETE, started)
+        else:  # deleted, or the lease was lost and another worker has it: this result is not wanted
+            (Path(config["DATA_DIR"]) / result_path).unlink(missing_ok=True)
+            logger.warning("job %s changed hands while converting; result dropped", job_id, extra=_fields(job))
+    finally:
+        _in_flight.pop(job_id, None)
+    _wake_one_waiting()
+
+
+def convert(job, worker, started):
+    """Send the job's PDF to the gateway and keep its well-formed XML; return the stored path."""
+    config = current_app.config
+    data_dir = Path(config["DATA_DIR"])
+    if not job.upload_path or not (data_dir / job.upload_path).exists():
+        raise GatewayError("IO_ERROR", "the uploaded PDF is gone", final=True)
+    result_dir = Path(config["RESULT_DIR"])
+    with tempfile.NamedTemporaryFile(dir=result_dir, prefix=".incoming-", suffix=".xml", delete=False) as out:
+        partial = Path(out.name)
+    try:
+        Job.heartbeat(job.id, worker, config["LEASE_SECONDS"], progress=30)
+        with partial.open("wb") as out:
+            gateway_client.convert(
+                config["GATEWAY_URL"], data_dir / job.upload_path, job.mapping, job.correlation_id, out,
+                read_timeout=config["GATEWAY_TIMEOUT"], max_bytes=config["MAX_RESULT_MB"] * 1024 * 1024,
+                deadline=started + config["JOB_TIME_LIMIT"], clock=time.monotonic)
+            out.flush()
+            os.fsync(out.fileno())
+        Job.heartbeat(job.id, worker, config["LEASE_SECONDS"], progress=90)
+        try:
+            SafeET.parse(partial)
+        except (ParseError, DefusedXmlException) as exc:
+            raise GatewayError("GW_5XX", f"the gateway's answer is not well-formed XML ({exc})") from exc
+        final = result_dir / f"{job.id}.xml"
+        os.replace(partial, final)
+        return f"results/{job.id}.xml"
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _after_failure(job, worker, error, started):
+    """Decide between failed for good, a retry after back-off, or waiting out an open breaker."""
+    config = current_app.config
+    if error.final:
+        if Job.fail(job.id, worker, error.code, error.message):
+            _log(job, PROCESSING, "failed", started, error.code)
+        return
+    if error.code != "IO_ERROR" and breaker.record_failure():
+        if Job.release(job.id, worker, "CIRCUIT_OPEN", HELD_MESSAGE):
+            _log(job, PROCESSING, QUEUED, started, "CIRCUIT_OPEN")
+        return
+    attempt = job.attempts  # read after the claim, so it counts this attempt
+    if attempt >= config["MAX_ATTEMPTS"]:
+        if Job.fail(job.id, worker, error.code, error.message, dead_letter=True):
+            _log(job, PROCESSING, "failed", started, error.code, dead_letter=True)
+        return
+    delay = config["RETRY_BASE_SECONDS"] * 2 ** (attempt - 1) + random.uniform(0, config["RETRY_JITTER_SECONDS"])
+    if Job.retry_later(job.id, worker, error.code, error.message, delay):
+        _log(job, PROCESSING, QUEUED, started, error.code, retry_in=round(delay, 1))
+        process_job.schedule((job.id,), delay=delay)
+
+
+class Heartbeat:
+    """Extend a job's lease in the background while the gateway works on it."""
+
+    def __init__(self, app, job_id, worker, lease_seconds):
+        self.app, self.job_id, self.worker, self.lease = app, job_id, worker, lease_seconds
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self):
+        with self.app.app_context():
+            while not self.stop.wait(self.lease / 3):
+                if not Job.heartbeat(self.job_id, self.worker, self.lease):
+                    return  # deleted or taken over; the result will be dropped
+                db.session.remove()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def _note_capacity_skip(job_id):
+    """Remember a due job that found every slot taken, so the next finished job wakes one."""
+    job = db.session.get(Job, job_id)
+    if job is not None and job.status == QUEUED and (job.next_attempt_at is None or job.next_attempt_at <= utcnow()):
+        Coordination.bump(CAPACITY_WAITING, 1)
+    db.session.commit()
+
+
+def _wake_one_waiting():
+    """If a job was turned away for capacity, wake the oldest due queued job now that a slot is free."""
+    row = Coordination.get(CAPACITY_WAITING)
+    db.session.commit()
+    if row is None or not row.count or not Coordination.bump(CAPACITY_WAITING, -1):
+        return
+    for job_id in due_queued(limit=1):
+        process_job(job_id)
+
+
+def due_queued(limit, idle_for=None):
+    """Ids of queued jobs that are due, oldest first; with idle_for, only those untouched that long."""
+    now = utcnow()
+    query = select(Job.id).where(Job.status == QUEUED, (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now))
+    if idle_for is not None:
+        query = query.where(Job.updated_at < now - timedelta(seconds=idle_for))
+    ids = db.session.execute(query.order_by(Job.created_at).limit(limit)).scalars().all()
+    db.session.commit()
+    return ids
+
+
+@huey.signal(SIGNAL_INTERRUPTED)
+def _release_interrupted(signal, task, *args, **kwargs):
+    """The consumer is stopping mid-job: put the job back in the queue without spending its attempt."""
+    with bound_app().app_context():
+        for job_id, worker in list(_in_flight.items()):
+            if Job.release(job_id, worker):
+                logger.info("job %s released at shutdown", job_id, extra={"job_id": job_id, "from": PROCESSING, "to": QUEUED})
+
+
+def _fields(job, **extra):
+    return {"job_id": job.id, "correlation_id": job.correlation_id, "mapping": job.mapping, "bytes": job.bytes, **extra}
+
+
+def _log(job, from_status, to_status, started=None, error_code=None, **extra):
+    """One JSON line per transition."""
+    fields = _fields(job, **extra)
+    fields.update({"from": from_status, "to": to_status, "attempt": job.attempts, "error_code": error_code})
+    if started is not None:
+        fields["duration_ms"] = round((time.monotonic() - started) * 1000)
+    logger.info("job %s %s -> %s", job.id, from_status, to_status, extra=fields)
+
+
+# -- maintenance ---------------------------------------------------------------------------------
+
+
+def maintain_once(first=False):
+    """One tick of upkeep; only the process holding the maintenance lease does the shared work."""
+    config = current_app.config
+    interval = config["MAINTENANCE_SECONDS"]
+    Coordination.put(f"worker:{PROCESS_ID}", holder=PROCESS_ID, expires_at=utcnow() + timedelta(seconds=3 * interval))
+    if not Coordination.take_lead("maintenance", PROCESS_ID, max(3 * interval, 15)):
+        return
+    reap_expired_leases()
+    probe_gateway()
+    if not breaker.is_open():
+        # At start, anything queued was left by a stop; later, only jobs idle past the reap period.
+        for job_id in due_queued(limit=1000, idle_for=None if first else config["REAP_SECONDS"]):
+            process_job(job_id)
+    row = Coordination.get("retention")
+    if row is None or row.expires_at is None or row.expires_at <= utcnow():
+        Coordination.put("retention", expires_at=utcnow() + timedelta(days=1))
+        apply_retention()
+
+
+def reap_expired_leases():
+    """Re-queue jobs whose worker stopped extending their lease (killed, or the box lost power)."""
+    expired = db.session.execute(
+        select(Job.id).where(Job.status == PROCESSING, Job.lease_expires_at < utcnow())).scalars().all()
+    db.session.commit()
+    for job_id in expired:
+        if Job.expire_lease(job_id):
+            logger.warning("job %s lease expired; queued again", job_id, extra={"job_id": job_id, "from": PROCESSING, "to": QUEUED})
+            process_job(job_id)
+
+
+def probe_gateway():
+    """Open the breaker if /healthz is down; close it (and drain the queue) once it answers again."""
+    url = current_app.config["GATEWAY_URL"]
+    if breaker.is_open():
+        if breaker.probe_due():
+            if gateway_client.healthy(url):
+                breaker.close()
+                for job_id in due_queued(limit=10000):
+                    process_job(job_id)
+            else:
+                breaker.record_failure()
+    elif not gateway_client.healthy(url):
+        breaker.record_failure()
+
+
+def apply_retention(now=None):
+    """Delete PDFs and XML past their retention (never an active job's), and stray partial files."""
+    config = current_app.config
+    now = now or utcnow()
+    data_dir = Path(config["DATA_DIR"])
+    removed = {"pdf": 0, "xml": 0, "partial": 0}
+    old_pdfs = db.session.execute(select(Job.id, Job.upload_path).where(
+        Job.status.not_in(ACTIVE), Job.upload_path.is_not(None),
+        Job.created_at < now - timedelta(days=config["RETENTION_PDF_DAYS"]))).all()
+    old_results = db.session.execute(select(Job.id, Job.result_path).where(
+        Job.status == COMPLETE, Job.result_path.is_not(None),
+        Job.completed_at < now - timedelta(days=config["RETENTION_XML_DAYS"]))).all()
+    db.session.commit()
+    for job_id, path in old_pdfs:
+        if Job.forget_upload(job_id):  # conditional: skipped if the job became active meanwhile
+            (data_dir / path).unlink(missing_ok=True)
+            removed["pdf"] += 1
+    for job_id, path in old_results:
+        if Job.mark_result_expired(job_id):
+            (data_dir / path).unlink(missing_ok=True)
+            removed["xml"] += 1
+    cutoff = time.time() - 3600
+    for folder in (config["UPLOAD_DIR"], config["RESULT_DIR"]):
+        for partial in Path(folder).glob(".incoming-*"):
+            if partial.stat().st_mtime < cutoff:  # left by a process that died mid-write
+                partial.unlink(missing_ok=True)
+                removed["partial"] += 1
+    logger.info("retention applied", extra={"removed": removed})
+    return removed
+
+
+class Maintenance(threading.Thread):
+    """Run maintain_once every MAINTENANCE_SECONDS until stopped."""
+
+    def __init__(self, app):
+        super().__init__(name="maintenance", daemon=True)
+        self.app = app
+        self.stopped = threading.Event()
+
+    def run(self):
+        first = True
+        while True:
+            with self.app.app_context():
+                try:
+                    maintain_once(first)
+                except Exception:  # upkeep must outlive a bad tick (database restarting, say); next tick retries
+                    logger.exception("maintenance tick failed")
+                finally:
+                    db.session.remove()
+            first = False
+            if self.stopped.wait(self.app.config["MAINTENANCE_SECONDS"]):
+                return

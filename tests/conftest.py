@@ -1,0 +1,97 @@
+"""Shared fixtures: an app on real SQLite files in tmp_path, a CSRF-aware client, a live server, PDFs."""
+import threading
+
+import pytest
+from flask_migrate import upgrade
+from werkzeug.serving import make_server
+
+from webapp import create_app
+from webapp.db import db
+from webapp.limits import limiter
+
+MINIMAL_PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+               b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+
+
+def pdf_bytes(tag="x", size=None):
+    """A small distinct PDF-looking payload (the web app only checks the magic bytes)."""
+    body = MINIMAL_PDF + f"% {tag}\n".encode()
+    if size:
+        body += b"0" * max(0, size - len(body))
+    return body
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build an app on tmp_path with overrides; its database is upgraded by the real migrations."""
+    apps = []
+
+    def build(**overrides):
+        config = {"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret",
+                  "GATEWAY_URL": "http://127.0.0.1:9", "HUEY_MEMORY": True}
+        config.update(overrides)
+        app = create_app(config)
+        with app.app_context():
+            upgrade(directory=app.config["MIGRATIONS_DIR"])
+            limiter.reset()
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+class ApiClient:
+    """The Flask test client with this owner's CSRF token sent on every request."""
+
+    def __init__(self, flask_client):
+        self.raw = flask_client
+        self.token = flask_client.get("/api/session").get_json()["csrf_token"]
+
+    def _headers(self, headers):
+        return {"X-CSRF-Token": self.token, **(headers or {})}
+
+    def get(self, url, **kw):
+        return self.raw.get(url, **kw)
+
+    def post(self, url, headers=None, **kw):
+        return self.raw.post(url, headers=self._headers(headers), **kw)
+
+    def delete(self, url, headers=None, **kw):
+        return self.raw.delete(url, headers=self._headers(headers), **kw)
+
+    def upload(self, *files, mapping=None, headers=None):
+        """POST files given as (bytes, filename) pairs to /api/upload."""
+        import io
+        data = {"file": [(io.BytesIO(content), name) for content, name in files]}
+        if mapping is not None:
+            data["mapping"] = mapping
+        return self.post("/api/upload", data=data, headers=headers, content_type="multipart/form-data")
+
+
+@pytest.fixture
+def client(app):
+    return ApiClient(app.test_client())
+
+
+@pytest.fixture
+def other_client(app):
+    return ApiClient(app.test_client())
+
+
+@pytest.fixture
+def live_server(app):
+    """The app on a real threaded HTTP server on loopback; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()

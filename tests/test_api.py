@@ -1,0 +1,105 @@
+"""Reading and deleting jobs: ordering, filters, pagination, ownership, health."""
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pdf_bytes
+from webapp.models import Job
+
+
+def upload(client, tag):
+    return client.upload((pdf_bytes(tag), f"{tag}.pdf")).get_json()["jobs"][0]
+
+
+def test_jobs_are_listed_newest_first_with_active_count(client):
+    ids = [upload(client, f"j{n}")["id"] for n in range(3)]
+    body = client.get("/api/jobs").get_json()
+    assert [job["id"] for job in body["jobs"]] == ids[::-1]
+    assert body["active_count"] == 3 and body["next_cursor"] is None and body["server_time"].endswith("Z")
+
+
+def test_pagination_with_cursor_walks_every_job_once(client):
+    ids = [upload(client, f"p{n}")["id"] for n in range(7)]
+    seen, cursor = [], None
+    while True:
+        url = "/api/jobs?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        body = client.get(url).get_json()
+        seen += [job["id"] for job in body["jobs"]]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert seen == ids[::-1]
+
+
+def test_since_returns_only_jobs_changed_later(app, client):
+    first = upload(client, "s1")
+    time.sleep(0.01)
+    second = upload(client, "s2")
+    body = client.get(f"/api/jobs?since={first['updated_at']}").get_json()
+    assert [job["id"] for job in body["jobs"]] == [second["id"]]
+    with app.app_context():
+        assert Job.claim(first["id"], "w1", 30, capacity=4)
+    body = client.get(f"/api/jobs?since={second['updated_at']}").get_json()
+    assert [(job["id"], job["status"]) for job in body["jobs"]] == [(first["id"], "processing")]
+
+
+def test_status_filter(app, client):
+    a, b = upload(client, "f1"), upload(client, "f2")
+    with app.app_context():
+        assert Job.claim(a["id"], "w1", 30, capacity=4)
+    assert [j["id"] for j in client.get("/api/jobs?status=processing").get_json()["jobs"]] == [a["id"]]
+    assert [j["id"] for j in client.get("/api/jobs?status=queued").get_json()["jobs"]] == [b["id"]]
+
+
+@pytest.mark.parametrize("query", ["since=yesterday", "status=done", "limit=many", "cursor=bm90LWEtY3Vyc29y"])
+def test_malformed_queries_are_400(client, query):
+    response = client.get(f"/api/jobs?{query}")
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "BAD_REQUEST"
+
+
+def test_another_owners_job_is_404_everywhere(app, client, other_client):
+    job = upload(client, "mine")
+    for response in (other_client.get(f"/api/jobs/{job['id']}"), other_client.delete(f"/api/jobs/{job['id']}")):
+        assert response.status_code == 404 and response.get_json()["error"]["code"] == "NOT_FOUND"
+    assert other_client.get("/api/jobs").get_json()["jobs"] == []
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 200
+    assert len(list(Path(app.config["UPLOAD_DIR"]).iterdir())) == 1
+
+
+def test_delete_removes_the_job_and_its_files(app, client):
+    job = upload(client, "gone")
+    result = Path(app.config["RESULT_DIR"]) / f"{job['id']}.xml"
+    with app.app_context():
+        assert Job.claim(job["id"], "w1", 30, capacity=4)
+        result.write_text("<x/>")
+        assert Job.complete(job["id"], "w1", f"results/{job['id']}.xml")
+    assert client.delete(f"/api/jobs/{job['id']}").status_code == 204
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 404
+    assert list(Path(app.config["UPLOAD_DIR"]).iterdir()) == [] and not result.exists()
+
+
+def test_unknown_api_path_is_a_json_404(client):
+    response = client.get("/api/nope")
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "NOT_FOUND"
+
+
+def test_session_hands_out_owner_and_token(client):
+    body = client.get("/api/session").get_json()
+    assert body["owner"] and body["csrf_token"]
+
+
+def test_healthz_reports_each_dependency(client):
+    body = client.get("/api/healthz").get_json()
+    assert body == {"status": "ok", "db": "ok", "queue": "ok", "gateway": "ok"}
+
+
+def test_healthz_says_degraded_when_the_database_is_gone(app, client):
+    path = Path(app.config["INSTANCE_DIR"], "pdfqueue.db")
+    path.unlink()
+    path.mkdir()
+    from webapp.db import db
+    with app.app_context():
+        db.engine.dispose()
+    response = client.get("/api/healthz")
+    assert response.status_code == 503 and response.get_json()["db"] == "down"

@@ -1,0 +1,206 @@
+"""POST /api/upload: every error code, nothing half-kept, dedupe under races, hostile names, limits."""
+import errno
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import pdf_bytes
+from webapp import uploads
+
+
+def stored_files(app):
+    return sorted(os.listdir(app.config["UPLOAD_DIR"]))
+
+
+def test_accepts_a_pdf_as_a_queued_job_stored_under_its_id(app, client):
+    content = pdf_bytes("one")
+    response = client.upload((content, "fatura.pdf"))
+    assert response.status_code == 202
+    (job,) = response.get_json()["jobs"]
+    assert job["status"] == "queued" and job["filename"] == "fatura.pdf" and job["bytes"] == len(content)
+    assert job["mapping"] == "pt_simon_invoice_v1" and not job["duplicate"]
+    assert stored_files(app) == [f"{job['id']}.pdf"]
+    assert (Path(app.config["UPLOAD_DIR"]) / f"{job['id']}.pdf").read_bytes() == content
+
+
+def test_several_files_in_one_request_each_become_a_job(app, client):
+    response = client.upload((pdf_bytes("a"), "a.pdf"), (pdf_bytes("b"), "b.pdf"), (b"GIF89a", "c.pdf"))
+    body = response.get_json()
+    assert response.status_code == 202
+    assert [job["filename"] for job in body["jobs"]] == ["a.pdf", "b.pdf"]
+    assert body["rejected"] == [{"filename": "c.pdf", "error": {"code": "NOT_PDF", "message": body["rejected"][0]["error"]["message"]}}]
+    assert len(stored_files(app)) == 2
+
+
+@pytest.mark.parametrize("files, mapping, status, code", [
+    ([], None, 400, "NO_FILE"),
+    ([(b"", "empty.pdf")], None, 400, "EMPTY"),
+    ([(pdf_bytes(), "a.pdf")], "no_such_mapping", 400, "UNKNOWN_MAPPING"),
+    ([(b"\x89PNG\r\n\x1a\n" + b"0" * 100, "image.pdf")], None, 415, "NOT_PDF"),
+    ([(b"%PDF", "short.pdf")], None, 415, "NOT_PDF"),
+])
+def test_refused_files_get_their_code_and_leave_nothing(app, client, files, mapping, status, code):
+    response = client.upload(*files, mapping=mapping)
+    assert response.status_code == status
+    assert response.get_json() == {"error": {"code": code, "message": response.get_json()["error"]["message"]}}
+    assert response.get_json()["error"]["message"]
+    assert stored_files(app) == []
+
+
+def test_mapping_may_be_named_with_its_json_suffix(client):
+    response = client.upload((pdf_bytes(), "a.pdf"), mapping="generic_v1.json")
+    assert response.status_code == 202 and response.get_json()["jobs"][0]["mapping"] == "generic_v1"
+
+
+def test_missing_or_wrong_csrf_token_is_refused(app, client):
+    import io
+    for headers in ({}, {"X-CSRF-Token": "forged"}):
+        response = client.raw.post("/api/upload", data={"file": (io.BytesIO(pdf_bytes()), "a.pdf")}, headers=headers)
+        assert response.status_code == 400 and response.get_json()["error"]["code"] == "CSRF"
+    assert stored_files(app) == []
+
+
+def test_over_the_size_limit_is_413_and_nothing_is_kept(make_app):
+    app = make_app(MAX_UPLOAD_MB=1)
+    from tests.conftest import ApiClient
+    client = ApiClient(app.test_client())
+    response = client.upload((pdf_bytes(size=1024 * 1024 + 1), "big.pdf"))
+    assert response.status_code == 413 and response.get_json()["error"]["code"] == "TOO_LARGE"
+    assert stored_files(app) == []
+    assert client.upload((pdf_bytes(size=1024 * 1024), "limit.pdf")).status_code == 202
+
+
+def test_an_oversized_request_is_cut_off_before_its_body_is_read(app, live_server):
+    session = requests.Session()
+    token = session.get(f"{live_server}/api/session").json()["csrf_token"]
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    host, port = live_server.removeprefix("http://").split(":")
+    declared = app.config["MAX_CONTENT_LENGTH"] + 1
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall((f"POST /api/upload HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nX-CSRF-Token: {token}\r\n"
+                      f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {declared}\r\n\r\n").encode())
+        sock.sendall(b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pdf\"\r\n\r\n%PDF-")
+        answer = b""
+        while chunk := sock.recv(4096):  # answered, and closed, while almost all of the body is unsent
+            answer += chunk
+        answer = answer.decode()
+    assert answer.startswith("HTTP/1.1 413")
+    assert "TOO_LARGE" in answer
+    assert stored_files(app) == []
+
+
+def test_disk_full_answers_507_and_keeps_nothing(app, client, monkeypatch):
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(uploads.IncomingFile, "write", full)
+    response = client.upload((pdf_bytes(), "a.pdf"))
+    assert response.status_code == 507 and response.get_json()["error"]["code"] == "INSUFFICIENT_STORAGE"
+    assert stored_files(app) == []
+
+
+def test_database_down_answers_503_with_retry_after(app, client):
+    Path(app.config["INSTANCE_DIR"], "pdfqueue.db").unlink()
+    Path(app.config["INSTANCE_DIR"], "pdfqueue.db").mkdir()  # cannot be opened as a database any more
+    from webapp.db import db
+    with app.app_context():
+        db.engine.dispose()
+    response = client.upload((pdf_bytes(), "a.pdf"))
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "UNAVAILABLE"
+    assert response.headers["Retry-After"]
+    assert stored_files(app) == []
+
+
+def test_same_file_same_mapping_returns_the_existing_job(client):
+    first = client.upload((pdf_bytes("dup"), "a.pdf")).get_json()["jobs"][0]
+    again = client.upload((pdf_bytes("dup"), "renamed.pdf")).get_json()["jobs"][0]
+    assert again["id"] == first["id"] and again["duplicate"]
+    other_mapping = client.upload((pdf_bytes("dup"), "a.pdf"), mapping="generic_v1").get_json()["jobs"][0]
+    assert other_mapping["id"] != first["id"]
+
+
+def test_concurrent_identical_uploads_make_one_job(app, live_server):
+    session = requests.Session()
+    token = session.get(f"{live_server}/api/session").json()["csrf_token"]
+    content = pdf_bytes("race", size=200_000)
+    ids, errors = [], []
+
+    def send():
+        try:
+            response = requests.post(f"{live_server}/api/upload", files={"file": ("r.pdf", content, "application/pdf")},
+                                     headers={"X-CSRF-Token": token}, cookies=session.cookies, timeout=30)
+            ids.append((response.status_code, response.json()["jobs"][0]["id"]))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert {status for status, _ in ids} == {202} and len({job_id for _, job_id in ids}) == 1
+    assert len(stored_files(app)) == 1
+
+
+def test_the_eleventh_file_in_a_minute_is_refused_with_retry_after(app, client):
+    for n in range(10):
+        assert client.upload((pdf_bytes(f"n{n}"), f"{n}.pdf")).status_code == 202
+    response = client.upload((pdf_bytes("eleven"), "11.pdf"))
+    assert response.status_code == 429 and response.get_json()["error"]["code"] == "RATE_LIMITED"
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.headers["X-RateLimit-Limit"] == "10"
+    assert len(stored_files(app)) == 10
+
+
+def test_the_limit_counts_files_not_requests(client):
+    assert client.upload(*[(pdf_bytes(f"m{n}"), f"{n}.pdf") for n in range(8)]).status_code == 202
+    response = client.upload((pdf_bytes("x1"), "x1.pdf"), (pdf_bytes("x2"), "x2.pdf"), (pdf_bytes("x3"), "x3.pdf"))
+    assert response.status_code == 429
+
+
+def test_dropping_the_cookie_does_not_escape_the_address_limit(make_app):
+    app = make_app(UPLOADS_PER_MINUTE=2)
+    from tests.conftest import ApiClient
+    statuses = []
+    for n in range(14):  # a fresh owner each time; the per-address limit is 6 × 2 = 12 files a minute
+        statuses.append(ApiClient(app.test_client()).upload((pdf_bytes(f"c{n}"), "a.pdf")).status_code)
+    assert statuses[:12] == [202] * 12 and statuses[12:] == [429, 429]
+
+
+@pytest.mark.parametrize("given, shown", [
+    ("../../etc/passwd.pdf", "../../etc/passwd.pdf"),
+    ("<script>alert(1)</script>.pdf", "<script>alert(1)</script>.pdf"),
+    ("tab\there\x07bell\x1b[31m.pdf", "tabherebell[31m.pdf"),
+    ("a" * 300 + ".pdf", "a" * 255),
+])
+def test_hostile_file_names_are_display_text_only(app, client, given, shown):
+    response = client.upload((pdf_bytes(given), given))
+    job = response.get_json()["jobs"][0]
+    assert job["filename"] == shown
+    assert stored_files(app) == [f"{job['id']}.pdf"]
+    assert not any(Path(app.config["DATA_DIR"]).glob("etc*"))
+
+
+def test_a_raw_cr_lf_in_a_file_name_breaks_no_header_and_keeps_nothing(app, client):
+    body = (b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"evil\r\nSet-Cookie: x=1.pdf\"\r\n"
+            b"Content-Type: application/pdf\r\n\r\n" + pdf_bytes("crlf") + b"\r\n--B--\r\n")
+    response = client.post("/api/upload", data=body, content_type="multipart/form-data; boundary=B")
+    assert "Set-Cookie: x" not in str(response.headers)
+    if response.status_code == 202:
+        assert "\r" not in response.get_json()["jobs"][0]["filename"]
+    else:
+        assert response.status_code == 400 and stored_files(app) == []
+
+
+def test_a_non_utf8_file_name_is_kept_as_readable_text(app, client):
+    body = (b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"fatura\xff\xfe.pdf\"\r\n"
+            b"Content-Type: application/pdf\r\n\r\n" + pdf_bytes("nonutf8") + b"\r\n--B--\r\n")
+    response = client.post("/api/upload", data=body, content_type="multipart/form-data; boundary=B")
+    job = response.get_json()["jobs"][0]
+    assert response.status_code == 202 and job["filename"].startswith("fatura") and job["filename"].endswith(".pdf")
+    job["filename"].encode("utf-8")
+    assert stored_files(app) == [f"{job['id']}.pdf"]

@@ -1,0 +1,151 @@
+"""The public JSON API under /api: uploads, jobs, downloads, retries, health."""
+import base64
+import binascii
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Blueprint, current_app, jsonify, request
+from flask_wtf.csrf import generate_csrf
+from sqlalchemy import select, text, tuple_
+
+from . import queue, uploads
+from .db import db
+from .errors import ApiError, not_found
+from .identity import current_owner
+from .limits import upload_limits
+from .models import ACTIVE, STATUSES, Job, isoformat, parse_iso, utcnow
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+DEFAULT_PAGE, MAX_PAGE = 50, 200
+# Lag server_time behind now, so a change committed while we read is not skipped by the next ?since=.
+SINCE_SAFETY = timedelta(seconds=2)
+
+
+def owned_or_404(job_id):
+    job = Job.owned(current_owner(), job_id)
+    if job is None:
+        raise not_found()
+    return job
+
+
+@bp.get("/session")
+def session_info():
+    """Hand scripts their owner id and CSRF token."""
+    return jsonify(owner=current_owner(), csrf_token=generate_csrf())
+
+
+@bp.post("/upload")
+@upload_limits
+def upload():
+    """Accept one or more PDFs, each becoming a queued job (or the existing one, for a repeat)."""
+    files = request.files.getlist("file")
+    if not files:
+        raise ApiError("NO_FILE", 400, "Send at least one PDF in a multipart part named 'file'.")
+    mapping = uploads.normalize_mapping(request.form.get("mapping") or current_app.config["DEFAULT_MAPPING"],
+                                        current_app.config["MAPPINGS"])
+    owner = current_owner()
+    accepted, rejected = [], []
+    for storage in files:
+        try:
+            job, created = uploads.accept(storage, owner, mapping)
+        except ApiError as error:
+            rejected.append({"filename": uploads.display_name(storage.filename), **error.to_dict()})
+            last_error = error
+            continue
+        if created:
+            queue.wake(job.id)
+        accepted.append({**job.to_dict(), "duplicate": not created})
+    if not accepted:
+        if len(rejected) == 1:
+            raise last_error
+        return jsonify(jobs=[], rejected=rejected), last_error.status
+    return jsonify(jobs=accepted, rejected=rejected), 202
+
+
+def _decode_cursor(raw):
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(raw.encode()))
+        return parse_iso(created), job_id
+    except (ValueError, TypeError, binascii.Error):
+        raise ApiError("BAD_REQUEST", 400, "The cursor is not one this server gave out.")
+
+
+def _encode_cursor(job):
+    return base64.urlsafe_b64encode(json.dumps([isoformat(job.created_at), job.id]).encode()).decode()
+
+
+def list_jobs(owner, args):
+    """The owner's jobs, newest first, filtered and paginated as the query asks; also used by pages."""
+    query = select(Job).where(Job.owner == owner)
+    if args.get("since"):
+        try:
+            query = query.where(Job.updated_at > parse_iso(args["since"]))
+        except ValueError:
+            raise ApiError("BAD_REQUEST", 400, "'since' must be an ISO-8601 timestamp.")
+    status = args.get("status")
+    if status:
+        wanted = status.split(",")
+        if not set(wanted) <= set(STATUSES):
+            raise ApiError("BAD_REQUEST", 400, f"'status' must be among: {', '.join(STATUSES)}.")
+        query = query.where(Job.status.in_(wanted))
+    try:
+        limit = min(max(int(args.get("limit", DEFAULT_PAGE)), 1), MAX_PAGE)
+    except ValueError:
+        raise ApiError("BAD_REQUEST", 400, "'limit' must be a whole number.")
+    if args.get("cursor"):
+        created, job_id = _decode_cursor(args["cursor"])
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
+    server_time = utcnow() - SINCE_SAFETY
+    jobs = db.session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).scalars().all()
+    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor, server_time
+
+
+@bp.get("/jobs")
+def jobs_index():
+    """List my jobs, newest first."""
+    owner = current_owner()
+    jobs, next_cursor, server_time = list_jobs(owner, request.args)
+    return jsonify(jobs=[job.to_dict() for job in jobs], active_count=Job.active_count(owner),
+                   server_time=isoformat(server_time), next_cursor=next_cursor)
+
+
+@bp.get("/jobs/<job_id>")
+def job_show(job_id):
+    """Show one of my jobs."""
+    return jsonify(owned_or_404(job_id).to_dict())
+
+
+@bp.delete("/jobs/<job_id>")
+def job_delete(job_id):
+    """Delete one of my jobs and its files."""
+    job = owned_or_404(job_id)
+    data_dir = Path(current_app.config["DATA_DIR"])
+    paths = [data_dir / p for p in (job.upload_path, job.result_path) if p]
+    db.session.delete(job)
+    db.session.commit()
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return "", 204
+
+
+@bp.get("/healthz")
+def healthz():
+    """Report liveness and the state of the database, the queue and the gateway."""
+    report = {"status": "ok", "db": "ok", "queue": "ok", "gateway": "unknown"}
+    try:
+        db.session.execute(text("SELECT 1"))
+        report["gateway"] = queue.gateway_state()  # the breaker's state lives in the database
+        db.session.rollback()
+    except Exception:  # any failure here means "down"; the details go to the log
+        db.session.rollback()
+        current_app.logger.exception("healthz: database check failed")
+        report["db"] = "down"
+    if not queue.reachable():
+        report["queue"] = "down"
+    healthy = report["db"] == "ok" and report["queue"] == "ok"
+    if not healthy:
+        report["status"] = "degraded"
+    return jsonify(report), 200 if healthy else 503

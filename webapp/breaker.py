@@ -1,0 +1,69 @@
+"""The gateway circuit breaker, shared by every worker thread and process through the database.
+
+While it is open, jobs wait in `queued` (hold-queue mode) and no /process call is made; a probe of the
+gateway's /healthz, backing off, decides when to close it.
+"""
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select
+
+from .db import write_transaction
+from .models import Coordination, utcnow
+
+NAME = "breaker"
+CLOSED, OPEN = "closed", "open"
+FIRST_PROBE_SECONDS, MAX_PROBE_SECONDS = 5, 60
+
+
+def state():
+    """'open' or 'closed'."""
+    row = Coordination.get(NAME)
+    return row.state if row is not None and row.state == OPEN else CLOSED
+
+
+def is_open():
+    return state() == OPEN
+
+
+def _probe_delay(failures, threshold):
+    return min(MAX_PROBE_SECONDS, FIRST_PROBE_SECONDS * 2 ** max(0, failures - threshold))
+
+
+def record_failure():
+    """Count one more consecutive gateway failure; open the breaker at the threshold. True if open."""
+    threshold = current_app.config["BREAKER_THRESHOLD"]
+    Coordination.ensure(NAME, state=CLOSED, count=0)
+    with write_transaction() as session:
+        row = session.execute(select(Coordination).where(Coordination.name == NAME).with_for_update()).scalar_one()
+        row.count = (row.count or 0) + 1
+        now = utcnow()
+        if row.count >= threshold:
+            if row.state != OPEN:
+                current_app.logger.warning("gateway breaker opens after %d failures", row.count)
+            row.state = OPEN
+            row.expires_at = now + timedelta(seconds=_probe_delay(row.count, threshold))
+        row.updated_at = now
+        return row.state == OPEN
+
+
+def record_success():
+    """A converted file: the gateway works, so forget past failures and close."""
+    row = Coordination.get(NAME)
+    if row is not None and (row.count or row.state == OPEN):
+        Coordination.put(NAME, state=CLOSED, count=0, expires_at=None)
+
+
+def probe_due():
+    row = Coordination.get(NAME)
+    return row is not None and row.state == OPEN and (row.expires_at is None or row.expires_at <= utcnow())
+
+
+def close():
+    current_app.logger.warning("gateway breaker closes: the gateway answers again")
+    Coordination.put(NAME, state=CLOSED, count=0, expires_at=None)
+
+
+def reset():
+    """Close the breaker by hand (admin)."""
+    Coordination.put(NAME, state=CLOSED, count=0, expires_at=None)

@@ -1,0 +1,64 @@
+"""Configuration from the environment, with the defaults a fresh box needs, in one place."""
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name, default):
+    return int(os.environ.get(name, default))
+
+
+def _list(name, default):
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def from_env():
+    """Read every setting pdfqueue knows from the environment."""
+    data_dir = Path(os.environ.get("DATA_DIR") or REPO_ROOT).resolve()
+    gateway_port = _int("GATEWAY_PORT", 8002)
+    mappings = _list("MAPPINGS", "pt_simon_invoice_v1,generic_v1")
+    return {
+        "PORT": _int("PORT", 8000),
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": os.environ.get("DATABASE_URL") or "",
+        "REDIS_URL": os.environ.get("REDIS_URL") or "",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or "",
+        "GATEWAY_URL": (os.environ.get("GATEWAY_URL") or f"http://127.0.0.1:{gateway_port}").rstrip("/"),
+        "GATEWAY_PORT": gateway_port,
+        "GATEWAY_TIMEOUT": float(os.environ.get("GATEWAY_TIMEOUT", 180)),
+        "MAPPINGS": mappings,
+        "DEFAULT_MAPPING": os.environ.get("DEFAULT_MAPPING") or mappings[0],
+        "MAX_UPLOAD_MB": _int("MAX_UPLOAD_MB", 50),
+        "UPLOADS_PER_MINUTE": _int("UPLOADS_PER_MINUTE", 10),
+        "WORKER_CONCURRENCY": _int("WORKER_CONCURRENCY", 4),
+        "RETENTION_PDF_DAYS": _int("RETENTION_PDF_DAYS", 7),
+        "RETENTION_XML_DAYS": _int("RETENTION_XML_DAYS", 30),
+        "LEASE_SECONDS": _int("LEASE_SECONDS", 45),
+        "MAX_ATTEMPTS": _int("MAX_ATTEMPTS", 3),
+        "RETRY_BASE_SECONDS": float(os.environ.get("RETRY_BASE_SECONDS", 5)),
+        "RETRY_JITTER_SECONDS": float(os.environ.get("RETRY_JITTER_SECONDS", 5)),
+        "BREAKER_THRESHOLD": _int("BREAKER_THRESHOLD", 5),
+        "MAINTENANCE_SECONDS": float(os.environ.get("MAINTENANCE_SECONDS", 5)),
+        "REAP_SECONDS": float(os.environ.get("REAP_SECONDS", 30)),
+        "WORKER_POLL_SECONDS": float(os.environ.get("WORKER_POLL_SECONDS", 0.05)),
+        "WORKER_SHUTDOWN_SECONDS": float(os.environ.get("WORKER_SHUTDOWN_SECONDS", 30)),
+        "MAX_RESULT_MB": _int("MAX_RESULT_MB", 64),
+        "BEHIND_PROXY": os.environ.get("BEHIND_PROXY", "") not in ("", "0", "false"),
+    }
+
+
+def derive(config):
+    """Fill in the settings that follow from others (paths under DATA_DIR, the database URL)."""
+    data_dir = Path(config["DATA_DIR"])
+    config.setdefault("INSTANCE_DIR", str(data_dir / "instance"))
+    config.setdefault("UPLOAD_DIR", str(data_dir / "uploads"))
+    config.setdefault("RESULT_DIR", str(data_dir / "results"))
+    if not config.get("DATABASE_URL"):
+        config["DATABASE_URL"] = f"sqlite:///{Path(config['INSTANCE_DIR']) / 'pdfqueue.db'}"
+    # A job may take the gateway's whole read timeout, plus time to send and store.
+    config.setdefault("JOB_TIME_LIMIT", config["GATEWAY_TIMEOUT"] + 60)
+    config["SQLALCHEMY_DATABASE_URI"] = config["DATABASE_URL"]
+    # A request may carry a minute's worth of files; each file is held to MAX_UPLOAD_MB as it streams.
+    config["MAX_CONTENT_LENGTH"] = (config["MAX_UPLOAD_MB"] * config["UPLOADS_PER_MINUTE"] + 1) * 1024 * 1024
+    return config

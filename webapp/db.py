@@ -1,0 +1,57 @@
+"""The database handle: SQLite tuned for several processes, and the write-transaction helper."""
+from contextlib import contextmanager
+
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+db = SQLAlchemy()
+migrate = Migrate()
+
+SQLITE_BUSY_TIMEOUT_MS = 15000
+_IMMEDIATE = "pdfqueue_immediate"
+
+
+def init_app(app):
+    """Bind SQLAlchemy and Alembic to the app."""
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.config["MIGRATIONS_DIR"]))
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_on_connect(dbapi_connection, _record):
+    if type(dbapi_connection).__module__ != "sqlite3":
+        return
+    # Let SQLAlchemy's "begin" event emit BEGIN itself, so writes can ask for IMMEDIATE.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@event.listens_for(Engine, "begin")
+def _sqlite_on_begin(conn):
+    if conn.dialect.name != "sqlite":
+        return
+    # A write that starts as a reader can fail with "database is locked" without waiting on the
+    # busy timeout when it upgrades; taking the write lock at BEGIN makes it wait its turn instead.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN")
+
+
+@contextmanager
+def write_transaction():
+    """Run the block as one write transaction that holds the write lock from its first statement."""
+    session = db.session()
+    if session.in_transaction():
+        session.commit()
+    session.connection(execution_options={_IMMEDIATE: True})
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise

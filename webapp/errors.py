@@ -1,0 +1,115 @@
+"""One place that turns every failure into the right answer: JSON under /api, a page elsewhere."""
+import errno
+import logging
+
+from flask import jsonify, render_template, request
+from flask_limiter.errors import RateLimitExceeded
+from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .db import db
+
+logger = logging.getLogger(__name__)
+
+_CODES_BY_STATUS = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "CONFLICT",
+                    410: "EXPIRED", 413: "TOO_LARGE", 415: "NOT_PDF", 429: "RATE_LIMITED", 503: "UNAVAILABLE"}
+
+
+class ApiError(Exception):
+    """A failure with a stable code, an HTTP status and one line a person can read."""
+
+    def __init__(self, code, status, message, headers=None):
+        super().__init__(message)
+        self.code, self.status, self.message, self.headers = code, status, message, headers or {}
+
+    def to_dict(self):
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def not_found():
+    return ApiError("NOT_FOUND", 404, "No such job.")
+
+
+def unavailable(message="Storage or database is unavailable; try again shortly."):
+    return ApiError("UNAVAILABLE", 503, message, {"Retry-After": "5"})
+
+
+def insufficient_storage():
+    return ApiError("INSUFFICIENT_STORAGE", 507, "The server's disk is full; nothing of the upload was kept.")
+
+
+def from_os_error(exc):
+    """Map a storage failure to the answer the API promises."""
+    return insufficient_storage() if exc.errno in (errno.ENOSPC, errno.EDQUOT) else unavailable()
+
+
+def render(error):
+    """Answer with error: JSON for /api (and scripts), an HTML page for browsers elsewhere."""
+    wants_json = request.path.startswith("/api/") or request.path.startswith("/d/") or not request.accept_mimetypes.accept_html
+    if wants_json:
+        response = jsonify(error.to_dict())
+    else:
+        template = "partials/_error.html" if request.headers.get("HX-Request") else "error.html"
+        response = render_template(template, error=error), error.status
+        response = _as_response(response)
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def _as_response(value):
+    from flask import make_response
+    return make_response(value)
+
+
+def init_app(app):
+    """Register the error handlers."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc):
+        return render(exc)
+
+    @app.errorhandler(CSRFError)
+    def _csrf(exc):
+        return render(ApiError("CSRF", 400, "The CSRF token is missing or wrong; reload the page and try again."))
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc):
+        retry_after = None
+        limit = getattr(exc, "limit", None)
+        if limit is not None:
+            retry_after = str(int(limit.limit.get_expiry()))
+        error = ApiError("RATE_LIMITED", 429, f"Too many uploads ({exc.description}); wait and try again.",
+                         {"Retry-After": retry_after} if retry_after else {})
+        return render(error)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc):
+        limit = app.config["MAX_UPLOAD_MB"]
+        response = render(ApiError("TOO_LARGE", 413, f"The upload is over the {limit} MB limit."))
+        response.headers["Connection"] = "close"  # we stopped reading; the rest of the body is not wanted
+        return response
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc):
+        db.session.rollback()
+        logger.exception("database unavailable")
+        return render(unavailable())
+
+    @app.errorhandler(OSError)
+    def _storage(exc):
+        logger.exception("storage failure")
+        return render(from_os_error(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http(exc):
+        code = _CODES_BY_STATUS.get(exc.code, "HTTP_%d" % exc.code)
+        message = "Not found." if exc.code == 404 else exc.description
+        return render(ApiError(code, exc.code, message))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc):
+        db.session.rollback()
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return render(ApiError("INTERNAL", 500, "Something went wrong on our side; it has been logged."))

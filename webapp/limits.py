@@ -1,0 +1,37 @@
+"""Upload rate limits: per owner, counted per file, and a looser one per client address."""
+from flask import current_app, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from .identity import current_owner
+
+
+limiter = Limiter(key_func=current_owner, headers_enabled=True, strategy="moving-window")
+
+
+def files_in_request():
+    """Each uploaded file costs one; a request with none still costs one."""
+    return max(1, len(request.files.getlist("file")))
+
+
+def owner_limit():
+    return f"{current_app.config['UPLOADS_PER_MINUTE']}/minute"
+
+
+def address_limit():
+    # Several people may share one address (an office NAT), so this only stops cookie-dropping floods.
+    return f"{current_app.config['UPLOADS_PER_MINUTE'] * 6}/minute"
+
+
+def upload_limits(view):
+    """Decorate the upload view with both limits."""
+    view = limiter.limit(owner_limit, key_func=current_owner, cost=files_in_request, scope="upload-owner")(view)
+    view = limiter.limit(address_limit, key_func=get_remote_address, cost=files_in_request, scope="upload-ip")(view)
+    return view
+
+
+def init_app(app):
+    """Bind the limiter to memory (one web process) or Redis (several)."""
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    limiter.init_app(app)

@@ -1,0 +1,151 @@
+"""Incoming files: streamed to disk while hashed, checked, then kept under a name we choose."""
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+
+from flask import Request, current_app, g
+from werkzeug import formparser
+from werkzeug.sansio.multipart import MultipartDecoder
+from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .errors import ApiError, from_os_error
+from .models import Job, new_id
+
+PDF_MAGIC = b"%PDF-"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_FILENAME = 255
+
+
+class IncomingFile:
+    """A file part as it arrives: written to a temp file in uploads/, hashed, and held to the size limit."""
+
+    def __init__(self, directory, limit):
+        self._file = tempfile.NamedTemporaryFile(dir=directory, prefix=".incoming-", suffix=".part", delete=False)
+        self.path = Path(self._file.name)
+        self.limit = limit
+        self.size = 0
+        self.head = b""
+        self.sha256 = hashlib.sha256()
+        self.kept = False
+
+    def write(self, data):
+        self.size += len(data)
+        if self.size > self.limit:
+            raise RequestEntityTooLarge()
+        if len(self.head) < len(PDF_MAGIC):
+            self.head += data[: len(PDF_MAGIC) - len(self.head)]
+        self.sha256.update(data)
+        return self._file.write(data)
+
+    def seek(self, *args):
+        return self._file.seek(*args)
+
+    def tell(self):
+        return self._file.tell()
+
+    def read(self, *args):
+        return self._file.read(*args)
+
+    def flush(self):
+        return self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+class UploadRequest(Request):
+    """A request whose file parts stream into uploads/ instead of memory or /tmp."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        config = current_app.config
+        directory = Path(config["UPLOAD_DIR"])
+        try:
+            incoming = IncomingFile(directory, config["MAX_UPLOAD_MB"] * 1024 * 1024)
+        except OSError as exc:
+            raise from_os_error(exc) from exc
+        g.setdefault("incoming_files", []).append(incoming)
+        return incoming
+
+
+class TolerantMultipartDecoder(MultipartDecoder):
+    """Werkzeug's decoder, but a part header that is not UTF-8 is read as Latin-1 instead of dropping the
+    whole form: old clients send file names in their local code page, and the name is display text only."""
+
+    def _parse_headers(self, data):
+        try:
+            return super()._parse_headers(data)
+        except UnicodeDecodeError:
+            return super()._parse_headers(bytes(data).decode("latin-1").encode("utf-8"))
+
+
+def discard_incoming(_exc=None):
+    """Delete every temp file of this request that was not kept (teardown)."""
+    for incoming in g.pop("incoming_files", []):
+        incoming.close()
+        if not incoming.kept:
+            incoming.path.unlink(missing_ok=True)
+
+
+def display_name(raw):
+    """The file name as given, made safe to show: no control characters, not absurdly long."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = _CONTROL.sub("", name.encode("utf-8", "replace").decode("utf-8", "replace")).strip()
+    return name[:MAX_FILENAME] or "upload.pdf"
+
+
+def normalize_mapping(name, allowed):
+    """The mapping name in canonical form, or an UNKNOWN_MAPPING error."""
+    canonical = name[:-5] if name.endswith(".json") else name
+    if canonical not in allowed:
+        raise ApiError("UNKNOWN_MAPPING", 400, f"Unknown mapping {name[:80]!r}; choose one of: {', '.join(allowed)}.")
+    return canonical
+
+
+def _incoming_of(storage):
+    incoming = storage.stream
+    return incoming if isinstance(incoming, IncomingFile) else None
+
+
+def accept(storage, owner, mapping):
+    """Keep one uploaded file as a queued job; return (job, created). Raise ApiError if it is refused."""
+    incoming = _incoming_of(storage)
+    if incoming is None:  # a form field called "file" without a file name is not a file
+        raise ApiError("NO_FILE", 400, "The 'file' part carries no file.")
+    name = display_name(storage.filename)
+    if incoming.size == 0:
+        raise ApiError("EMPTY", 400, f"{name} is empty.")
+    if incoming.head != PDF_MAGIC:
+        raise ApiError("NOT_PDF", 415, f"{name} is not a PDF (it does not start with %PDF-).")
+    incoming.close()
+    job_id = new_id()
+    upload_dir = Path(current_app.config["UPLOAD_DIR"])
+    final = upload_dir / f"{job_id}.pdf"
+    try:
+        os.replace(incoming.path, final)
+        incoming.kept = True
+    except OSError as exc:
+        raise from_os_error(exc) from exc
+    try:
+        job = Job.create(id=job_id, owner=owner, filename=name, mapping=mapping, bytes=incoming.size,
+                         sha256=incoming.sha256.hexdigest(), upload_path=f"uploads/{job_id}.pdf")
+    except IntegrityError:
+        final.unlink(missing_ok=True)
+        existing = Job.query.filter_by(owner=owner, sha256=incoming.sha256.hexdigest(), mapping=mapping,
+                                       bytes=incoming.size).one()
+        return existing, False
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+    return job, True
+
+
+def init_app(app):
+    """Use the streaming request class and clean up what a request did not keep."""
+    app.request_class = UploadRequest
+    # MultiPartParser builds its decoder from this module-level name and offers no hook to pass one.
+    formparser.MultipartDecoder = TolerantMultipartDecoder
+    app.teardown_request(discard_incoming)
