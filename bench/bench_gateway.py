@@ -1,0 +1,136 @@
+"""Benchmark the embedded gateway: start it under gunicorn on a free loopback port, time conversions, stop it.
+
+    .venv/bin/python bench/bench_gateway.py [--runs 9] [--requests 40]
+
+Prints one table: the round trip for a 510-line invoice (target <= 0.5 s) and a 1-page one, the in-process
+stages of the 510-line parse, and requests per second with 4 concurrent clients.
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from invoicegen import make_invoice  # noqa: E402
+
+from gateway import engine, mappings, render  # noqa: E402
+from gateway.pdftext import read_pdf  # noqa: E402
+
+TARGET_S = 0.5
+CLIENTS = 4
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_gateway(port, log):
+    env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
+        cwd=ROOT, env=env, stdout=log, stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"gateway exited with {process.returncode}; see {log.name}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).ok:
+                return process, url
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("gateway did not start in 30 s")
+
+
+def post(session, url, pdf, mapping="pt_simon_invoice_v1"):
+    response = session.post(f"{url}/process", files={"file": ("bench.pdf", pdf, "application/pdf")},
+                            data={"mapping": mapping}, timeout=60)
+    response.raise_for_status()
+    return response
+
+
+def timed(func, runs):
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def row(label, times, target=None):
+    median = statistics.median(times)
+    verdict = "" if target is None else ("ok" if median <= target else "OVER TARGET")
+    target_text = "" if target is None else f"<= {target:g} s"
+    return f"{label:<44} {median:>9.3f} s   {min(times):.3f}–{max(times):.3f} s   {target_text:<9} {verdict}"
+
+
+def throughput(url, pdf, total):
+    def one(_):
+        with requests.Session() as session:
+            post(session, url, pdf)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+        list(pool.map(one, range(total)))
+    return total / (time.perf_counter() - started)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=9, help="timed runs per row (median reported)")
+    parser.add_argument("--requests", type=int, default=40, help="requests per throughput row")
+    args = parser.parse_args()
+
+    big, big_truth = make_invoice(n_lines=510, seed=510)
+    small, small_truth = make_invoice(n_lines=12, seed=1)
+    mapping = mappings.load_all()["pt_simon_invoice_v1"]
+
+    rows = []
+    document = read_pdf(big)
+    rows.append(row("in-process: pdfium read, 510 lines", timed(lambda: read_pdf(big), args.runs)))
+    rows.append(row("in-process: mapping, 510 lines", timed(lambda: engine.convert(mapping, document), args.runs)))
+    tree = engine.convert(mapping, document)
+    rows.append(row("in-process: XML, 510 lines", timed(lambda: render.to_xml(tree), args.runs)))
+
+    with tempfile.NamedTemporaryFile("w", prefix="bench-gateway-", suffix=".log", delete=False) as log:
+        process, url = start_gateway(free_port(), log)
+        try:
+            with requests.Session() as session:
+                for _ in range(3):  # warm every worker
+                    post(session, url, small)
+                rows.append(row(f"HTTP: 510-line invoice ({big_truth['pages']} pages, {len(big) // 1024} KiB)",
+                                timed(lambda: post(session, url, big), args.runs), TARGET_S))
+                rows.append(row(f"HTTP: 1-page invoice ({small_truth['pages']} page, 12 lines)",
+                                timed(lambda: post(session, url, small), args.runs)))
+                rows.append(row("HTTP: 510-line invoice as generic_v1",
+                                timed(lambda: post(session, url, big, "generic_v1"), args.runs)))
+            small_rps = throughput(url, small, args.requests)
+            big_rps = throughput(url, big, max(8, args.requests // 4))
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+
+    print(f"gateway benchmark — {os.cpu_count()} cores, gunicorn on loopback, median of {args.runs} runs")
+    print(f"{'what':<44} {'median':>11}   {'min–max':<15} {'target':<9} verdict")
+    print("\n".join(rows))
+    print(f"{f'{CLIENTS} concurrent clients, 1-page invoice':<44} {small_rps:>7.1f} req/s")
+    print(f"{f'{CLIENTS} concurrent clients, 510-line invoice':<44} {big_rps:>7.1f} req/s")
+
+
+if __name__ == "__main__":
+    main()
