@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import jsonify
+from flask import current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ def _gateway_error(exc):
 
 def _http_error(exc):
     status = exc.code or 500
+    if status == 413:  # werkzeug's own cap, hit while streaming a body that had no Content-Length
+        return error_response(413, "TOO_LARGE", f"the upload is over the {current_app.config['MAX_MB']} MiB limit")
     if status >= 500:
         return error_response(502, "GATEWAY_ERROR", exc.description)
     return error_response(status, _HTTP_CODES.get(status, "HTTP_%d" % status), exc.description)

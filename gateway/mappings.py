@@ -149,6 +149,7 @@ def parse(name, spec):
     _known_keys(spec, {"description", "fields", "tables", "checks", "require_any", "output", "reading"}, name)
     if not isinstance(spec.get("output"), dict) or "tag" not in spec["output"]:
         raise MappingError("output must be an element with a tag")
+    _known_keys(spec.get("reading", {}), {"word_gap", "cell_gap"}, "reading")
     for check, rule in spec.get("checks", {}).items():
         _known_keys(rule, {"sum", "equals"}, f"checks.{check}")
         if "sum" not in rule or "equals" not in rule:
@@ -161,5 +162,5 @@ def parse(name, spec):
         checks=spec.get("checks", {}),
         require_any=list(spec.get("require_any", [])),
         output=spec["output"],
-        reading=spec.get("reading", {}),
+        reading={key: float(value) for key, value in spec.get("reading", {}).items()},
     )

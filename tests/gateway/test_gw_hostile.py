@@ -86,6 +86,20 @@ def test_oversized_upload_is_refused_before_the_body_is_read(live_gateway):
     assert_healthy(live_gateway.url)
 
 
+def test_chunked_upload_over_the_limit_is_cut_off(live_gateway):
+    """Without a Content-Length the body is read only up to the limit, then refused."""
+    def body():
+        yield (b'--b\r\nContent-Disposition: form-data; name="mapping"\r\n\r\ngeneric_v1\r\n--b\r\n'
+               b'Content-Disposition: form-data; name="file"; filename="big.pdf"\r\n\r\n%PDF-1.7\n')
+        for _ in range(51):
+            yield bytes(1 << 20)
+        yield b"\r\n--b--\r\n"
+    response = requests.post(f"{live_gateway.url}/process", data=body(), timeout=60,
+                             headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "TOO_LARGE"
+    assert_healthy(live_gateway.url)
+
+
 def test_four_concurrent_clients(live_gateway):
     invoices = [make_invoice(n_lines=80, seed=seed) for seed in range(8)]
     with ThreadPoolExecutor(max_workers=4) as pool:
