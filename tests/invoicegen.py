@@ -87,8 +87,7 @@ def pt_amount(value):
 
 def plain(value):
     """A quantity or percent as the XML shows it: 12, 2.5, 5."""
-    text = f"{Decimal(value).normalize():f}"
-    return text
+    return f"{Decimal(value).normalize():f}"
 
 
 def _random_line(rnd):
@@ -99,8 +98,8 @@ def _random_line(rnd):
     elif rnd.random() < 0.1:
         quantity = Decimal(rnd.randint(1000, 20000))
     else:
-        quantity = (Decimal(rnd.randint(1, 5000)) / Decimal(rnd.choice([10, 100, 1000]))).normalize()
-    price = Decimal(rnd.randint(5, 250000)) / 100
+        quantity = (Decimal(rnd.randint(1, 50000)) / Decimal(rnd.choice([10, 100, 1000]))).normalize()
+    price = Decimal(rnd.randint(5, 25000 if rnd.random() < 0.95 else 500000)) / 100
     discount = rnd.choice([Decimal(0), Decimal(0), Decimal(5), Decimal("12.5"), Decimal("2.25"), Decimal(30)])
     total = (quantity * price * (1 - discount / 100)).quantize(CENT, ROUND_HALF_UP)
     return {
