@@ -8,9 +8,7 @@ stages of the 510-line parse, and requests per second with 4 concurrent clients.
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,35 +24,10 @@ from invoicegen import make_invoice  # noqa: E402
 
 from gateway import engine, mappings, render  # noqa: E402
 from gateway.pdftext import read_pdf  # noqa: E402
+from gateway.testing import running_gateway  # noqa: E402
 
 TARGET_S = 0.5
 CLIENTS = 4
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_gateway(port, log):
-    env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"gateway exited with {process.returncode}; see {log.name}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).ok:
-                return process, url
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("gateway did not start in 30 s")
 
 
 def post(session, url, pdf, mapping="pt_simon_invoice_v1"):
@@ -107,23 +80,18 @@ def main():
     tree = engine.convert(mapping, document)
     rows.append(row("in-process: XML, 510 lines", timed(lambda: render.to_xml(tree), args.runs)))
 
-    with tempfile.NamedTemporaryFile("w", prefix="bench-gateway-", suffix=".log", delete=False) as log:
-        process, url = start_gateway(free_port(), log)
-        try:
-            with requests.Session() as session:
-                for _ in range(3):  # warm every worker
-                    post(session, url, small)
-                rows.append(row(f"HTTP: 510-line invoice ({big_truth['pages']} pages, {len(big) // 1024} KiB)",
-                                timed(lambda: post(session, url, big), args.runs), TARGET_S))
-                rows.append(row(f"HTTP: 1-page invoice ({small_truth['pages']} page, 12 lines)",
-                                timed(lambda: post(session, url, small), args.runs)))
-                rows.append(row("HTTP: 510-line invoice as generic_v1",
-                                timed(lambda: post(session, url, big, "generic_v1"), args.runs)))
-            small_rps = throughput(url, small, args.requests)
-            big_rps = throughput(url, big, max(8, args.requests // 4))
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
+    with tempfile.NamedTemporaryFile("w", prefix="bench-gateway-", suffix=".log", delete=False) as log, \
+            running_gateway(log=log) as url, requests.Session() as session:
+        for _ in range(3):  # warm every worker
+            post(session, url, small)
+        rows.append(row(f"HTTP: 510-line invoice ({big_truth['pages']} pages, {len(big) // 1024} KiB)",
+                        timed(lambda: post(session, url, big), args.runs), TARGET_S))
+        rows.append(row(f"HTTP: 1-page invoice ({small_truth['pages']} page, 12 lines)",
+                        timed(lambda: post(session, url, small), args.runs)))
+        rows.append(row("HTTP: 510-line invoice as generic_v1",
+                        timed(lambda: post(session, url, big, "generic_v1"), args.runs)))
+        small_rps = throughput(url, small, args.requests)
+        big_rps = throughput(url, big, max(8, args.requests // 4))
 
     print(f"gateway benchmark — {os.cpu_count()} cores, gunicorn on loopback, median of {args.runs} runs")
     print(f"{'what':<44} {'median':>11}   {'min–max':<15} {'target':<9} verdict")

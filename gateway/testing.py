@@ -1,0 +1,55 @@
+"""Run the real gateway under gunicorn on a free loopback port, for tests and benchmarks elsewhere."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_gateway(env=None, log=subprocess.DEVNULL, start_timeout=30):
+    """Start `gunicorn -c gateway/gunicorn.conf.py gateway.wsgi:app` with env added; yield its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
+        cwd=ROOT, env={**os.environ, **(env or {}), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)},
+        stdout=log, stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(process, url, time.monotonic() + start_timeout)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy(process, url, deadline):
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with status {process.returncode} while starting")
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not answer /healthz in time")
+        time.sleep(0.1)
