@@ -80,7 +80,12 @@ def read_pdf(data, *, max_pages=None, word_gap=WORD_GAP, cell_gap=CELL_GAP):
             raise TooManyPages(f"the PDF has {count} pages, more than the limit of {max_pages}")
         meta = {key: value for raw, key in META_KEYS.items() if (value := pdf.get_metadata_value(raw))}
         meta["pages"] = count
-        pages = [_read_page(pdf, index, word_gap, cell_gap) for index in range(count)]
+        pages = []
+        for index in range(count):
+            try:
+                pages.append(_read_page(pdf, index, word_gap, cell_gap))
+            except pdfium.PdfiumError as exc:
+                raise PdfUnreadable(f"page {index + 1} cannot be read ({exc})") from None
     finally:
         pdf.close()
     return Document(meta=meta, pages=pages)

@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import random
+import re
 import struct
 import zlib
 from decimal import ROUND_HALF_UP, Decimal
@@ -28,6 +29,8 @@ __all__ = [
     "make_encrypted_pdf",
     "make_zero_page_pdf",
     "make_truncated_pdf",
+    "make_broken_xref_pdf",
+    "make_page_tree_loop_pdf",
     "make_flate_bomb_pdf",
     "make_png_bytes",
     "pt_amount",
@@ -324,6 +327,18 @@ def make_truncated_pdf(seed=0):
     """Return the first third of an invoice PDF: header and some objects, no xref, no trailer, no page tree."""
     pdf, _ = make_invoice(n_lines=3, seed=seed)
     return pdf[: len(pdf) // 3]
+
+
+def make_broken_xref_pdf(n_lines=8, seed=0):
+    """Return (pdf_bytes, truth) of an invoice whose xref offsets all point nowhere (readers must rebuild it)."""
+    pdf, truth = make_invoice(n_lines=n_lines, seed=seed)
+    xref = pdf.rindex(b"\nxref\n")
+    return pdf[:xref] + re.sub(rb"\d{10} \d{5} n", b"9999999999 00000 n", pdf[xref:]), truth
+
+
+def make_page_tree_loop_pdf():
+    """Return a PDF whose page tree lists itself as its only kid."""
+    return _raw_pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [2 0 R] /Count 1 >>"])
 
 
 def _zeros_zlib(n_mib):

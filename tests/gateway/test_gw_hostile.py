@@ -9,14 +9,15 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from gwhelpers import expected, invoice_from_xml
-from invoicegen import (make_encrypted_pdf, make_flate_bomb_pdf, make_invoice, make_png_bytes,
-                        make_truncated_pdf, make_zero_page_pdf)
+from invoicegen import (make_broken_xref_pdf, make_encrypted_pdf, make_flate_bomb_pdf, make_invoice,
+                        make_page_tree_loop_pdf, make_png_bytes, make_truncated_pdf, make_zero_page_pdf)
 
 FIFTY_MIB = 50 << 20
 
 HOSTILE = {
     "flate bomb": (lambda: make_flate_bomb_pdf(gib=4), 503, "OVER_LIMITS"),
     "truncated": (make_truncated_pdf, 422, "UNREADABLE"),
+    "page tree loop": (make_page_tree_loop_pdf, 422, "UNREADABLE"),
     "password": (make_encrypted_pdf, 422, "ENCRYPTED"),
     "zero pages": (make_zero_page_pdf, 422, "UNREADABLE"),
     "png named .pdf": (make_png_bytes, 415, "NOT_PDF"),
@@ -47,6 +48,13 @@ def test_hostile_file_gets_its_code_and_gateway_survives(live_gateway, name, map
     assert response.json()["error"]["code"] == code
     assert response.headers["X-Correlation-ID"] == f"hostile-{name}"
     assert_healthy(live_gateway.url)
+
+
+def test_malformed_xref_is_rebuilt_and_converts(live_gateway):
+    pdf, truth = make_broken_xref_pdf(n_lines=30, seed=12)
+    response = post(live_gateway.url, pdf)
+    assert response.status_code == 200
+    assert invoice_from_xml(response.content) == expected(truth)
 
 
 def test_oversized_file_is_one_byte_over():

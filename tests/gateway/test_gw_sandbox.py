@@ -1,5 +1,6 @@
 """The parse sandbox on its own: limits turn into 503s, failures into the right GatewayError, results come back."""
 
+import errno
 import os
 import signal
 import time
@@ -68,6 +69,15 @@ def test_unexpected_exception_is_a_502():
     with pytest.raises(GatewayError) as caught:
         run(int, ("not a number",), LIMITS)
     assert (caught.value.status, caught.value.code) == (502, "GATEWAY_ERROR")
+
+
+def test_no_room_for_a_child_is_503_overloaded(monkeypatch):
+    def no_fork():
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", no_fork)
+    with pytest.raises(GatewayError) as caught:
+        run(divmod, (1, 1), LIMITS)
+    assert (caught.value.status, caught.value.code) == (503, "OVERLOADED")
 
 
 def test_crashing_child_costs_only_the_child():
