@@ -129,11 +129,12 @@ def _read_table(table, pages, claimed):
             cells = _cells(table, anchors, line)
             if all(cells.get(name) for name in table.row_starts_with):
                 rows.append(cells)
-            elif rows and last_line is not None and _continues(table, cells, last_line, line):
+            elif rows and _continues(table, cells, last_line, line):
+                # a wrapped cell; right under a header it continues the row the last page broke off
                 for name, text in cells.items():
                     rows[-1][name] = f"{rows[-1].get(name, '')} {text}".strip()
             else:
-                continue
+                continue  # not part of the table: left for the fields
             last_line = line
             claimed.add((page.number, index))
     return [_typed_row(table, row) for row in rows]
