@@ -34,6 +34,7 @@ logger = logging.getLogger("pdfqueue.worker")
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
 CAPACITY_WAITING = "capacity_waiting"
+MAINTENANCE = "maintenance"
 _in_flight = {}  # job id -> lease holder, released if the consumer is interrupted
 
 
@@ -209,12 +210,14 @@ def _log(job, from_status, to_status, started=None, error_code=None, **extra):
 
 
 def maintain_once(first=False):
-    """One tick of upkeep; only the process holding the maintenance lease does the shared work."""
+    """One tick of upkeep; only the process holding the maintenance lease does the shared work.
+
+    Returns True if this process led the tick."""
     config = current_app.config
     interval = config["MAINTENANCE_SECONDS"]
     Coordination.put(f"worker:{PROCESS_ID}", holder=PROCESS_ID, expires_at=utcnow() + timedelta(seconds=3 * interval))
-    if not Coordination.take_lead("maintenance", PROCESS_ID, max(3 * interval, 15)):
-        return
+    if not Coordination.take_lead(MAINTENANCE, PROCESS_ID, 3 * interval):
+        return False
     reap_expired_leases()
     probe_gateway()
     if not breaker.is_open():
@@ -225,6 +228,7 @@ def maintain_once(first=False):
     if row is None or row.expires_at is None or row.expires_at <= utcnow():
         Coordination.put("retention", expires_at=utcnow() + timedelta(days=1))
         apply_retention()
+    return True
 
 
 def reap_expired_leases():
@@ -293,15 +297,17 @@ class Maintenance(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self):
-        first = True
+        led = False
         while True:
             with self.app.app_context():
                 try:
-                    maintain_once(first)
+                    led = maintain_once(first=not led) or led
                 except Exception:  # upkeep must outlive a bad tick (database restarting, say); next tick retries
                     logger.exception("maintenance tick failed")
                 finally:
                     db.session.remove()
-            first = False
             if self.stopped.wait(self.app.config["MAINTENANCE_SECONDS"]):
+                with self.app.app_context():
+                    Coordination.give_up(MAINTENANCE, PROCESS_ID)  # let another worker lead at once
+                    db.session.remove()
                 return

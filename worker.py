@@ -30,6 +30,7 @@ def main():
         consumer.run()
     finally:
         maintenance.stopped.set()
+        maintenance.join(timeout=5)
 
 
 if __name__ == "__main__":

@@ -27,4 +27,5 @@ def create_app(test_config=None):
     errors.init_app(app)
     queue.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(api.shared)
     return app

@@ -5,8 +5,9 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request, send_file
 from flask_wtf.csrf import generate_csrf
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import select, text, tuple_
 
 from . import queue, uploads
@@ -14,7 +15,7 @@ from .db import db
 from .errors import ApiError, not_found
 from .identity import current_owner
 from .limits import upload_limits
-from .models import ACTIVE, STATUSES, Job, isoformat, parse_iso, utcnow
+from .models import COMPLETE, FAILED, STATUSES, Job, isoformat, parse_iso, utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -124,11 +125,76 @@ def job_delete(job_id):
     job = owned_or_404(job_id)
     data_dir = Path(current_app.config["DATA_DIR"])
     paths = [data_dir / p for p in (job.upload_path, job.result_path) if p]
-    db.session.delete(job)
-    db.session.commit()
+    Job.remove(job.id)
     for path in paths:
         path.unlink(missing_ok=True)
     return "", 204
+
+
+@bp.post("/jobs/<job_id>/retry")
+def job_retry(job_id):
+    """Queue a failed job again from its kept PDF."""
+    job = owned_or_404(job_id)
+    kept = job.upload_path and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
+    if job.status != FAILED or not kept or not Job.requeue(job.id):
+        why = "its PDF is gone" if job.status == FAILED else f"it is {job.status}, not failed"
+        raise ApiError("NOT_RETRYABLE", 409, f"This job cannot be retried: {why}.")
+    queue.wake(job.id)
+    db.session.refresh(job)
+    return jsonify(job.to_dict()), 202
+
+
+def download_response(job):
+    """Stream a job's XML as an attachment, or say why it cannot be had."""
+    if job.status != COMPLETE:
+        raise ApiError("NOT_READY", 409, f"The result is not ready: the job is {job.status}.")
+    path = Path(current_app.config["DATA_DIR"]) / job.result_path if job.result_path else None
+    if job.result_expired or path is None or not path.exists():
+        raise ApiError("EXPIRED", 410, "The result was removed by retention; upload the PDF again.")
+    name = (job.filename.rsplit(".", 1)[0] if "." in job.filename else job.filename) + ".xml"
+    # send_file writes Content-Disposition with an ASCII fallback and the RFC 5987 filename*.
+    return send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
+                     conditional=False, etag=False, max_age=0)
+
+
+@bp.get("/jobs/<job_id>/download")
+def job_download(job_id):
+    """Download my job's XML result."""
+    return download_response(owned_or_404(job_id))
+
+
+def share_serializer():
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="pdfqueue.share")
+
+
+@bp.post("/jobs/<job_id>/share")
+def job_share(job_id):
+    """Make a short-lived signed link to my job's result that needs no session."""
+    job = owned_or_404(job_id)
+    if job.status != COMPLETE:
+        raise ApiError("NOT_READY", 409, f"Only a complete job can be shared: it is {job.status}.")
+    ttl = current_app.config["SHARE_TTL_SECONDS"]
+    token = share_serializer().dumps({"job": job.id, "owner": job.owner})
+    expires = utcnow() + timedelta(seconds=ttl)
+    return jsonify(url=f"/d/{token}", expires_at=isoformat(expires)), 201
+
+
+shared = Blueprint("shared", __name__)
+
+
+@shared.get("/d/<token>")
+def shared_download(token):
+    """Download a result through a signed link."""
+    try:
+        claims = share_serializer().loads(token, max_age=current_app.config["SHARE_TTL_SECONDS"])
+    except SignatureExpired:
+        raise ApiError("EXPIRED", 410, "This share link has expired; ask for a new one.")
+    except BadSignature:
+        raise not_found()
+    job = Job.owned(claims["owner"], claims["job"])
+    if job is None:
+        raise not_found()
+    return download_response(job)
 
 
 @bp.get("/healthz")

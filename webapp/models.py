@@ -288,6 +288,13 @@ class Coordination(db.Model):
             return session.execute(stmt).rowcount == 1
 
     @classmethod
+    def give_up(cls, name, holder):
+        """Release the named lease if we hold it."""
+        with write_transaction() as session:
+            session.execute(update(cls).where(cls.name == name, cls.holder == holder)
+                            .values(holder=None, expires_at=None, updated_at=utcnow()))
+
+    @classmethod
     def bump(cls, name, delta):
         """Add delta to the named counter unless that takes it below zero; True if it changed."""
         cls.ensure(name, count=0)

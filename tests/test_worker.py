@@ -1,0 +1,346 @@
+"""The worker against a fake gateway on loopback: happy path, failures, retries, breaker, leases, signals."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import tasks
+from tests.conftest import ApiClient, pdf_bytes
+from tests.fakegateway import FakeGateway
+from webapp import breaker
+from webapp.db import db
+from webapp.models import Coordination, Job, utcnow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake():
+    gateway = FakeGateway().start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def worker_app(make_app, fake):
+    return make_app(GATEWAY_URL=fake.url, RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0, BREAKER_THRESHOLD=100,
+                    GATEWAY_TIMEOUT=2, UPLOADS_PER_MINUTE=100)
+
+
+@pytest.fixture
+def api(worker_app):
+    return ApiClient(worker_app.test_client())
+
+
+def upload(api, tag="x"):
+    response = api.upload((pdf_bytes(tag), f"{tag}.pdf"))
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["jobs"][0]
+
+
+def run(app, job_id):
+    with app.app_context():
+        tasks.run_job(job_id)
+        db.session.remove()
+
+
+def load(app, job_id):
+    with app.app_context():
+        job = db.session.get(Job, job_id)
+        db.session.expunge_all()
+        return job
+
+
+def test_happy_path_stores_well_formed_xml_and_completes(worker_app, api, fake):
+    job = upload(api, "happy")
+    run(worker_app, job["id"])
+    done = api.get(f"/api/jobs/{job['id']}").get_json()
+    assert (done["status"], done["progress"], done["attempts"], done["error_code"]) == ("complete", 100, 1, None)
+    assert done["completed_at"] and done["download_url"] == f"/api/jobs/{job['id']}/download"
+    assert fake.calls[job["correlation_id"]] == 1
+    response = api.get(done["download_url"])
+    assert response.status_code == 200 and response.mimetype == "application/xml"
+    assert f"FT {job['correlation_id']}" in response.get_data(as_text=True)
+    assert 'attachment; filename=happy.xml' in response.headers["Content-Disposition"]
+    assert not list(Path(worker_app.config["RESULT_DIR"]).glob(".incoming-*"))
+
+
+def test_gateway_4xx_is_final_with_the_gateways_own_message(worker_app, api, fake):
+    fake.status = 422
+    job = upload(api)
+    run(worker_app, job["id"])
+    failed = api.get(f"/api/jobs/{job['id']}").get_json()
+    assert (failed["status"], failed["error_code"], failed["error"]) == ("failed", "GW_4XX", "fake gateway says 422")
+    assert fake.total_calls() == 1 and not failed["dead_letter"]
+    assert api.get(f"/api/jobs/{job['id']}/download").get_json()["error"]["code"] == "NOT_READY"
+
+
+def test_5xx_is_retried_with_backoff_then_dead_lettered(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, RETRY_BASE_SECONDS=5, RETRY_JITTER_SECONDS=5, BREAKER_THRESHOLD=100)
+    api = ApiClient(app.test_client())
+    fake.status = 500
+    job = upload(api)
+    delays = []
+    for attempt in (1, 2):
+        before = utcnow()
+        run(app, job["id"])
+        queued = load(app, job["id"])
+        assert (queued.status, queued.attempts, queued.error_code) == ("queued", attempt, "GW_5XX")
+        delays.append((queued.next_attempt_at - before).total_seconds())
+        run(app, job["id"])  # an early wake-up does nothing: the retry is not due yet
+        assert fake.total_calls() == attempt
+        with app.app_context():  # let the back-off pass
+            Job.query.filter_by(id=job["id"]).update({"next_attempt_at": utcnow()})
+            db.session.commit()
+    assert 5 <= delays[0] <= 10.5 and 10 <= delays[1] <= 15.5
+    run(app, job["id"])
+    dead = load(app, job["id"])
+    assert (dead.status, dead.attempts, dead.dead_letter, dead.error_code) == ("failed", 3, True, "GW_5XX")
+    assert fake.total_calls() == 3
+
+
+def test_a_hung_gateway_times_out(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, GATEWAY_TIMEOUT=0.5, RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0,
+                   BREAKER_THRESHOLD=100, MAX_ATTEMPTS=1)
+    fake.hang = True
+    job = upload(ApiClient(app.test_client()))
+    started = time.monotonic()
+    run(app, job["id"])
+    assert time.monotonic() - started < 10
+    failed = load(app, job["id"])
+    assert (failed.status, failed.error_code) == ("failed", "GW_TIMEOUT")
+
+
+def test_malformed_xml_from_the_gateway_is_not_kept(worker_app, api, fake):
+    fake.body = b"<Invoice><unclosed></Invoice>"
+    job = upload(api)
+    run(worker_app, job["id"])
+    job = load(worker_app, job["id"])
+    assert (job.status, job.error_code) == ("queued", "GW_5XX") and "well-formed" in job.error
+    assert list(Path(worker_app.config["RESULT_DIR"]).iterdir()) == []
+
+
+def test_breaker_holds_jobs_queued_through_an_outage_and_drains_after(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, BREAKER_THRESHOLD=2, RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0)
+    api = ApiClient(app.test_client())
+    fake.status, fake.healthy = 503, False
+    jobs = [upload(api, f"b{n}") for n in range(4)]
+    for job in jobs:
+        run(app, job["id"])
+    assert fake.total_calls() == 2  # the second failure opened the breaker; no calls after that
+    for job in jobs:
+        held = load(app, job["id"])
+        assert held.status == "queued" and held.error_code in ("GW_5XX", "CIRCUIT_OPEN")
+    assert [load(app, j["id"]).attempts for j in jobs] == [1, 0, 0, 0]  # held jobs spend nothing
+    assert api.get("/api/healthz").get_json()["gateway"] == "down"
+    with app.app_context():
+        tasks.probe_gateway()  # probe not due yet: stays open
+        assert breaker.is_open()
+        Coordination.put(breaker.NAME, expires_at=utcnow() - timedelta(seconds=1))
+        tasks.probe_gateway()  # due, gateway still down: stays open, probes later
+        assert breaker.is_open()
+    fake.status, fake.healthy = 200, True
+    with app.app_context():
+        Coordination.put(breaker.NAME, expires_at=utcnow() - timedelta(seconds=1))
+        tasks.probe_gateway()
+        assert not breaker.is_open()
+        db.session.remove()
+    for job in jobs:
+        with app.app_context():
+            Job.query.filter_by(id=job["id"]).update({"next_attempt_at": None})
+            db.session.commit()
+        run(app, job["id"])
+    assert [load(app, j["id"]).status for j in jobs] == ["complete"] * 4
+    assert api.get("/api/healthz").get_json()["gateway"] == "ok"
+
+
+def test_two_wakeups_racing_for_one_job_call_the_gateway_once(worker_app, api, fake):
+    import threading
+    fake.delay = 0.3
+    job = upload(api)
+    threads = [threading.Thread(target=run, args=(worker_app, job["id"])) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert fake.calls[job["correlation_id"]] == 1 and load(worker_app, job["id"]).status == "complete"
+
+
+def test_retry_endpoint_requeues_a_failed_job_only(worker_app, api, fake):
+    fake.status = 400
+    job = upload(api)
+    assert api.post(f"/api/jobs/{job['id']}/retry").get_json()["error"]["code"] == "NOT_RETRYABLE"
+    run(worker_app, job["id"])
+    fake.status = 200
+    response = api.post(f"/api/jobs/{job['id']}/retry")
+    assert response.status_code == 202
+    assert (response.get_json()["status"], response.get_json()["attempts"]) == ("queued", 0)
+    run(worker_app, job["id"])
+    assert load(worker_app, job["id"]).status == "complete"
+    assert api.post(f"/api/jobs/{job['id']}/retry").status_code == 409
+
+
+def test_retry_of_a_failed_job_whose_pdf_is_gone_is_409(worker_app, api, fake):
+    fake.status = 400
+    job = upload(api)
+    run(worker_app, job["id"])
+    (Path(worker_app.config["UPLOAD_DIR"]) / f"{job['id']}.pdf").unlink()
+    response = api.post(f"/api/jobs/{job['id']}/retry")
+    assert response.status_code == 409 and "gone" in response.get_json()["error"]["message"]
+
+
+def test_share_link_downloads_without_a_session_until_it_expires(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, SHARE_TTL_SECONDS=1)
+    api = ApiClient(app.test_client())
+    job = upload(api)
+    assert api.post(f"/api/jobs/{job['id']}/share").status_code == 409
+    run(app, job["id"])
+    link = api.post(f"/api/jobs/{job['id']}/share").get_json()
+    stranger = app.test_client()
+    assert stranger.get(link["url"]).status_code == 200
+    assert stranger.get(link["url"][:-3] + "xyz").status_code == 404
+    time.sleep(2.1)
+    expired = stranger.get(link["url"])
+    assert expired.status_code == 410 and expired.get_json()["error"]["code"] == "EXPIRED"
+
+
+def test_retention_removes_old_files_but_never_an_active_jobs(worker_app, api, fake):
+    done, active = upload(api, "old-done"), upload(api, "old-active")
+    run(worker_app, done["id"])
+    with worker_app.app_context():
+        assert Job.claim(active["id"], "w", 30, capacity=4)
+        long_ago = utcnow() - timedelta(days=60)
+        Job.query.update({"created_at": long_ago})
+        Job.query.filter_by(id=done["id"]).update({"completed_at": long_ago})
+        db.session.commit()
+        removed = tasks.apply_retention()
+    assert removed["pdf"] == 1 and removed["xml"] == 1
+    uploads = Path(worker_app.config["UPLOAD_DIR"])
+    assert not (uploads / f"{done['id']}.pdf").exists() and (uploads / f"{active['id']}.pdf").exists()
+    response = api.get(f"/api/jobs/{done['id']}/download")
+    assert response.status_code == 410 and response.get_json()["error"]["code"] == "EXPIRED"
+    assert load(worker_app, active["id"]).status == "processing"
+
+
+def test_retention_keeps_recent_files(worker_app, api, fake):
+    job = upload(api, "recent")
+    run(worker_app, job["id"])
+    with worker_app.app_context():
+        assert tasks.apply_retention() == {"pdf": 0, "xml": 0, "partial": 0}
+    assert api.get(f"/api/jobs/{job['id']}/download").status_code == 200
+
+
+# -- the real consumer in its own process -----------------------------------------------------------
+
+
+@pytest.fixture
+def stack(make_app, fake, tmp_path):
+    """An app on a real SQLite queue, and a starter for worker.py processes sharing its DATA_DIR."""
+    settings = {"GATEWAY_URL": fake.url, "LEASE_SECONDS": 2, "MAINTENANCE_SECONDS": 0.3, "REAP_SECONDS": 1,
+                "RETRY_BASE_SECONDS": 0, "RETRY_JITTER_SECONDS": 0, "WORKER_SHUTDOWN_SECONDS": 0.5,
+                "UPLOADS_PER_MINUTE": 100, "WORKER_CONCURRENCY": 2}
+    app = make_app(HUEY_MEMORY=False, **settings)
+    procs = []
+
+    def start_worker(**overrides):
+        env = {**os.environ, "DATA_DIR": str(tmp_path), "SECRET_KEY": "test-secret", "LOG_LEVEL": "WARNING",
+               **{k: str(v) for k, v in {**settings, **overrides}.items()}}
+        proc = subprocess.Popen([sys.executable, str(REPO / "worker.py")], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        return proc
+
+    app.start_worker = start_worker
+    yield app
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def wait_for(predicate, timeout=20, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def test_real_consumer_converts_uploads(stack, fake):
+    api = ApiClient(stack.test_client())
+    stack.start_worker()
+    jobs = [upload(api, f"r{n}") for n in range(5)]
+    assert wait_for(lambda: all(load(stack, j["id"]).status == "complete" for j in jobs))
+    assert all(fake.calls[j["correlation_id"]] == 1 for j in jobs)
+
+
+def test_worker_killed_mid_call_is_finished_by_a_fresh_worker(stack, fake):
+    fake.delay = 3
+    api = ApiClient(stack.test_client())
+    first = stack.start_worker()
+    job = upload(api, "killed")
+    assert wait_for(lambda: fake.calls[job["correlation_id"]] == 1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    fake.delay = 0
+    stack.start_worker()
+    assert wait_for(lambda: load(stack, job["id"]).status == "complete", timeout=30)
+    assert fake.calls[job["correlation_id"]] == 2  # the lost call, and the one that finished it
+    assert load(stack, job["id"]).attempts == 2
+
+
+def test_duplicate_wakeups_never_run_a_job_twice(stack, fake):
+    fake.delay = 0.5
+    api = ApiClient(stack.test_client())
+    job = upload(api, "dup-wake")
+    from webapp import queue
+    with stack.app_context():
+        for _ in range(5):
+            queue.wake(job["id"])
+    stack.start_worker()
+    assert wait_for(lambda: load(stack, job["id"]).status == "complete")
+    time.sleep(1)  # let the extra wake-ups be consumed
+    assert fake.calls[job["correlation_id"]] == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_the_worker_releases_its_job_without_spending_an_attempt(stack, fake, signum):
+    fake.hang = True
+    api = ApiClient(stack.test_client())
+    proc = stack.start_worker()
+    job = upload(api, f"stop-{signum}")
+    assert wait_for(lambda: load(stack, job["id"]).status == "processing")
+    proc.send_signal(signum)
+    assert proc.wait(timeout=15) is not None
+    released = load(stack, job["id"])
+    assert (released.status, released.attempts, released.leased_by) == ("queued", 0, None)
+    fake.hang = False
+    fake.release.set()
+    stack.start_worker()
+    assert wait_for(lambda: load(stack, job["id"]).status == "complete")
+
+
+def test_a_lost_wakeup_is_recovered(stack, fake):
+    with stack.app_context():  # a job committed without its wake-up (the web died in between)
+        job_id = Job.create(owner="o", filename="lost.pdf", mapping="pt_simon_invoice_v1", bytes=10,
+                            sha256="9" * 64, upload_path="uploads/lost.pdf").id
+    Path(stack.config["UPLOAD_DIR"], "lost.pdf").write_bytes(pdf_bytes("lost"))
+    stack.start_worker()
+    assert wait_for(lambda: load(stack, job_id).status == "complete")
+
+
+def test_gateway_calls_never_exceed_the_concurrency_across_processes(stack, fake):
+    fake.delay = 0.3
+    api = ApiClient(stack.test_client())
+    stack.start_worker()
+    stack.start_worker()  # 2 processes × 2 threads, but WORKER_CONCURRENCY=2 in total
+    jobs = [upload(api, f"c{n}") for n in range(10)]
+    assert wait_for(lambda: all(load(stack, j["id"]).status == "complete" for j in jobs), timeout=40)
+    assert fake.peak_in_flight <= 2
+    assert all(fake.calls[j["correlation_id"]] == 1 for j in jobs)
