@@ -17,7 +17,7 @@ def create_app(test_config=None):
     for key in ("INSTANCE_DIR", "UPLOAD_DIR", "RESULT_DIR"):
         Path(app.config[key]).mkdir(parents=True, exist_ok=True)
 
-    from . import api, db, errors, identity, limits, logs, queue, uploads
+    from . import api, db, errors, events, identity, limits, logs, pages, queue, uploads
 
     logs.init_app(app)
     db.init_app(app)
@@ -28,4 +28,6 @@ def create_app(test_config=None):
     queue.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.shared)
+    events.init_app(app)
+    pages.init_app(app)
     return app

@@ -1,0 +1,296 @@
+"""GET /api/events against a live server: headers, ping, delivery, resume, deletions, owners, the feed."""
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+
+from tests.conftest import pdf_bytes
+from webapp import create_app, events
+from webapp.db import db
+from webapp.models import Job, isoformat, parse_iso, utcnow
+
+
+class Browser:
+    """A requests session with its own owner cookie and CSRF token, against the live server."""
+
+    def __init__(self, base):
+        self.base = base
+        self.http = requests.Session()
+        self.token = self.http.get(f"{base}/api/session").json()["csrf_token"]
+
+    def upload(self, tag):
+        response = self.http.post(f"{self.base}/api/upload", files={"file": (f"{tag}.pdf", pdf_bytes(tag))},
+                                  headers={"X-CSRF-Token": self.token})
+        assert response.status_code == 202, response.text
+        return response.json()["jobs"][0]
+
+    def delete(self, job_id):
+        return self.http.delete(f"{self.base}/api/jobs/{job_id}", headers={"X-CSRF-Token": self.token})
+
+    def events(self, query="", headers=None):
+        return EventReader(self.http.get(f"{self.base}/api/events{query}", stream=True, timeout=10, headers=headers))
+
+
+class EventReader:
+    """Parse a text/event-stream response into (event, id, data) tuples and comments, with a deadline."""
+
+    def __init__(self, response):
+        self.response = response
+        self.lines = response.iter_lines(decode_unicode=True)
+        self.comments = []
+
+    def next(self, timeout=5):
+        deadline = time.monotonic() + timeout
+        event, event_id, data = "message", None, []
+        for line in self.lines:
+            if line == "":
+                if data:
+                    return event, event_id, "\n".join(data)
+                event, event_id = "message", None
+            elif line.startswith(":"):
+                self.comments.append(line[1:].strip())
+            else:
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    event = value
+                elif field == "id":
+                    event_id = value
+                elif field == "data":
+                    data.append(value)
+            if time.monotonic() > deadline:
+                break
+        raise AssertionError("no event before the deadline")
+
+    def until(self, predicate, timeout=5):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            item = self.next(timeout=deadline - time.monotonic())
+            if predicate(*item):
+                return item
+        raise AssertionError("the wanted event did not come")
+
+    def close(self):
+        self.response.close()
+
+
+@pytest.fixture(autouse=True)
+def stop_feeds(make_app, monkeypatch):
+    """Stop every app's change feed after the test, so threads do not outlive their database."""
+    built = []
+    original = events.ChangeFeed.__init__
+
+    def remember(self, app):
+        original(self, app)
+        built.append(self)
+
+    monkeypatch.setattr(events.ChangeFeed, "__init__", remember)
+    yield
+    for change_feed in built:
+        change_feed.stop()
+
+
+@pytest.fixture
+def browser(live_server):
+    return Browser(live_server)
+
+
+@pytest.fixture
+def fast_heartbeat(monkeypatch):
+    monkeypatch.setattr(events, "HEARTBEAT_SECONDS", 0.2)
+
+
+def job_event(job_id, status=None):
+    def matches(event, _id, data):
+        if event != "job":
+            return False
+        job = json.loads(data)
+        return job["id"] == job_id and (status is None or job["status"] == status)
+    return matches
+
+
+def test_stream_headers_and_an_immediate_ping(browser):
+    stream = browser.events()
+    assert stream.response.headers["Content-Type"].startswith("text/event-stream")
+    assert stream.response.headers["Cache-Control"] == "no-cache"
+    assert stream.response.headers["X-Accel-Buffering"] == "no"
+    first = next(stream.lines)
+    assert first == ": ping"
+    stream.close()
+
+
+def test_heartbeat_comes_while_nothing_changes(browser, fast_heartbeat):
+    stream = browser.events()
+    deadline = time.monotonic() + 3
+    while "heartbeat" not in stream.comments and time.monotonic() < deadline:
+        line = next(stream.lines)
+        if line.startswith(":"):
+            stream.comments.append(line[1:].strip())
+    assert "heartbeat" in stream.comments
+    stream.close()
+
+
+def test_a_change_in_this_process_is_sent_with_an_id(app, browser):
+    stream = browser.events()
+    job = browser.upload("one")
+    event, event_id, data = stream.until(job_event(job["id"], "queued"))
+    assert parse_iso(event_id) >= parse_iso(job["updated_at"])
+    with app.app_context():
+        assert Job.claim(job["id"], "w1", 30, capacity=4)
+    _, later_id, data = stream.until(job_event(job["id"], "processing"))
+    assert json.loads(data)["progress"] == 10 and parse_iso(later_id) > parse_iso(event_id)
+    stream.close()
+
+
+def test_a_change_from_another_process_arrives_through_the_database_poll(app, browser):
+    job = browser.upload("elsewhere")
+    stream = browser.events()
+    # Another process (the worker) writes the row; nothing in this process hears of it.
+    engine = create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status='complete', progress=100, updated_at=:now WHERE id=:id"),
+                     {"now": utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), "id": job["id"]})
+    engine.dispose()
+    started = time.monotonic()
+    stream.until(job_event(job["id"], "complete"), timeout=3)
+    assert time.monotonic() - started < 2
+    stream.close()
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+def test_reconnect_with_the_last_id_misses_nothing(app, browser, how):
+    first = browser.upload("before")
+    stream = browser.events()
+    _, last_id, _ = stream.until(job_event(first["id"]))
+    stream.close()
+    # While disconnected: a new job and a change to the old one.
+    second = browser.upload("while-away")
+    with app.app_context():
+        assert Job.claim(first["id"], "w1", 30, capacity=4)
+    if how == "header":
+        resumed = browser.events(headers={"Last-Event-ID": last_id})
+    else:
+        resumed = browser.events(f"?last_id={last_id}")
+    seen = {}
+    while len(seen) < 2 or seen.get(first["id"]) != "processing":
+        event, _, data = resumed.next()
+        if event == "job":
+            job = json.loads(data)
+            seen[job["id"]] = job["status"]
+    assert seen == {first["id"]: "processing", second["id"]: "queued"}
+    resumed.close()
+
+
+def test_dashboard_streams_rows_and_metrics(browser):
+    stream = browser.events("?html=1")
+    job = browser.upload("row")
+    event, event_id, data = stream.until(lambda event, _id, data: event == "row")
+    assert data.startswith(f'<tr id="job-{job["id"]}"') and 'data-status="queued"' in data and event_id
+    event, event_id, data = stream.next()
+    assert event == "metrics" and 'data-active="1"' in data and event_id
+    stream.close()
+
+
+def test_a_deleted_job_is_removed_from_other_tabs(browser):
+    job = browser.upload("doomed")
+    other_tab = browser.events("?html=1")
+    assert browser.delete(job["id"]).status_code == 204
+    event, event_id, data = other_tab.until(lambda event, _id, data: event == "removed")
+    assert data == job["id"] and event_id
+    other_tab.close()
+
+
+def test_other_owners_never_see_my_jobs(live_server, browser, fast_heartbeat):
+    stranger = Browser(live_server).events()
+    mine = browser.events()
+    job = browser.upload("private")
+    mine.until(job_event(job["id"]))
+    browser.delete(job["id"])
+    with pytest.raises((AssertionError, requests.exceptions.ConnectionError)):
+        stranger.next(timeout=1)
+    stranger.close()
+    mine.close()
+
+
+def test_one_feed_thread_serves_many_streams_and_streams_hold_no_connection(app, browser, fast_heartbeat):
+    streams = [browser.events() for _ in range(5)]
+    for stream in streams:
+        assert next(stream.lines) == ": ping"
+    assert [t.name for t in events.feed(app).threads] == ["pdfqueue-feed"]
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0
+    assert events.feed(app).stream_count() == 5
+    for stream in streams:
+        stream.close()
+    deadline = time.monotonic() + 3
+    while events.feed(app).stream_count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events.feed(app).stream_count() == 0  # cleaned up once the heartbeat finds the client gone
+
+
+def test_sse_message_format():
+    assert events.sse("row", "<tr>\n</tr>", "2024-01-01T00:00:00.000001Z") == \
+        "id: 2024-01-01T00:00:00.000001Z\nevent: row\ndata: <tr>\ndata: </tr>\n\n"
+    assert events.sse(comment="ping") == ": ping\n\n"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (scripts/system-deps.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait()
+
+
+def test_with_redis_a_change_in_another_process_is_published(make_app, redis_url, tmp_path, monkeypatch):
+    from werkzeug.serving import make_server
+
+    monkeypatch.setattr(events, "FEED_POLL_WITH_REDIS_SECONDS", 60)  # only pub/sub can deliver in time
+    web = make_app(REDIS_URL=redis_url, HUEY_MEMORY=True)
+    server = make_server("127.0.0.1", 0, web, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser = Browser(f"http://127.0.0.1:{server.server_port}")
+        job = browser.upload("published")
+        stream = browser.events()
+        stream.until(job_event(job["id"], "queued"))
+        worker = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret",
+                             "REDIS_URL": redis_url, "HUEY_MEMORY": True})
+        with worker.app_context():
+            assert Job.claim(job["id"], "w1", 30, capacity=4)
+            db.engine.dispose()
+        stream.until(job_event(job["id"], "processing"), timeout=2)
+        stream.close()
+    finally:
+        server.shutdown()
+
+
+def test_isoformat_ids_round_trip():
+    job_time = parse_iso("2024-05-01T10:00:00.123456Z")
+    assert parse_iso(isoformat(job_time)) == job_time

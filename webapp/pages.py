@@ -1,0 +1,192 @@
+"""The pages: / (upload), /queue (the live dashboard), /review/<id>, and the partials htmx and SSE reuse."""
+from urllib.parse import urlencode
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from sqlalchemy import case, func, select
+from xml.etree.ElementTree import ParseError, indent, tostring
+
+from . import api, htmx, queue
+from .db import db
+from .errors import ApiError
+from .identity import current_owner
+from .models import ACTIVE, COMPLETE, FAILED, Job, isoformat
+
+bp = Blueprint("pages", __name__)
+
+PAGE_SIZE = 50
+POLL_LIMIT = api.MAX_PAGE
+PREVIEW_MAX_BYTES = 2 * 1024 * 1024  # larger results are offered as a download only
+
+
+def _seconds(start, end):
+    """SQL for end − start in seconds, in the dialect at hand."""
+    if db.session.get_bind().dialect.name == "sqlite":
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)
+
+
+def metrics_context(owner):
+    """The owner's totals and the gateway's state, as the metrics partial wants them."""
+    counts = db.session.execute(
+        select(
+            func.count(),
+            func.count().filter(Job.status == COMPLETE),
+            func.count().filter(Job.status == FAILED),
+            func.count().filter(Job.status.in_(ACTIVE)),
+            func.avg(case((Job.status == COMPLETE, _seconds(Job.started_at, Job.completed_at)))),
+        ).where(Job.owner == owner)
+    ).one()
+    total, complete, failed, active, average = counts
+    return {"metrics": {"total": total, "complete": complete, "failed": failed, "active": active,
+                        "average_seconds": average},
+            "gateway": queue.gateway_state()}
+
+
+def _mapping_choices():
+    config = current_app.config
+    return config["MAPPINGS"], config["DEFAULT_MAPPING"]
+
+
+@bp.get("/")
+def upload_page():
+    """Show the drop zone (and the plain form it enhances)."""
+    mappings, default = _mapping_choices()
+    return render_template("upload.html", mappings=mappings, default_mapping=default,
+                           max_upload_mb=current_app.config["MAX_UPLOAD_MB"])
+
+
+@bp.post("/upload")
+def upload_form():
+    """Take the plain form's files through the API's upload, then show the queue (works without JavaScript)."""
+    response = api.upload()
+    body = response[0] if isinstance(response, tuple) else response
+    answer = body.get_json()
+    for job in answer["jobs"]:
+        flash(f"{job['filename']}: {'already uploaded' if job['duplicate'] else 'queued'}", "ok")
+    for rejected in answer.get("rejected", []):
+        flash(rejected["error"]["message"], "error")
+    return redirect(url_for("pages.queue_page"), code=303)
+
+
+@bp.get("/queue")
+def queue_page():
+    """Show my jobs, newest first, a page at a time, with the metrics box above."""
+    owner = current_owner()
+    args = {"limit": PAGE_SIZE, "cursor": request.args.get("cursor", "")}
+    jobs, next_cursor, server_time = api.list_jobs(owner, args)
+    context = {"jobs": jobs, "first_page": not args["cursor"], "server_time": isoformat(server_time),
+               "next_url": next_cursor and url_for("pages.queue_page", cursor=next_cursor),
+               **metrics_context(owner)}
+    if htmx.is_htmx():
+        return render_template("partials/_jobs.html", **context)
+    return render_template("queue.html", **context)
+
+
+@bp.get("/queue/rows")
+def rows_partial():
+    """The rows of my jobs changed since ?since= (the dashboard's polling fallback)."""
+    owner = current_owner()
+    jobs, _, server_time = api.list_jobs(owner, {"since": request.args.get("since", ""), "limit": POLL_LIMIT})
+    response = current_app.make_response(render_template("partials/_rows.html", jobs=jobs))
+    active = Job.active_count(owner)
+    return htmx.trigger(response, {"queue:polled": {"since": isoformat(server_time), "active": active,
+                                                    "changed": len(jobs)}})
+
+
+@bp.get("/queue/metrics")
+def metrics_partial():
+    """The metrics box alone."""
+    return render_template("partials/_metrics.html", **metrics_context(current_owner()))
+
+
+@bp.get("/review/<job_id>")
+def review_page(job_id):
+    """Show one job's details and, when it is complete, its XML."""
+    job = api.owned_or_404(job_id)
+    xml, note = None, None
+    if job.status == COMPLETE and job.result_path and not job.result_expired:
+        xml, note = _pretty_xml(current_app.config["DATA_DIR"], job.result_path)
+    elif job.status == COMPLETE:
+        note = "The result was removed by retention."
+    return render_template("review.html", job=job, xml=xml, note=note)
+
+
+def _pretty_xml(data_dir, result_path):
+    """The stored XML indented for reading, or a note saying why it is not shown."""
+    from pathlib import Path
+
+    path = Path(data_dir) / result_path
+    try:
+        if path.stat().st_size > PREVIEW_MAX_BYTES:
+            return None, "The result is too large to preview here; download it instead."
+        root = SafeET.fromstring(path.read_bytes())
+    except FileNotFoundError:
+        return None, "The result file is missing."
+    except (ParseError, DefusedXmlException):
+        return None, "The result is not well-formed XML; download it to inspect it."
+    indent(root)
+    return tostring(root, encoding="unicode"), None
+
+
+# -- template helpers ---------------------------------------------------------------------------
+
+
+@bp.app_template_filter("filesize")
+def filesize(count):
+    """1234567 -> '1.2 MB'."""
+    if count is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+@bp.app_template_filter("seconds")
+def seconds(value):
+    """4.25 -> '4.3 s', 75 -> '1 min 15 s'."""
+    if value is None:
+        return "—"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, rest = divmod(round(value), 60)
+    return f"{minutes} min {rest} s"
+
+
+@bp.app_template_filter("duration")
+def duration(job):
+    """How long the job took (or has been running), in words."""
+    if job.started_at is None:
+        return None
+    end = job.completed_at if job.status in (COMPLETE, FAILED) else None
+    if end is None:
+        return None
+    return seconds((end - job.started_at).total_seconds())
+
+
+@bp.app_template_filter("when")
+def when(value):
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+@bp.app_template_filter("one_line")
+def one_line(text, limit=140):
+    """The first line of text, cut to limit characters."""
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@bp.app_context_processor
+def _page_globals():
+    return {"isoformat": isoformat, "urlencode": urlencode}
+
+
+def init_app(app):
+    app.register_blueprint(bp)
+
+
+__all__ = ["bp", "metrics_context", "ApiError"]
