@@ -1,0 +1,211 @@
+"""The pages: upload form (with and without JavaScript), the queue, its partials, review, errors."""
+import io
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pdf_bytes
+from webapp import pages
+from webapp.models import Coordination, Job
+
+HX = {"HX-Request": "true"}
+
+
+def upload(client, tag):
+    return client.upload((pdf_bytes(tag), f"{tag}.pdf")).get_json()["jobs"][0]
+
+
+def row_ids(html):
+    return re.findall(r'<tr id="job-([^"]+)"', html)
+
+
+def finish(app, job_id, status="complete", xml="<Invoice><InvoiceNumber>FT 1/1</InvoiceNumber></Invoice>", error=None):
+    """Drive a job through the model's transitions to complete (with a stored result) or failed."""
+    with app.app_context():
+        assert Job.claim(job_id, "w1", 30, capacity=4)
+        if status == "complete":
+            Path(app.config["RESULT_DIR"], f"{job_id}.xml").write_text(xml)
+            assert Job.complete(job_id, "w1", f"results/{job_id}.xml")
+        elif status == "failed":
+            assert Job.fail(job_id, "w1", "GW_4XX", error or "The gateway refused the file: no invoice number.\nmore")
+
+
+def test_upload_page_offers_the_allow_list_and_the_limits(make_app):
+    app = make_app(MAPPINGS=["pt_simon_invoice_v1", "generic_v1"], DEFAULT_MAPPING="generic_v1", MAX_UPLOAD_MB=7)
+    html = app.test_client().get("/").get_data(as_text=True)
+    assert '<option value="generic_v1" selected>' in html and '<option value="pt_simon_invoice_v1" >' in html
+    assert 'data-max-mb="7"' in html and 'id="dropzone"' in html and 'role="button"' in html and 'tabindex="0"' in html
+    assert 'name="csrf_token"' in html and 'enctype="multipart/form-data"' in html and 'multiple' in html
+    assert '<meta name="csrf-token"' in html
+    assert "vendor/htmx.min.js" in html and "vendor/sse.js" in html and "//cdn" not in html
+
+
+def test_plain_form_uploads_without_javascript(app):
+    browser = app.test_client()
+    page = browser.get("/").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    files = [(io.BytesIO(pdf_bytes("a")), "a.pdf"), (io.BytesIO(b"not a pdf"), "b.pdf")]
+    response = browser.post("/upload", data={"csrf_token": token, "mapping": "generic_v1", "file": files},
+                            content_type="multipart/form-data")
+    assert response.status_code == 303 and response.headers["Location"] == "/queue"
+    html = browser.get("/queue").get_data(as_text=True)
+    assert "a.pdf: queued" in html and "b.pdf is not a PDF" in html
+    assert len(row_ids(html)) == 1 and "generic_v1" in html
+
+
+def test_plain_form_without_a_token_is_refused(app):
+    response = app.test_client().post("/upload", data={"file": [(io.BytesIO(pdf_bytes("a")), "a.pdf")]},
+                                      content_type="multipart/form-data", headers={"Accept": "text/html"})
+    assert response.status_code == 400 and "CSRF token" in response.get_data(as_text=True)
+
+
+def test_plain_form_single_bad_file_shows_the_error_page(app):
+    browser = app.test_client()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/").get_data(as_text=True)).group(1)
+    response = browser.post("/upload", data={"csrf_token": token, "file": [(io.BytesIO(b"GIF89a"), "x.pdf")]},
+                            content_type="multipart/form-data", headers={"Accept": "text/html"})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 415 and "<!doctype html>" in html and "is not a PDF" in html
+
+
+def test_empty_queue_links_to_upload(client):
+    html = client.get("/queue").get_data(as_text=True)
+    assert "No jobs yet" in html and 'href="/"' in html
+    assert 'sse-connect="/api/events?html=1&amp;last_id=' in html
+
+
+def test_queue_lists_my_jobs_newest_first_with_a_badge_per_state(app, client, other_client):
+    jobs = {state: upload(client, state) for state in ("queued", "processing", "complete", "failed")}
+    upload(other_client, "not-mine")
+    with app.app_context():
+        assert Job.claim(jobs["processing"]["id"], "w1", 30, capacity=4)
+        assert Job.heartbeat(jobs["processing"]["id"], "w1", 30, progress=40)
+    finish(app, jobs["complete"]["id"])
+    finish(app, jobs["failed"]["id"], "failed")
+    html = client.get("/queue").get_data(as_text=True)
+    assert row_ids(html) == [jobs[s]["id"] for s in ("failed", "complete", "processing", "queued")]
+    rows = {state: row_html(html, job["id"]) for state, job in jobs.items()}
+    assert 'badge-queued">Queued' in rows["queued"]
+    assert 'badge-processing">Processing' in rows["processing"] and '<progress' in rows["processing"] and 'value="40"' in rows["processing"]
+    assert 'badge-complete">Complete' in rows["complete"]
+    assert 'badge-failed">Failed' in rows["failed"] and ">The gateway refused the file: no invoice number.</span>" in rows["failed"]
+    # Download is a link only when complete; Retry only for failed.
+    download = f'href="/api/jobs/{jobs["complete"]["id"]}/download"'
+    assert download in rows["complete"] and "/download" not in rows["queued"] and "disabled" in rows["queued"]
+    assert all(("/retry" in row) == (state == "failed") for state, row in rows.items())
+    assert all(f'/review/{jobs[state]["id"]}' in row for state, row in rows.items())
+    assert all(f'hx-delete="/api/jobs/{jobs[state]["id"]}"' in row for state, row in rows.items())
+    assert "not-mine" not in html
+
+
+def row_html(html, job_id):
+    start = html.index(f'<tr id="job-{job_id}"')
+    return html[start: html.index("</tr>", start)]
+
+
+def test_metrics_count_states_and_average_the_processing_time(app, client):
+    done = [upload(client, f"d{n}")["id"] for n in range(2)]
+    failed = upload(client, "f")["id"]
+    upload(client, "q")
+    for job_id in done:
+        finish(app, job_id)
+    finish(app, failed, "failed")
+    with app.app_context():
+        from webapp.db import db
+        for job_id, took in zip(done, (3, 5)):
+            job = db.session.get(Job, job_id)
+            job.completed_at = job.started_at + timedelta(seconds=took)
+        db.session.commit()
+        metrics = pages.metrics_context(client.get("/api/session").get_json()["owner"])
+    assert metrics["metrics"] | {"average_seconds": round(metrics["metrics"]["average_seconds"], 3)} == \
+        {"total": 4, "complete": 2, "failed": 1, "active": 1, "average_seconds": 4.0}
+    html = client.get("/queue").get_data(as_text=True)
+    assert 'data-active="1"' in html and "4.0 s" in html
+
+
+def test_queue_is_paginated_with_a_cursor(app, client, monkeypatch):
+    monkeypatch.setattr(pages, "PAGE_SIZE", 2)
+    ids = [upload(client, f"p{n}")["id"] for n in range(5)]
+    seen, url = [], "/queue"
+    while url:
+        html = client.get(url).get_data(as_text=True)
+        seen += row_ids(html)
+        match = re.search(r'href="(/queue\?cursor=[^"]+)">Older', html)
+        url = match and match.group(1).replace("&amp;", "&")
+    assert seen == ids[::-1]
+
+
+def test_queue_for_htmx_is_the_table_partial(client):
+    upload(client, "x")
+    html = client.get("/queue", headers=HX).get_data(as_text=True)
+    assert "<html" not in html and 'id="job-rows"' in html and len(row_ids(html)) == 1
+
+
+def test_gateway_down_banner(app, client):
+    assert "gateway is down" not in client.get("/queue").get_data(as_text=True)
+    with app.app_context():
+        Coordination.put("breaker", state="open")
+    html = client.get("/queue").get_data(as_text=True)
+    assert "The conversion gateway is down" in html and "waiting, not lost" in html
+
+
+def test_rows_partial_returns_changes_since_and_the_poll_state(app, client):
+    first = upload(client, "r1")
+    second = upload(client, "r2")
+    response = client.get("/queue/rows?since=2000-01-01T00:00:00Z", headers=HX)
+    state = json.loads(response.headers["HX-Trigger"])["queue:polled"]
+    assert row_ids(response.get_data(as_text=True)) == [second["id"], first["id"]]
+    assert state["active"] == 2 and state["changed"] == 2 and state["since"].endswith("Z")
+    finish(app, first["id"])
+    finish(app, second["id"])
+    response = client.get(f"/queue/rows?since={second['updated_at']}", headers=HX)
+    state = json.loads(response.headers["HX-Trigger"])["queue:polled"]
+    assert set(row_ids(response.get_data(as_text=True))) == {first["id"], second["id"]} and state["active"] == 0
+
+
+def test_rows_partial_with_a_bad_since_is_an_html_error_fragment(client):
+    response = client.get("/queue/rows?since=yesterday", headers={**HX, "Accept": "text/html"})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400 and html.startswith('<p class="error-message"') and "ISO-8601" in html
+
+
+def test_metrics_partial(client):
+    upload(client, "m")
+    html = client.get("/queue/metrics", headers=HX).get_data(as_text=True)
+    assert "<html" not in html and 'data-active="1"' in html
+
+
+def test_review_shows_details_and_pretty_xml(app, client):
+    job = upload(client, "rev")
+    html = client.get(f"/review/{job['id']}").get_data(as_text=True)
+    assert "rev.pdf" in html and job["sha256"] in html and "<pre" not in html
+    finish(app, job["id"], xml="<Invoice><Header><InvoiceNumber>FT 9/42</InvoiceNumber></Header></Invoice>")
+    html = client.get(f"/review/{job['id']}").get_data(as_text=True)
+    assert "&lt;Invoice&gt;\n  &lt;Header&gt;\n    &lt;InvoiceNumber&gt;FT 9/42" in html
+    assert f"/api/jobs/{job['id']}/download" in html
+
+
+def test_review_of_a_bad_result_says_so(app, client):
+    job = upload(client, "bad")
+    finish(app, job["id"], xml="<Invoice><unclosed></Invoice>")
+    assert "not well-formed XML" in client.get(f"/review/{job['id']}").get_data(as_text=True)
+
+
+def test_review_of_another_owners_job_is_an_html_404(client, other_client):
+    job = upload(client, "secret")
+    response = other_client.get(f"/review/{job['id']}", headers={"Accept": "text/html"})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 404 and "Not found" in html and "secret.pdf" not in html
+
+
+@pytest.mark.parametrize("value, expected", [(0, "0 B"), (1023, "1023 B"), (2048, "2.0 KB"), (5 * 1024 ** 2, "5.0 MB")])
+def test_filesize(value, expected):
+    assert pages.filesize(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [(None, "—"), (4.25, "4.2 s"), (75, "1 min 15 s")])
+def test_seconds(value, expected):
+    assert pages.seconds(value) == expected
