@@ -23,7 +23,7 @@ from flask import current_app
 from huey.signals import SIGNAL_INTERRUPTED
 from sqlalchemy import select
 
-from webapp import breaker, gateway_client
+from webapp import breaker, gateway_client, metrics
 from webapp.db import db
 from webapp.gateway_client import GatewayError
 from webapp.models import ACTIVE, COMPLETE, PROCESSING, QUEUED, Coordination, Job, utcnow
@@ -91,10 +91,11 @@ def convert(job, worker, started):
     try:
         Job.heartbeat(job.id, worker, config["LEASE_SECONDS"], progress=30)
         with partial.open("wb") as out:
-            gateway_client.convert(
-                config["GATEWAY_URL"], data_dir / job.upload_path, job.mapping, job.correlation_id, out,
-                read_timeout=config["GATEWAY_TIMEOUT"], max_bytes=config["MAX_RESULT_MB"] * 1024 * 1024,
-                deadline=started + config["JOB_TIME_LIMIT"], clock=time.monotonic)
+            with metrics.gateway_call():
+                gateway_client.convert(
+                    config["GATEWAY_URL"], data_dir / job.upload_path, job.mapping, job.correlation_id, out,
+                    read_timeout=config["GATEWAY_TIMEOUT"], max_bytes=config["MAX_RESULT_MB"] * 1024 * 1024,
+                    deadline=started + config["JOB_TIME_LIMIT"], clock=time.monotonic)
             out.flush()
             os.fsync(out.fileno())
         Job.heartbeat(job.id, worker, config["LEASE_SECONDS"], progress=90)
@@ -204,6 +205,7 @@ def _log(job, from_status, to_status, started=None, error_code=None, **extra):
     if started is not None:
         fields["duration_ms"] = round((time.monotonic() - started) * 1000)
     logger.info("job %s %s -> %s", job.id, from_status, to_status, extra=fields)
+    metrics.record_transition(to_status, error_code)
 
 
 # -- maintenance ---------------------------------------------------------------------------------

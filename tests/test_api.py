@@ -91,7 +91,8 @@ def test_session_hands_out_owner_and_token(client):
 
 def test_healthz_reports_each_dependency(client):
     body = client.get("/api/healthz").get_json()
-    assert body == {"status": "ok", "db": "ok", "queue": "ok", "gateway": "ok"}
+    assert body == {"status": "ok", "db": "ok", "queue": "ok", "gateway": "ok", "breaker": "closed",
+                    "worker": "down", "worker_heartbeat_age_s": None}  # no worker process in this test
 
 
 def test_healthz_says_degraded_when_the_database_is_gone(app, client):

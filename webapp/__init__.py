@@ -17,9 +17,10 @@ def create_app(test_config=None):
     for key in ("INSTANCE_DIR", "UPLOAD_DIR", "RESULT_DIR"):
         Path(app.config[key]).mkdir(parents=True, exist_ok=True)
 
-    from . import api, db, errors, events, identity, limits, logs, pages, queue, uploads
+    from . import api, cli, db, errors, events, identity, limits, logs, metrics, pages, queue, security, uploads
 
     logs.init_app(app)
+    security.init_app(app)
     db.init_app(app)
     identity.init_app(app)
     limits.init_app(app)
@@ -30,4 +31,6 @@ def create_app(test_config=None):
     app.register_blueprint(api.shared)
     events.init_app(app)
     pages.init_app(app)
+    metrics.init_app(app)
+    cli.init_app(app)
     return app

@@ -10,11 +10,12 @@ from flask_wtf.csrf import generate_csrf
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import select, text, tuple_
 
-from . import queue, uploads
+from . import breaker, queue, uploads
 from .db import db
 from .errors import ApiError, not_found
 from .identity import current_owner
 from .limits import upload_limits
+from .metrics import worker_heartbeat
 from .models import COMPLETE, FAILED, STATUSES, Job, isoformat, parse_iso, utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -199,11 +200,15 @@ def shared_download(token):
 
 @bp.get("/healthz")
 def healthz():
-    """Report liveness and the state of the database, the queue and the gateway."""
-    report = {"status": "ok", "db": "ok", "queue": "ok", "gateway": "unknown"}
+    """Report liveness and the state of the database, the queue, the gateway, its breaker and the workers."""
+    report = {"status": "ok", "db": "ok", "queue": "ok", "gateway": "unknown", "breaker": "unknown", "worker": "unknown"}
     try:
         db.session.execute(text("SELECT 1"))
         report["gateway"] = queue.gateway_state()  # the breaker's state lives in the database
+        report["breaker"] = breaker.state()
+        age, alive = worker_heartbeat()  # the worker is another process: say so, but the web stays up
+        report["worker"] = "ok" if alive else "down"
+        report["worker_heartbeat_age_s"] = None if age is None else round(age, 1)
         db.session.rollback()
     except Exception:  # any failure here means "down"; the details go to the log
         db.session.rollback()

@@ -1,0 +1,118 @@
+"""Admin commands: `flask --app wsgi jobs list|show|retry|delete`, `flask cleanup`, `flask breaker status|reset`.
+
+They act on any owner's jobs (an operator's view), through the same model transitions the API uses.
+"""
+import json
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import breaker as breaker_module
+from . import queue
+from .db import db
+from .models import FAILED, STATUSES, Coordination, Job, isoformat
+
+jobs = AppGroup("jobs", help="List, show, retry and delete jobs of every owner.")
+breaker = AppGroup("breaker", help="Show or reset the gateway circuit breaker.")
+
+
+def _job_or_exit(job_id):
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise click.ClickException(f"no job {job_id}")
+    return job
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this state.")
+@click.option("--owner", help="Only this owner's jobs.")
+@click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def jobs_list(status, owner, limit, as_json):
+    """List jobs, newest first."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if status:
+        query = query.where(Job.status == status)
+    if owner:
+        query = query.where(Job.owner == owner)
+    for job in db.session.execute(query).scalars():
+        if as_json:
+            click.echo(json.dumps({**job.to_dict(), "owner": job.owner}))
+        else:
+            code = f" {job.error_code}" if job.error_code else ""
+            click.echo(f"{job.id}  {job.status:<10} {isoformat(job.created_at)}  attempts={job.attempts}"
+                       f"{code}  {job.filename}")
+
+
+@jobs.command("show")
+@click.argument("job_id")
+def jobs_show(job_id):
+    """Show one job in full, as JSON."""
+    job = _job_or_exit(job_id)
+    detail = {**job.to_dict(), "owner": job.owner, "upload_path": job.upload_path, "result_path": job.result_path,
+              "leased_by": job.leased_by, "lease_expires_at": isoformat(job.lease_expires_at),
+              "next_attempt_at": isoformat(job.next_attempt_at)}
+    click.echo(json.dumps(detail, indent=2))
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+def jobs_retry(job_id):
+    """Queue a failed job again from its kept PDF."""
+    job = _job_or_exit(job_id)
+    kept = job.upload_path and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
+    if job.status != FAILED or not kept or not Job.requeue(job.id):
+        why = "its PDF is gone" if job.status == FAILED else f"it is {job.status}, not failed"
+        raise click.ClickException(f"job {job_id} cannot be retried: {why}")
+    queue.wake(job.id)
+    click.echo(f"job {job_id} queued again")
+
+
+@jobs.command("delete")
+@click.argument("job_id")
+@click.confirmation_option(prompt="Delete the job and its files?")
+def jobs_delete(job_id):
+    """Delete a job and its files."""
+    job = _job_or_exit(job_id)
+    data_dir = Path(current_app.config["DATA_DIR"])
+    paths = [data_dir / p for p in (job.upload_path, job.result_path) if p]
+    Job.remove(job.id)
+    for path in paths:
+        path.unlink(missing_ok=True)
+    click.echo(f"job {job_id} deleted")
+
+
+@click.command("cleanup")
+def cleanup():
+    """Apply retention now: delete PDFs and results past their time, and stray partial files."""
+    import tasks
+    removed = tasks.apply_retention()
+    click.echo(f"removed {removed['pdf']} PDFs, {removed['xml']} results, {removed['partial']} partial files")
+
+
+@breaker.command("status")
+def breaker_status():
+    """Show whether the breaker is open, its failure count and next probe."""
+    row = Coordination.get(breaker_module.NAME)
+    click.echo(json.dumps({"state": breaker_module.state(), "failures": (row.count or 0) if row else 0,
+                           "next_probe_at": isoformat(row.expires_at) if row else None}))
+
+
+@breaker.command("reset")
+def breaker_reset():
+    """Close the breaker now and wake the jobs it held."""
+    import tasks
+    breaker_module.reset()
+    held = tasks.due_queued(limit=10000)
+    for job_id in held:
+        queue.wake(job_id)
+    click.echo(f"breaker closed; {len(held)} queued jobs woken")
+
+
+def init_app(app):
+    """Register the admin commands on `flask`."""
+    for command in (jobs, breaker, cleanup):
+        app.cli.add_command(command)

@@ -1,0 +1,216 @@
+"""GET /metrics in Prometheus text format: gauges read from the database at scrape time, counters kept there.
+
+Why the database rather than prometheus-client's multiprocess mode: the gateway latency is observed in the
+worker, another process and, past one box, another machine. Its mmap files would need a directory shared by
+every box (mmap over a network volume is not coherent) and per-pid clean-up. A counter row in the database
+every process already shares is seen by every web process at once and survives restarts, so any web process
+answers for the whole system; the cost is one small upsert per gateway call or rejected upload, next to the
+several writes a job makes anyway. Gauges (jobs by state, queue depth, ...) are counted from the jobs table
+when Prometheus scrapes, by a custom collector, so they cannot drift.
+"""
+import json
+import logging
+import time
+from contextlib import contextmanager
+
+from flask import Blueprint, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from sqlalchemy import Float, String, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .db import db, write_transaction
+from .gateway_client import GatewayError
+from .models import COMPLETE, FAILED, QUEUED, STATUSES, Coordination, Job, utcnow
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("metrics", __name__)
+
+# Seconds; a conversion may take up to GATEWAY_TIMEOUT (180 s by default), so the top buckets reach it.
+GATEWAY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180)
+GATEWAY_LATENCY = "gateway_request_seconds"
+UPLOADS_REJECTED = "uploads_rejected"
+JOBS_FINISHED = "jobs_finished"
+UPLOAD_ENDPOINTS = ("api.upload", "pages.upload_form")
+# An upload turned away with an HTML page (the form without JavaScript) says its code only by its status.
+_CODE_BY_STATUS = {400: "BAD_REQUEST", 413: "TOO_LARGE", 415: "NOT_PDF", 429: "RATE_LIMITED",
+                   503: "UNAVAILABLE", 507: "INSUFFICIENT_STORAGE"}
+
+
+class MetricCounter(db.Model):
+    """One counter series: a name, its labels as sorted JSON, and a value only ever added to."""
+
+    __tablename__ = "metric_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+def _label_key(labels):
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+def add(*samples):
+    """Add to counters, each sample a (name, labels, amount); one transaction, never failing the caller."""
+    try:
+        with write_transaction() as session:
+            insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            for name, labels, amount in samples:
+                stmt = insert(MetricCounter).values(name=name, labels=_label_key(labels), value=amount)
+                session.execute(stmt.on_conflict_do_update(index_elements=["name", "labels"],
+                                                           set_={"value": MetricCounter.value + amount}))
+    except SQLAlchemyError:  # a lost sample must not fail the upload or the conversion that made it
+        logger.warning("metrics not recorded: %s", [name for name, _, _ in samples], exc_info=True)
+
+
+def observe_gateway(seconds, outcome):
+    """Record one gateway call's duration under its outcome ('ok' or the job error code)."""
+    bucket = next((str(float(le)) for le in GATEWAY_BUCKETS if seconds <= le), "+Inf")
+    add((GATEWAY_LATENCY + "_bucket", {"outcome": outcome, "le": bucket}, 1),
+        (GATEWAY_LATENCY + "_sum", {"outcome": outcome}, seconds))
+
+
+@contextmanager
+def gateway_call():
+    """Time the gateway call in the block and record it with its outcome."""
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        yield
+    except GatewayError as error:
+        outcome = error.code
+        raise
+    except OSError:
+        outcome = "IO_ERROR"
+        raise
+    finally:
+        observe_gateway(time.monotonic() - started, outcome)
+
+
+def record_transition(to_status, error_code=None):
+    """Count a job reaching a final state (complete, or failed with its code)."""
+    if to_status in (COMPLETE, FAILED):
+        add((JOBS_FINISHED, {"status": to_status, "code": error_code or ""}, 1))
+
+
+def record_upload_rejections(response):
+    """Count the files an upload request turned away, by error code."""
+    if request.endpoint not in UPLOAD_ENDPOINTS or request.method != "POST":
+        return response
+    body = response.get_json(silent=True) if response.is_json else None
+    if body is not None:
+        codes = [item["error"]["code"] for item in body.get("rejected", [])]
+        if not codes and "error" in body:
+            codes = [body["error"]["code"]]
+    else:
+        codes = [_CODE_BY_STATUS.get(response.status_code, f"HTTP_{response.status_code}")] if response.status_code >= 400 else []
+    if codes:
+        add(*[(UPLOADS_REJECTED, {"code": code}, 1) for code in codes])
+    return response
+
+
+# -- the scrape -----------------------------------------------------------------------------------
+
+
+def worker_heartbeat():
+    """(seconds since the newest worker heartbeat or None if never, number of workers whose beat is current)."""
+    now = utcnow()
+    newest, alive = db.session.execute(
+        select(func.max(Coordination.updated_at),
+               func.count().filter(Coordination.expires_at > now))
+        .where(Coordination.name.like("worker:%"))).one()
+    return (None if newest is None else max(0.0, (now - newest).total_seconds())), alive
+
+
+class DatabaseCollector:
+    """Everything /metrics shows, read from the database when Prometheus asks."""
+
+    def collect(self):
+        now = utcnow()
+        session = db.session
+        by_state = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        jobs = GaugeMetricFamily("pdfqueue_jobs", "Jobs by state.", labels=["state"])
+        for state in STATUSES:
+            jobs.add_metric([state], by_state.get(state, 0))
+        yield jobs
+
+        due = (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now)
+        depth, oldest = session.execute(
+            select(func.count().filter(due), func.min(Job.created_at)).where(Job.status == QUEUED)).one()
+        yield GaugeMetricFamily("pdfqueue_queue_depth", "Queued jobs that are due to run.", value=depth)
+        yield GaugeMetricFamily("pdfqueue_oldest_queued_age_seconds", "Age of the oldest queued job (0 if none).",
+                                value=0 if oldest is None else (now - oldest).total_seconds())
+
+        failed = GaugeMetricFamily("pdfqueue_failed_jobs", "Jobs now failed, by error code.", labels=["code"])
+        for code, count in session.execute(
+                select(Job.error_code, func.count()).where(Job.status == FAILED).group_by(Job.error_code)):
+            failed.add_metric([code or ""], count)
+        yield failed
+
+        breaker = Coordination.get("breaker")
+        is_open = breaker is not None and breaker.state == "open"
+        yield GaugeMetricFamily("pdfqueue_breaker_open", "1 while the gateway circuit breaker is open.", value=int(is_open))
+        yield GaugeMetricFamily("pdfqueue_breaker_failures", "Consecutive gateway failures counted by the breaker.",
+                                value=(breaker.count or 0) if breaker is not None else 0)
+
+        age, alive = worker_heartbeat()
+        yield GaugeMetricFamily("pdfqueue_worker_heartbeat_age_seconds",
+                                "Seconds since the newest worker heartbeat (+Inf if none ever).",
+                                value=float("inf") if age is None else age)
+        yield GaugeMetricFamily("pdfqueue_workers_alive", "Worker processes whose heartbeat is current.", value=alive)
+
+        yield from self._counters(session)
+        session.rollback()  # end the read transaction; a scrape holds nothing
+
+    def _counters(self, session):
+        rows = session.execute(select(MetricCounter.name, MetricCounter.labels, MetricCounter.value)).all()
+        series = {}
+        for name, labels, value in rows:
+            series.setdefault(name, []).append((json.loads(labels), value))
+
+        rejected = CounterMetricFamily("pdfqueue_uploads_rejected", "Uploaded files turned away, by error code.",
+                                       labels=["code"])
+        for labels, value in series.get(UPLOADS_REJECTED, []):
+            rejected.add_metric([labels["code"]], value)
+        yield rejected
+
+        finished = CounterMetricFamily("pdfqueue_jobs_finished", "Jobs that reached a final state, by state and code.",
+                                       labels=["status", "code"])
+        for labels, value in series.get(JOBS_FINISHED, []):
+            finished.add_metric([labels["status"], labels["code"]], value)
+        yield finished
+
+        latency = HistogramMetricFamily("pdfqueue_" + GATEWAY_LATENCY, "Gateway /process calls made by workers, "
+                                        "seconds, by outcome ('ok' or the job error code).", labels=["outcome"])
+        buckets, sums = {}, {}
+        for labels, value in series.get(GATEWAY_LATENCY + "_bucket", []):
+            buckets.setdefault(labels["outcome"], {})[labels["le"]] = value
+        for labels, value in series.get(GATEWAY_LATENCY + "_sum", []):
+            sums[labels["outcome"]] = value
+        for outcome, counts in sorted(buckets.items()):
+            cumulative, running = [], 0.0
+            for le in [str(float(b)) for b in GATEWAY_BUCKETS] + ["+Inf"]:
+                running += counts.get(le, 0.0)
+                cumulative.append((le, running))
+            latency.add_metric([outcome], cumulative, sums.get(outcome, 0.0))
+        yield latency
+
+
+registry = CollectorRegistry()
+registry.register(DatabaseCollector())
+
+
+@bp.get("/metrics")
+def metrics():
+    """Expose the whole system's metrics (any web process answers the same)."""
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def init_app(app):
+    """Serve /metrics and count rejected uploads."""
+    app.register_blueprint(bp)
+    app.after_request(record_upload_rejections)
