@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from . import breaker as breaker_module
@@ -86,6 +86,7 @@ def jobs_delete(job_id):
 
 
 @click.command("cleanup")
+@with_appcontext
 def cleanup():
     """Apply retention now: delete PDFs and results past their time, and stray partial files."""
     import tasks

@@ -41,4 +41,9 @@ def init_app(app):
     if app.config.get("BEHIND_PROXY"):
         # The client address (rate limits), scheme (Secure cookies, URLs) and host come from the proxy.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+        # The proxy terminates TLS; Flask's own default (False) would otherwise win over a setdefault.
+        app.config["SESSION_COOKIE_SECURE"] = True
+        # Over HTTPS Flask-WTF also wants a same-origin Referer, which scripts (curl) do not send. The token
+        # travels in a custom header that no other origin can set without a CORS preflight we never grant.
+        app.config["WTF_CSRF_SSL_STRICT"] = False
     app.after_request(add_headers)

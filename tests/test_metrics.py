@@ -1,0 +1,129 @@
+"""GET /metrics: gauges counted from the database, counters kept there, all moving as jobs do."""
+from datetime import timedelta
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import tasks
+from tests.conftest import ApiClient, pdf_bytes
+from tests.fakegateway import FakeGateway
+from webapp import metrics
+from webapp.db import db
+from webapp.models import Coordination, utcnow
+
+
+@pytest.fixture
+def fake():
+    gateway = FakeGateway().start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def worker_app(make_app, fake):
+    return make_app(GATEWAY_URL=fake.url, RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0, BREAKER_THRESHOLD=100,
+                    GATEWAY_TIMEOUT=2, UPLOADS_PER_MINUTE=5)
+
+
+@pytest.fixture
+def api(worker_app):
+    return ApiClient(worker_app.test_client())
+
+
+def scrape(api):
+    """The /metrics answer as {(sample name, frozenset of label items): value}."""
+    response = api.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True)) for sample in family.samples}
+
+
+def value(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())), 0)
+
+
+def upload(api, tag):
+    response = api.upload((pdf_bytes(tag), f"{tag}.pdf"))
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["jobs"][0]
+
+
+def run(app, job_id):
+    with app.app_context():
+        tasks.run_job(job_id)
+        db.session.remove()
+
+
+def test_metrics_move_when_jobs_do(worker_app, api, fake):
+    first, second = upload(api, "one"), upload(api, "two")
+    before = scrape(api)
+    assert value(before, "pdfqueue_jobs", state="queued") == 2
+    assert value(before, "pdfqueue_queue_depth") == 2
+    assert value(before, "pdfqueue_oldest_queued_age_seconds") >= 0
+
+    run(worker_app, first["id"])
+    fake.status = 422
+    run(worker_app, second["id"])
+
+    after = scrape(api)
+    assert value(after, "pdfqueue_jobs", state="queued") == 0 and value(after, "pdfqueue_queue_depth") == 0
+    assert value(after, "pdfqueue_jobs", state="complete") == 1 and value(after, "pdfqueue_jobs", state="failed") == 1
+    assert value(after, "pdfqueue_failed_jobs", code="GW_4XX") == 1
+    assert value(after, "pdfqueue_jobs_finished_total", status="complete", code="") == 1
+    assert value(after, "pdfqueue_jobs_finished_total", status="failed", code="GW_4XX") == 1
+    # the histogram recorded in the worker is read back by the web process
+    assert value(after, "pdfqueue_gateway_request_seconds_count", outcome="ok") == 1
+    assert value(after, "pdfqueue_gateway_request_seconds_count", outcome="GW_4XX") == 1
+    assert value(after, "pdfqueue_gateway_request_seconds_bucket", outcome="ok", le="+Inf") == 1
+    assert value(after, "pdfqueue_gateway_request_seconds_sum", outcome="ok") > 0
+
+
+def test_latency_lands_in_the_right_cumulative_buckets(worker_app, api):
+    with worker_app.app_context():
+        for seconds in (0.05, 0.3, 0.3, 7, 500):
+            metrics.observe_gateway(seconds, "ok")
+    samples = scrape(api)
+    buckets = {le: value(samples, "pdfqueue_gateway_request_seconds_bucket", outcome="ok", le=le)
+               for le in ("0.1", "0.5", "10.0", "180.0", "+Inf")}
+    assert buckets == {"0.1": 1, "0.5": 3, "10.0": 4, "180.0": 4, "+Inf": 5}
+    assert value(samples, "pdfqueue_gateway_request_seconds_sum", outcome="ok") == pytest.approx(507.65)
+
+
+def test_rejected_uploads_are_counted_by_code(api):
+    assert api.upload((b"not a pdf", "a.pdf")).status_code == 415
+    assert api.upload((b"", "b.pdf")).status_code == 400
+    partial = api.upload((pdf_bytes("ok"), "ok.pdf"), (b"GIF89a", "c.pdf"))
+    assert partial.status_code == 202
+    assert api.raw.post("/api/upload", data={}).status_code == 400  # no CSRF token
+    statuses = [api.upload((pdf_bytes(f"fill{n}"), f"fill{n}.pdf")).status_code for n in range(2)]
+    assert statuses == [202, 429]  # the four requests above spent four of the five
+    samples = scrape(api)
+    counts = {code: value(samples, "pdfqueue_uploads_rejected_total", code=code)
+              for code in ("NOT_PDF", "EMPTY", "CSRF", "RATE_LIMITED")}
+    assert counts == {"NOT_PDF": 2, "EMPTY": 1, "CSRF": 1, "RATE_LIMITED": 1}
+
+
+def test_breaker_and_worker_heartbeat_show(worker_app, api, fake):
+    samples = scrape(api)
+    assert value(samples, "pdfqueue_breaker_open") == 0
+    assert value(samples, "pdfqueue_worker_heartbeat_age_seconds") == float("inf")
+    assert value(samples, "pdfqueue_workers_alive") == 0
+    with worker_app.app_context():
+        tasks.maintain_once(first=True)  # writes this process's heartbeat, as the worker's upkeep loop does
+        Coordination.put("breaker", state="open", count=7, expires_at=utcnow() + timedelta(seconds=60))
+        db.session.remove()
+    samples = scrape(api)
+    assert value(samples, "pdfqueue_breaker_open") == 1 and value(samples, "pdfqueue_breaker_failures") == 7
+    assert 0 <= value(samples, "pdfqueue_worker_heartbeat_age_seconds") < 5
+    assert value(samples, "pdfqueue_workers_alive") == 1
+    health = api.get("/api/healthz").get_json()
+    assert (health["breaker"], health["gateway"], health["worker"]) == ("open", "down", "ok")
+    assert health["worker_heartbeat_age_s"] < 5
+
+
+def test_a_metric_that_cannot_be_written_does_not_fail_the_caller(worker_app, caplog):
+    with worker_app.app_context():
+        db.session.execute(db.text("DROP TABLE metric_counters"))
+        db.session.commit()
+        metrics.observe_gateway(1.0, "ok")  # logged, not raised
+    assert "metrics not recorded" in caplog.text
