@@ -1,14 +1,32 @@
-"""gunicorn settings for the web process (`gunicorn -c gunicorn.conf.py wsgi:app`)."""
+"""gunicorn settings for the web process (`gunicorn -c gunicorn.conf.py wsgi:app`).
+
+The worker class is gevent: every open dashboard holds a Server-Sent Events stream for as long as it is
+open, and gthread spends one of its WEB_THREADS on each, so 32 dashboards would starve every other request.
+A gevent worker holds each stream as a greenlet (bench/bench_sse.py: 500 streams, see README "Serving").
+The web process's blocking libraries are gevent-safe under the worker's monkey-patching: sockets
+(requests, redis) and threads (the change feed) are patched, psycopg 3 picks its green wait by itself, and
+SQLite calls are short local reads and writes. WEB_WORKER_CLASS=gthread switches back.
+"""
 import os
+import resource
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_WORKERS", 1))
 if workers > 1 and not os.environ.get("REDIS_URL"):
     # Flask-Limiter's memory storage is per process: several processes would each allow the full limit.
     raise SystemExit("WEB_WORKERS > 1 needs REDIS_URL (the upload limit must be shared)")
-worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", 32))
+worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("WEB_CONNECTIONS", 2000))  # gevent: open streams + requests
+threads = int(os.environ.get("WEB_THREADS", 32))  # gthread only
 timeout = 120
 graceful_timeout = 20
 keepalive = 5
 accesslog = "-"
+
+
+def on_starting(server):
+    """Each open stream is a socket: let the process have as many as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = worker_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))

@@ -48,7 +48,7 @@ def process_job(job_id):
 def run_job(job_id):
     """Claim the job, convert it, and record what happened (the body of process_job)."""
     config = current_app.config
-    if breaker.is_open():
+    if breaker.is_open(max_age=breaker.CACHE_SECONDS):  # a second-old answer is fine: a miss only costs a refund
         Job.hold(job_id, HELD_MESSAGE)
         return
     worker = f"{PROCESS_ID}:{threading.get_ident()}"
@@ -89,7 +89,6 @@ def convert(job, worker, started):
     with tempfile.NamedTemporaryFile(dir=result_dir, prefix=".incoming-", suffix=".xml", delete=False) as out:
         partial = Path(out.name)
     try:
-        Job.heartbeat(job.id, worker, config["LEASE_SECONDS"], progress=30)
         with partial.open("wb") as out:
             with metrics.gateway_call():
                 gateway_client.convert(
@@ -133,7 +132,7 @@ def _after_failure(job, worker, error, started):
 
 
 class Heartbeat:
-    """Extend a job's lease in the background while the gateway works on it."""
+    """Mark the job as sent, then extend its lease in the background while the gateway works on it."""
 
     def __init__(self, app, job_id, worker, lease_seconds):
         self.app, self.job_id, self.worker, self.lease = app, job_id, worker, lease_seconds
@@ -142,10 +141,14 @@ class Heartbeat:
 
     def _run(self):
         with self.app.app_context():
-            while not self.stop.wait(self.lease / 3):
-                if not Job.heartbeat(self.job_id, self.worker, self.lease):
-                    return  # deleted or taken over; the result will be dropped
+            # "sent" is recorded here, beside the call rather than before it, to keep it off the critical path
+            progress = 30
+            while Job.heartbeat(self.job_id, self.worker, self.lease, progress=progress):
                 db.session.remove()
+                progress = None
+                if self.stop.wait(self.lease / 3):
+                    return
+            # the job was deleted or taken over; its result will be dropped
 
     def __enter__(self):
         self.thread.start()

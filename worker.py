@@ -4,10 +4,12 @@ SIGINT stops gracefully: running conversions get WORKER_SHUTDOWN_SECONDS to fini
 released back to the queue. SIGTERM releases them at once. Either way no attempt is spent.
 """
 
-from webapp import logs
-from wsgi import app, huey
+from webapp import create_app, logs
+from webapp.queue import huey
 
 import tasks
+
+app = create_app({"MIGRATE": False})
 
 
 def main():

@@ -15,3 +15,5 @@ preload_app = True  # load mappings and pypdfium2 once, before forking workers
 accesslog = None  # the app logs one JSON line per request itself
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()
+# Web and gateway gunicorns share a box; neither uses gunicorn 27's control socket (one path for all).
+control_socket_disable = True

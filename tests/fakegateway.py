@@ -21,6 +21,7 @@ class FakeGateway:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else header and body writes wait out the client's delayed ACK
 
             def log_message(self, *args):
                 pass

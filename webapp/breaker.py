@@ -3,6 +3,7 @@
 While it is open, jobs wait in `queued` (hold-queue mode) and no /process call is made; a probe of the
 gateway's /healthz, backing off, decides when to close it.
 """
+import time
 from datetime import timedelta
 
 from flask import current_app
@@ -16,13 +17,25 @@ CLOSED, OPEN = "closed", "open"
 FIRST_PROBE_SECONDS, MAX_PROBE_SECONDS = 5, 60
 
 
+CACHE_SECONDS = 1.0
+_seen = {"state": CLOSED, "at": float("-inf")}  # this process's last look at the shared state
+
+
+def _remember(value):
+    _seen.update(state=value, at=time.monotonic())
+    return value
+
+
 def state():
-    """'open' or 'closed'."""
+    """'open' or 'closed', as the database says now."""
     row = Coordination.get(NAME)
-    return row.state if row is not None and row.state == OPEN else CLOSED
+    return _remember(row.state if row is not None and row.state == OPEN else CLOSED)
 
 
-def is_open():
+def is_open(max_age=0.0):
+    """True while the breaker holds jobs; with max_age, this process's last look may be that old."""
+    if time.monotonic() - _seen["at"] < max_age:
+        return _seen["state"] == OPEN
     return state() == OPEN
 
 
@@ -44,14 +57,14 @@ def record_failure():
             row.state = OPEN
             row.expires_at = now + timedelta(seconds=_probe_delay(row.count, threshold))
         row.updated_at = now
-        return row.state == OPEN
+        return _remember(row.state) == OPEN
 
 
 def record_success():
     """A converted file: the gateway works, so forget past failures and close."""
     row = Coordination.get(NAME)
     if row is not None and (row.count or row.state == OPEN):
-        Coordination.put(NAME, state=CLOSED, count=0, expires_at=None)
+        reset()
 
 
 def probe_due():
@@ -60,10 +73,12 @@ def probe_due():
 
 
 def close():
+    """The gateway answers again: close, forgetting past failures."""
     current_app.logger.warning("gateway breaker closes: the gateway answers again")
-    Coordination.put(NAME, state=CLOSED, count=0, expires_at=None)
+    reset()
 
 
 def reset():
-    """Close the breaker by hand (admin)."""
+    """Close the breaker (also by hand, from the admin CLI)."""
     Coordination.put(NAME, state=CLOSED, count=0, expires_at=None)
+    _remember(CLOSED)

@@ -1,22 +1,22 @@
 """The database handle: SQLite tuned for several processes, and the write-transaction helper."""
 from contextlib import contextmanager
 
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 db = SQLAlchemy()
-migrate = Migrate()
 
 SQLITE_BUSY_TIMEOUT_MS = 15000
 _IMMEDIATE = "pdfqueue_immediate"
 
 
 def init_app(app):
-    """Bind SQLAlchemy and Alembic to the app."""
+    """Bind SQLAlchemy, and Alembic (`flask db ...`) unless the process never migrates (the worker)."""
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(app.config["MIGRATIONS_DIR"]))
+    if app.config.get("MIGRATE", True):
+        from flask_migrate import Migrate  # Alembic weighs ~10 MB; the worker has no use for it
+        Migrate(app, db, directory=str(app.config["MIGRATIONS_DIR"]))
 
 
 @event.listens_for(Engine, "connect")

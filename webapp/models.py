@@ -127,7 +127,9 @@ class Job(db.Model):
             now = utcnow()  # taken under the write lock, so commit order follows updated_at
             values = {key: (value(now) if callable(value) else value) for key, value in values.items()}
             values["updated_at"] = now
-            changed = session.execute(update(cls).where(cls.id == job_id, *where).values(**values)).rowcount == 1
+            stmt = update(cls).where(cls.id == job_id, *where).values(**values)
+            # Callers re-read what they need; syncing the identity map costs more than the UPDATE itself.
+            changed = session.execute(stmt, execution_options={"synchronize_session": False}).rowcount == 1
         if changed:
             for listener in _listeners:
                 listener([job_id])
