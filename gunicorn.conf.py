@@ -22,6 +22,9 @@ timeout = 120
 graceful_timeout = 20
 keepalive = 5
 accesslog = "-"
+# Unused, and its default path ($HOME/.gunicorn/gunicorn.ctl) is one per user: a second gunicorn on the box
+# (another web process, the gateway) would take it over.
+control_socket_disable = True
 
 
 def on_starting(server):
@@ -30,3 +33,21 @@ def on_starting(server):
     wanted = worker_connections + 256
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+
+
+# gunicorn's own lines (start-up, worker exits, the access log) as JSON too, in the app's field names; the
+# app's loggers add their handler to the root logger when it loads (webapp/logs.py).
+_JSON_HANDLER = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter",
+                            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+                            "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"}}},
+    "handlers": {"json": _JSON_HANDLER, "access": {**_JSON_HANDLER, "stream": "ext://sys.stdout"}},
+    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": []},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+    },
+}
