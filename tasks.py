@@ -21,7 +21,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from flask import current_app
 from huey.signals import SIGNAL_INTERRUPTED
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from webapp import breaker, gateway_client, metrics
 from webapp.db import db
@@ -226,9 +226,7 @@ def maintain_once(first=False):
     reap_expired_leases()
     probe_gateway()
     if not breaker.is_open():
-        # At start, anything queued was left by a stop; later, only jobs idle past the reap period.
-        for job_id in due_queued(limit=1000, idle_for=None if first else config["REAP_SECONDS"]):
-            process_job(job_id)
+        rewake_lost(first)
     row = Coordination.get("retention")
     if row is None or row.expires_at is None or row.expires_at <= utcnow():
         Coordination.put("retention", expires_at=utcnow() + timedelta(days=1))
@@ -245,6 +243,23 @@ def reap_expired_leases():
         if Job.expire_lease(job_id):
             logger.warning("job %s lease expired; queued again", job_id, extra={"job_id": job_id, "from": PROCESSING, "to": QUEUED})
             process_job(job_id)
+
+
+def rewake_lost(first=False):
+    """Wake queued jobs whose wake-up was lost (the web died between commit and enqueue, say).
+
+    At a leader's first tick, everything due (left by a stop). Later, only while the queue is empty, and
+    no more than the free slots: a backlog waiting for capacity already has its wake-ups, and waking it
+    again every tick would flood the queue."""
+    if first:
+        limit, idle_for = 1000, None
+    else:
+        if huey.pending_count():
+            return
+        processing = db.session.scalar(select(func.count()).select_from(Job).where(Job.status == PROCESSING))
+        limit, idle_for = current_app.config["WORKER_CONCURRENCY"] - processing, current_app.config["REAP_SECONDS"]
+    for job_id in due_queued(limit=max(limit, 0), idle_for=idle_for):
+        process_job(job_id)
 
 
 def probe_gateway():

@@ -344,3 +344,30 @@ def test_gateway_calls_never_exceed_the_concurrency_across_processes(stack, fake
     assert wait_for(lambda: all(load(stack, j["id"]).status == "complete" for j in jobs), timeout=40)
     assert fake.peak_in_flight <= 2
     assert all(fake.calls[j["correlation_id"]] == 1 for j in jobs)
+
+
+def test_lost_wakeups_are_rewoken_without_flooding_the_queue(worker_app):
+    from webapp.queue import huey
+    with worker_app.app_context():
+        ids = [Job.create(owner="o", filename=f"{n}.pdf", mapping="m", bytes=n, sha256="8" * 64).id for n in range(10)]
+        assert Job.claim(ids[0], "w", 30, capacity=4) and Job.claim(ids[1], "w", 30, capacity=4)
+        Job.query.update({"updated_at": utcnow() - timedelta(minutes=5)})
+        db.session.commit()
+        huey.flush()
+        tasks.rewake_lost()
+        assert huey.pending_count() == 2  # WORKER_CONCURRENCY 4, two processing: two free slots
+        tasks.rewake_lost()
+        assert huey.pending_count() == 2  # wake-ups still pending: nothing was lost, nothing is added
+        huey.flush()
+        tasks.rewake_lost(first=True)
+        assert huey.pending_count() == 8  # a leader's first tick wakes everything queued
+
+
+def test_a_queue_that_refuses_the_wakeup_does_not_fail_the_upload(worker_app, api, monkeypatch):
+    from webapp.queue import huey
+
+    def broken(*args, **kwargs):
+        raise OSError("queue storage unavailable")
+    monkeypatch.setattr(huey, "enqueue", broken)
+    response = api.upload((pdf_bytes("no-wake"), "a.pdf"))
+    assert response.status_code == 202 and response.get_json()["jobs"][0]["status"] == "queued"

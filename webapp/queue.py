@@ -2,6 +2,7 @@
 
 Huey tasks are only wake-ups: the jobs table decides what runs (see tasks.py).
 """
+import logging
 from pathlib import Path
 
 from huey import Huey
@@ -9,6 +10,7 @@ from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
 
 huey = Huey("pdfqueue", storage_class=MemoryStorage, results=False, utc=True)
 _bound = {}
+logger = logging.getLogger(__name__)
 
 
 def init_app(app):
@@ -30,9 +32,15 @@ def bound_app():
 
 
 def wake(job_id):
-    """Enqueue a wake-up for this job; the worker decides whether it still needs doing."""
+    """Enqueue a wake-up for this job; the worker decides whether it still needs doing.
+
+    The job is already committed, so a queue that cannot take the wake-up must not fail the request:
+    the worker's maintenance loop re-wakes queued jobs whose wake-up was lost."""
     import tasks
-    tasks.process_job(job_id)
+    try:
+        tasks.process_job(job_id)
+    except Exception:  # swallowed on purpose: the job is safe in the table and will be re-woken
+        logger.exception("could not enqueue a wake-up for job %s; maintenance will re-wake it", job_id)
 
 
 def reachable():
