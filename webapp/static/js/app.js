@@ -1,6 +1,7 @@
 // pdfqueue pages: CSRF on htmx requests, the upload drop zone, and the live queue (SSE, else polling).
 (function () {
   "use strict";
+  document.documentElement.classList.add("js"); // the drop zone replaces the plain form
 
   var POLL_MS = 3000;
   var csrfToken = function () {
