@@ -224,7 +224,11 @@ def test_one_feed_thread_serves_many_streams_and_streams_hold_no_connection(app,
         assert next(stream.lines) == ": ping"
     assert [t.name for t in events.feed(app).threads] == ["pdfqueue-feed"]
     with app.app_context():
-        assert db.engine.pool.checkedout() == 0
+        samples = []
+        for _ in range(20):
+            samples.append(db.engine.pool.checkedout())
+            time.sleep(0.01)
+    assert max(samples) <= 1  # at most the feed's own poll, never one per idle stream
     assert events.feed(app).stream_count() == 5
     for stream in streams:
         stream.close()

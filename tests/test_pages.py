@@ -206,6 +206,6 @@ def test_filesize(value, expected):
     assert pages.filesize(value) == expected
 
 
-@pytest.mark.parametrize("value, expected", [(None, "—"), (4.25, "4.2 s"), (75, "1 min 15 s")])
+@pytest.mark.parametrize("value, expected", [(None, "—"), (0.25, "250 ms"), (4.25, "4.2 s"), (75, "1 min 15 s")])
 def test_seconds(value, expected):
     assert pages.seconds(value) == expected

@@ -63,6 +63,8 @@ class ChangeFeed:
         self._stopped = threading.Event()
         self._redis = None
         self.threads = []
+        self._generation = defaultdict(int)  # owner -> wake count, so shared results know when they are stale
+        self._shared = {}  # owner -> (generation, {key: value})
 
     # -- streams -----------------------------------------------------------------------------
 
@@ -80,6 +82,19 @@ class ChangeFeed:
                 waiters.discard(waiter)
                 if not waiters:
                     del self._waiters[waiter.owner]
+                    self._shared.pop(waiter.owner, None)
+                    self._generation.pop(waiter.owner, None)
+
+    def shared(self, owner, key, compute):
+        """compute() once per owner, key and wake-up, shared by that owner's streams."""
+        generation = self._generation[owner]
+        cached_generation, values = self._shared.get(owner, (None, {}))
+        if cached_generation != generation:
+            values = {}
+            self._shared[owner] = (generation, values)
+        if key not in values:
+            values[key] = compute()
+        return values[key]
 
     def stream_count(self):
         with self._lock:
@@ -88,6 +103,8 @@ class ChangeFeed:
     def wake(self, owners, removed=()):
         """Ring the streams of these owners (telling them of removed job ids)."""
         with self._lock:
+            for owner in owners:
+                self._generation[owner] += 1
             waiters = [w for owner in owners for w in self._waiters.get(owner, ())]
         for waiter in waiters:
             waiter.removed.extend(removed)
@@ -212,7 +229,7 @@ def _job_changed(job_ids):
 
 
 def sse(event=None, data=None, event_id=None, comment=None):
-    """One Server-Sent Events message."""
+    """One Server-Sent Events message (data may span lines)."""
     lines = []
     if comment is not None:
         lines.append(f": {comment}")
@@ -242,46 +259,59 @@ def resume_point():
     return utcnow()
 
 
+def render_changes(owner, since, dashboard):
+    """The owner's changes since since as (job id, updated_at, message body), plus the metrics body (or None)."""
+    jobs = changed_since(owner, since)
+    if dashboard:
+        bodies = [sse("row", render_template("partials/_job_row.html", job=job)) for job in jobs]
+    else:
+        bodies = [sse("job", json.dumps(job.to_dict())) for job in jobs]
+    metrics = None
+    if jobs and dashboard:
+        from .pages import metrics_context
+        metrics = sse("metrics", render_template("partials/_metrics.html", **metrics_context(owner)))
+    return [(job.id, job.updated_at, body) for job, body in zip(jobs, bodies)], metrics
+
+
 class Stream:
     """One client's event stream: what it has sent, and how to say the next thing."""
 
-    def __init__(self, owner, cursor, dashboard):
-        self.owner, self.cursor, self.dashboard = owner, cursor, dashboard
+    def __init__(self, owner, cursor, dashboard, changes_feed):
+        self.owner, self.cursor, self.dashboard, self.feed = owner, cursor, dashboard, changes_feed
         self.sent = {}  # job id -> updated_at, kept for the overlap window
 
     def changes(self):
         """Messages for whatever changed since the cursor (minus what was already sent)."""
-        jobs = [job for job in changed_since(self.owner, self.cursor - OVERLAP) if self.sent.get(job.id) != job.updated_at]
+        since = self.cursor - OVERLAP
+        # Streams of one owner woken together mostly share a cursor: read and render once for all of them.
+        rendered, metrics = self.feed.shared(self.owner, (since, self.dashboard),
+                                             lambda: render_changes(self.owner, since, self.dashboard))
         messages = []
-        for job in jobs:
-            self.sent[job.id] = job.updated_at
-            self.cursor = max(self.cursor, job.updated_at)
-            if self.dashboard:
-                messages.append(sse("row", render_template("partials/_job_row.html", job=job), self.event_id))
-            else:
-                messages.append(sse("job", json.dumps(job.to_dict()), self.event_id))
-        if jobs and self.dashboard:
-            from .pages import metrics_context
-            messages.append(sse("metrics", render_template("partials/_metrics.html", **metrics_context(self.owner)),
-                                self.event_id))
+        for job_id, updated_at, body in rendered:
+            if self.sent.get(job_id) == updated_at:
+                continue
+            self.sent[job_id] = updated_at
+            self.cursor = max(self.cursor, updated_at)
+            messages.append(self.with_id(body))
+        if messages and metrics:
+            messages.append(self.with_id(metrics))
         floor = self.cursor - OVERLAP
         self.sent = {job_id: at for job_id, at in self.sent.items() if at > floor}
         return messages
 
     def removals(self, job_ids):
-        return [sse("removed", job_id, self.event_id) for job_id in job_ids]
+        return [self.with_id(sse("removed", job_id)) for job_id in job_ids]
 
-    @property
-    def event_id(self):
-        return isoformat(self.cursor)
+    def with_id(self, body):
+        return f"id: {isoformat(self.cursor)}\n{body}"
 
 
 @bp.get("/events")
 def events():
     """Stream changes to my jobs as Server-Sent Events (?html=1: dashboard rows and metrics)."""
     owner = current_owner()
-    stream = Stream(owner, resume_point(), dashboard=request.args.get("html") == "1")
     changes_feed = feed()
+    stream = Stream(owner, resume_point(), request.args.get("html") == "1", changes_feed)
     db.session.remove()  # hold no connection while the stream idles
 
     def generate():

@@ -9,7 +9,6 @@ from xml.etree.ElementTree import ParseError, indent, tostring
 
 from . import api, htmx, queue
 from .db import db
-from .errors import ApiError
 from .identity import current_owner
 from .models import ACTIVE, COMPLETE, FAILED, Job, isoformat
 
@@ -146,9 +145,11 @@ def filesize(count):
 
 @bp.app_template_filter("seconds")
 def seconds(value):
-    """4.25 -> '4.3 s', 75 -> '1 min 15 s'."""
+    """0.25 -> '250 ms', 4.25 -> '4.2 s', 75 -> '1 min 15 s'."""
     if value is None:
         return "—"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
     if value < 60:
         return f"{value:.1f} s"
     minutes, rest = divmod(round(value), 60)
@@ -188,5 +189,3 @@ def _page_globals():
 def init_app(app):
     app.register_blueprint(bp)
 
-
-__all__ = ["bp", "metrics_context", "ApiError"]
