@@ -65,22 +65,24 @@ class Stack:
 
 
 @contextmanager
-def running_stack(gateway_delay=None, worker=True, **settings):
-    """Web (gunicorn), worker and a gateway — ours, or the fake one with a fixed delay when gateway_delay is set."""
+def running_stack(gateway_delay=None, worker=True, gateway_url=None, **settings):
+    """Web (gunicorn), worker and a gateway — ours, or the fake one with a fixed delay when gateway_delay is set.
+
+    With gateway_url, no gateway is started: the stack uses that one (an in-process FakeGateway, say)."""
     with ExitStack() as cleanup:
         data_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="pdfqueue-bench-"))
         port, gateway_port = free_port(), free_port()
         env = {**os.environ, "DATA_DIR": data_dir, "PORT": str(port), "GATEWAY_PORT": str(gateway_port),
-               "GATEWAY_URL": f"http://127.0.0.1:{gateway_port}", "SECRET_KEY": "bench", "LOG_LEVEL": "WARNING",
+               "GATEWAY_URL": gateway_url or f"http://127.0.0.1:{gateway_port}", "SECRET_KEY": "bench", "LOG_LEVEL": "WARNING",
                "GATEWAY_HOST": "127.0.0.1", **{k: str(v) for k, v in settings.items()}}
         stack = Stack(data_dir, env)
         cleanup.callback(stack.stop_all)
         subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env,
                        check=True, capture_output=True)
-        if gateway_delay is None:
+        if gateway_url is None and gateway_delay is None:
             stack.start("gateway", [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
                         f"{env['GATEWAY_URL']}/healthz")
-        else:
+        elif gateway_url is None:
             stack.start("gateway", [sys.executable, "-m", "tests.fakegateway", str(gateway_port), str(gateway_delay)],
                         f"{env['GATEWAY_URL']}/healthz")
         stack.web_url = f"http://127.0.0.1:{port}"
