@@ -194,7 +194,9 @@ def _release_interrupted(signal, task, *args, **kwargs):
     with bound_app().app_context():
         for job_id, worker in list(_in_flight.items()):
             if Job.release(job_id, worker):
-                logger.info("job %s released at shutdown", job_id, extra={"job_id": job_id, "from": PROCESSING, "to": QUEUED})
+                correlation_id = db.session.scalar(select(Job.correlation_id).where(Job.id == job_id))
+                logger.info("job %s released at shutdown", job_id,
+                            extra={"job_id": job_id, "correlation_id": correlation_id, "from": PROCESSING, "to": QUEUED})
 
 
 def _fields(job, **extra):
@@ -237,11 +239,12 @@ def maintain_once(first=False):
 def reap_expired_leases():
     """Re-queue jobs whose worker stopped extending their lease (killed, or the box lost power)."""
     expired = db.session.execute(
-        select(Job.id).where(Job.status == PROCESSING, Job.lease_expires_at < utcnow())).scalars().all()
+        select(Job.id, Job.correlation_id).where(Job.status == PROCESSING, Job.lease_expires_at < utcnow())).all()
     db.session.commit()
-    for job_id in expired:
+    for job_id, correlation_id in expired:
         if Job.expire_lease(job_id):
-            logger.warning("job %s lease expired; queued again", job_id, extra={"job_id": job_id, "from": PROCESSING, "to": QUEUED})
+            logger.warning("job %s lease expired; queued again", job_id,
+                           extra={"job_id": job_id, "correlation_id": correlation_id, "from": PROCESSING, "to": QUEUED})
             process_job(job_id)
 
 
