@@ -10,7 +10,7 @@ export PORT GATEWAY_PORT
 # With GATEWAY_URL set, an external gateway does the work and ours is not started.
 PROCESSES := $(if $(GATEWAY_URL),web worker,web worker gateway)
 
-.PHONY: setup run test web worker gateway bench db assets system-deps clean
+.PHONY: setup run test web worker gateway bench bench-quick faults db assets system-deps clean
 
 setup: $(VENV)/.installed assets db
 
@@ -51,8 +51,17 @@ system-deps:
 test: setup system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Every bench/bench_*.py against stacks it starts itself; writes docs/benchmarks.md (bench-quick: a short try-out
+# into bench/out/).
 bench: setup
-	@for bench in bench/bench_*.py; do echo "== $$bench"; $(BIN)/python $$bench || exit 1; done
+	$(BIN)/python bench/run_all.py
+
+bench-quick: setup
+	$(BIN)/python bench/run_all.py --quick
+
+# Fault drills on the real processes (worker killed, gateway down, disk full...); fails if any check fails.
+faults: setup
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) node_modules webapp/static/vendor

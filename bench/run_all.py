@@ -1,0 +1,245 @@
+"""Run every bench/bench_*.py (several times where the time budget allows) and write docs/benchmarks.md.
+
+    .venv/bin/python bench/run_all.py [--quick] [--runs 3] [--budget 840] [--out docs/benchmarks.md]
+
+Each bench starts its own stack on loopback and prints a Markdown table of figure | target | measured. Rows
+are collected across runs; a figure's measured cell becomes the median of its runs, number by number, with
+the min–max of its first number, and its target is judged on that median. `--quick` runs each bench once with
+small arguments and writes bench/out/benchmarks-quick.md instead, for trying the suite out.
+"""
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+# Benches run once: their figures are already medians inside one run (bench_worker alternates 3 rounds of
+# app vs direct and takes 30 idle pickups), and one run spends 60 s idling on purpose.
+ONCE = {"bench_worker.py"}
+QUICK_ARGS = {
+    "bench_worker.py": ["--idle", "5", "--samples", "5", "--rounds", "1", "--jobs", "12"],
+    "bench_gateway.py": ["--runs", "3", "--requests", "8"],
+    "bench_pages.py": ["--jobs", "10000", "--mine", "1000", "--requests", "50"],
+    "bench_sse.py": ["--streams", "100", "--classes", "gevent"],
+    "bench_memory.py": ["--invoices", "6"],
+}
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+TARGET = re.compile(r"^(?:(?P<label>p\d\d)\s+)?(?P<op>≤|<=|≥|>=|<|>)?\s*(?P<value>-?\d+(?:\.\d+)?)\s*(?P<unit>[A-Za-z%]+)?")
+UNITS = {"ms": ("time", 0.001), "s": ("time", 1.0), "KB": ("size", 1 / 1024), "KiB": ("size", 1 / 1024),
+         "MB": ("size", 1.0), "MiB": ("size", 1.0), "GB": ("size", 1024.0), "GiB": ("size", 1024.0)}
+
+
+@dataclass
+class Run:
+    bench: str
+    command: str
+    seconds: float
+    returncode: int
+    output: str
+
+
+@dataclass
+class Figure:
+    name: str
+    target: str
+    bench: str
+    command: str
+    measured: list = field(default_factory=list)  # one cell per run
+
+
+def run_bench(path, args, timeout):
+    """Run one bench, echoing its output as it comes; return a Run."""
+    argv = [sys.executable, str(path.relative_to(ROOT)), *args]
+    command = " ".join([".venv/bin/python", *argv[1:]])
+    print(f"\n== {command}", flush=True)
+    began = time.monotonic()
+    lines = []
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    try:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+            if time.monotonic() - began > timeout:
+                raise subprocess.TimeoutExpired(argv, timeout)
+        proc.wait()
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        lines.append(f"\n(stopped after {timeout:.0f} s)\n")
+    return Run(path.name, command, time.monotonic() - began, proc.returncode, "".join(lines))
+
+
+def table_rows(output):
+    """(figure, target, measured) for each body row of the Markdown tables in a bench's output."""
+    rows = []
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) >= 3 and cells[0] != "figure" and not set(cells[0]) <= set("-: "):
+            rows.append((cells[0], cells[1], " | ".join(cells[2:])))
+    return rows
+
+
+def numbers(text):
+    return [float(match) for match in NUMBER.findall(text)]
+
+
+def median_cell(cells):
+    """One cell: each number the median of that position across runs (if the runs read alike), and the range."""
+    skeletons = {NUMBER.sub("#", cell) for cell in cells}
+    columns = list(zip(*(numbers(cell) for cell in cells)))
+    if len(skeletons) != 1 or not columns:
+        heads = [numbers(cell)[0] if numbers(cell) else 0 for cell in cells]
+        return cells[heads.index(sorted(heads)[len(heads) // 2])], ""
+    first = NUMBER.findall(cells[0])
+    medians = iter(f"{statistics.median(column):.{len(token.partition('.')[2])}f}" for column, token in zip(columns, first))
+    cell = NUMBER.sub(lambda _: next(medians), cells[0])
+    spread = f"{min(columns[0]):g}–{max(columns[0]):g}" if len(cells) > 1 else ""
+    return cell, spread
+
+
+def unit_after(text, index):
+    """The unit written after the index-th number of text, or after any number, or None."""
+    units = [re.match(r"\s*([A-Za-z%]+)", text[m.end():]) for m in NUMBER.finditer(text)]
+    units = [u.group(1) if u and u.group(1) in UNITS else None for u in units]
+    if index < len(units) and units[index]:
+        return units[index]
+    return next((u for u in units if u), None)
+
+
+def verdict(figure, target, measured):
+    """'met', 'not met', or '' when the target is not a number to compare with."""
+    match = TARGET.match(target.strip())
+    values = numbers(measured)
+    if not match or not values:
+        return ""
+    labels = re.findall(r"p\d\d", figure)
+    index = labels.index(match["label"]) if match["label"] in labels else 0
+    index = min(index, len(values) - 1)
+    wanted, got = float(match["value"]), values[index]
+    unit, got_unit = match["unit"], unit_after(measured, index)
+    if unit in UNITS and got_unit in UNITS and UNITS[unit][0] == UNITS[got_unit][0]:
+        wanted, got = wanted * UNITS[unit][1], got * UNITS[got_unit][1]
+    # A bare number is a floor ("500 streams") unless it is 0 (errors): then a ceiling.
+    op = match["op"] or ("≤" if wanted == 0 else "≥")
+    ok = {"≤": got <= wanted, "<=": got <= wanted, "<": got < wanted,
+          "≥": got >= wanted, ">=": got >= wanted, ">": got > wanted}[op]
+    return "met" if ok else "not met"
+
+
+def machine():
+    meminfo = Path("/proc/meminfo").read_text()
+    memory = int(re.search(r"MemTotal:\s+(\d+)", meminfo)[1]) / 1024 / 1024
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"cores": os.cpu_count(), "memory": f"{memory:.0f} GB", "cpu": model[1].strip() if model else platform.machine(),
+            "os": platform.platform(), "python": platform.python_version(), "commit": commit,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def collect(runs):
+    figures = {}
+    for run in runs:
+        for name, target, measured in table_rows(run.output):
+            figure = figures.setdefault((run.bench, name), Figure(name, target, run.bench, run.command))
+            figure.measured.append(measured)
+    return list(figures.values())
+
+
+def write_doc(path, runs, info, loads, quick, elapsed):
+    figures = collect(runs)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{'make bench-quick' if quick else 'make bench'}` (`bench/run_all.py`), which runs every "
+        "`bench/bench_*.py` against stacks it starts itself on loopback (gunicorn web, `worker.py`, and our gateway "
+        "or `tests/fakegateway.py` with a set delay). Fault drills are separate: `make faults` (`bench/faults.py`).",
+        "",
+        f"- **Machine**: {info['cores']} cores ({info['cpu']}), {info['memory']} memory, {info['os']}",
+        f"- **Python** {info['python']}; commit `{info['commit']}`; {info['date']}; the whole run took {elapsed / 60:.1f} min",
+        f"- **Load**: a shared {info['cores']}-core box — other engineers ran test suites at the same time "
+        f"(load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end). Absolute times carry that noise; "
+        "the throughput ratio is measured side by side (app and direct gateway in alternating rounds of one run), "
+        "and each figure is the median of its runs, with the min–max of its first number across runs.",
+        "",
+        "## Figures",
+        "",
+        "| figure | target | measured (median) | runs | min–max | verdict | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for figure in figures:
+        cell, spread = median_cell(figure.measured)
+        result = verdict(figure.name, figure.target, cell)
+        figure.cell, figure.result = cell, result
+        lines.append(f"| {figure.name} | {figure.target} | {cell} | {len(figure.measured)} | {spread or '—'} | "
+                     f"{'**not met**' if result == 'not met' else result or '—'} | `{figure.command}` |")
+    lines += ["", "## Targets", ""]
+    for figure in figures:
+        if figure.result:
+            lines.append(f"- {figure.name}: target {figure.target}, measured {figure.cell} — **{figure.result}**")
+    silent = [run for run in runs if not table_rows(run.output)]
+    failed = [run for run in runs if run.returncode != 0]
+    if silent or failed:
+        lines += ["", "## Gaps", ""]
+        for run in failed:
+            lines.append(f"- `{run.command}` exited with {run.returncode} after {run.seconds:.0f} s; its output is below.")
+        for run in {run.bench: run for run in silent}.values():
+            lines.append(f"- `{run.bench}` printed no figure | target | measured table, so none of its figures is in "
+                         "the table above; its own output is below.")
+    lines += ["", "## Runs", "", "| command | seconds | exit |", "|---|---|---|"]
+    lines += [f"| `{run.command}` | {run.seconds:.0f} | {run.returncode} |" for run in runs]
+    lines += ["", "## Output of each bench (its last run)", ""]
+    for run in {run.bench: run for run in runs}.values():
+        lines += [f"<details><summary><code>{run.command}</code></summary>", "", "```",
+                  run.output.rstrip(), "```", "", "</details>", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="each bench once, small arguments; bench/out/")
+    parser.add_argument("--runs", type=int, default=3, help="runs per bench (benches in ONCE run once)")
+    parser.add_argument("--budget", type=float, default=840, help="seconds; no repeat starts that would pass it")
+    parser.add_argument("--only", default="", help="comma-separated bench file names")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    out = args.out or (BENCH / "out" / "benchmarks-quick.md" if args.quick else ROOT / "docs" / "benchmarks.md")
+    benches = [path for path in sorted(BENCH.glob("bench_*.py")) if not args.only or path.name in args.only.split(",")]
+    info, load_before, began = machine(), os.getloadavg()[0], time.monotonic()
+    runs, last = [], {}
+    for round_ in range(1 if args.quick else args.runs):
+        for path in benches:
+            if round_ and path.name in ONCE:
+                continue
+            spent = time.monotonic() - began
+            if round_ and spent + last.get(path.name, 0) > args.budget:
+                print(f"\n(skipping another run of {path.name}: the {args.budget:.0f} s budget is spent)", flush=True)
+                continue
+            bench_args = QUICK_ARGS.get(path.name, []) if args.quick else []
+            run = run_bench(path, bench_args, timeout=max(120, args.budget - spent + 120))
+            if run.returncode == 2 and bench_args:  # its arguments changed: run it as it is
+                run = run_bench(path, [], timeout=max(120, args.budget - spent + 120))
+            runs.append(run)
+            last[path.name] = run.seconds
+    elapsed = time.monotonic() - began
+    figures = write_doc(out, runs, info, (load_before, os.getloadavg()[0]), args.quick, elapsed)
+    print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}: {len(figures)} figures from "
+          f"{len(runs)} runs in {elapsed / 60:.1f} min")
+    for figure in figures:
+        if figure.result:
+            print(f"  {figure.result:<8} {figure.name}: {figure.cell} (target {figure.target})")
+    return 1 if any(run.returncode for run in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
