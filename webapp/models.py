@@ -50,6 +50,8 @@ class Job(db.Model):
         Index("ix_jobs_owner_updated", "owner", "updated_at"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # dashboard metrics
+        Index("ix_jobs_updated", "updated_at"),  # the change feed (webapp/events.py)
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
