@@ -25,6 +25,7 @@ import traceback
 from collections import Counter
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -235,39 +236,42 @@ def drill(title):
     return register
 
 
-def fake_gateway(delay=0.05):
+@contextmanager
+def fake_stack(delay=0.05, **settings):
+    """A stack whose gateway is an in-process FakeGateway (knobs: delay, status, hang); yield (stack, fake)."""
     fake = FakeGateway().start()
     fake.delay = delay
     fake.server.handle_error = lambda request, address: None  # a killed client's reset is expected here
-    return fake
+    try:
+        with running_stack(gateway_url=fake.url, **{**FAST, **settings}) as stack:
+            yield stack, fake
+    finally:
+        fake.stop()
 
 
 @drill("worker SIGKILL mid-job")
 def worker_sigkill(check):
-    fake = fake_gateway(delay=2.0)
-    try:
-        with running_stack(gateway_url=fake.url, **{**FAST, "WORKER_CONCURRENCY": 2, "GATEWAY_TIMEOUT": 10}) as stack:
-            ids = upload_ids(stack, owner_session(stack.web_url), [pdf(n) for n in range(4)])
-            wait_for(lambda: fake.in_flight >= 2, 20)
-            processing = [row["id"] for row in jobs(stack, "status = 'processing'")]
-            pid = stack.procs["worker"].pid
-            stack.stop("worker", signal.SIGKILL)
-            injected(f"SIGKILL to the worker (pid {pid}) with {fake.in_flight} gateway calls in flight "
-                     f"and {len(processing)} jobs processing; a fresh worker started at once (LEASE_SECONDS=3)")
-            stack.start_worker()
-            check(settle(stack), "every job leaves queued/processing within 60 s")
-            rows = {row["id"]: row for row in jobs(stack)}
-            check(all(rows[i]["status"] == "complete" for i in ids), "all 4 jobs complete",
-                  ", ".join(f"{rows[i]['status']}" for i in ids))
-            calls = {i: fake.calls[rows[i]["correlation_id"]] for i in ids}
-            check(max(calls.values()) <= 2, "the gateway was called at most twice per job",
-                  f"calls per job {sorted(calls.values())}")
-            retried = [i for i in processing if rows[i]["attempts"] == 2]
-            check(processing and len(retried) == len(processing), "each job killed mid-call was re-run once after its lease lapsed",
-                  f"{len(retried)} of {len(processing)} killed jobs on attempt 2")
-            check_invariants(stack, check, fake.url, ids)
-    finally:
-        fake.stop()
+    with fake_stack(delay=2.0, WORKER_CONCURRENCY=2, GATEWAY_TIMEOUT=10) as (stack, fake):
+        ids = upload_ids(stack, owner_session(stack.web_url), [pdf(n) for n in range(4)])
+        wait_for(lambda: fake.in_flight >= 2, 20)
+        processing = [row["id"] for row in jobs(stack, "status = 'processing'")]
+        pid = stack.procs["worker"].pid
+        stack.stop("worker", signal.SIGKILL)
+        injected(f"SIGKILL to the worker (pid {pid}) with {fake.in_flight} gateway calls in flight "
+                 f"and {len(processing)} jobs processing; a fresh worker started at once (LEASE_SECONDS=3)")
+        stack.start_worker()
+        check(settle(stack), "every job leaves queued/processing within 60 s")
+        rows = {row["id"]: row for row in jobs(stack)}
+        check(all(rows[i]["status"] == "complete" for i in ids), "all 4 jobs complete",
+              ", ".join(f"{rows[i]['status']}" for i in ids))
+        calls = {i: fake.calls[rows[i]["correlation_id"]] for i in ids}
+        check(max(calls.values()) <= 2, "the gateway was called at most twice per job",
+              f"calls per job {sorted(calls.values())}")
+        retried = [i for i in processing if rows[i]["attempts"] == 2]
+        check(processing and len(retried) == len(processing),
+              "each job killed mid-call was re-run once after its lease lapsed",
+              f"{len(retried)} of {len(processing)} killed jobs on attempt 2")
+        check_invariants(stack, check, fake.url, ids)
 
 
 @drill(f"gateway stopped for {OUTAGE_SECONDS} s, then restarted")
@@ -291,7 +295,7 @@ def gateway_outage(check):
             time.sleep(1)
         held = jobs(stack, "status = 'queued'")
         check(not failed_during and len(held) == 4, "the jobs are held queued through the outage, none failed",
-              f"{len(held)} queued, {len(failed_during)} failed; codes {sorted({row['error_code'] for row in held}, key=str)}")
+              f"{len(held)} queued, {len(failed_during)} failed; codes {sorted({str(row['error_code']) for row in held})}")
         restart_at = time.monotonic()
         stack.start("gateway", [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
                     f"{stack.gateway_url}/healthz")
@@ -321,107 +325,103 @@ def transitions(stack, job_id):
 
 @drill("gateway answering 500, then hanging past GATEWAY_TIMEOUT")
 def gateway_errors(check):
-    fake = fake_gateway()
     base = FAST["RETRY_BASE_SECONDS"]
-    try:
-        # The breaker stays out of this drill (threshold 100): it is the retries that are under test here.
-        with running_stack(gateway_url=fake.url, **{**FAST, "BREAKER_THRESHOLD": 100}) as stack:
-            session = owner_session(stack.web_url)
-            fake.status = 500
-            injected("the gateway answers every /process with 500; 2 uploads")
-            ids = upload_ids(stack, session, [pdf("500-a"), pdf("500-b")])
-            check(settle(stack, 60), "both jobs leave the queue")
-            rows = jobs(stack, "id IN (?, ?)", ids)
-            check(all(row["status"] == "failed" and row["error_code"] == "GW_5XX" and row["dead_letter"] for row in rows),
-                  "each is failed with GW_5XX and dead-lettered", ", ".join(f"{r['status']}/{r['error_code']}/dl={r['dead_letter']}" for r in rows))
-            check(all(fake.calls[row["correlation_id"]] == FAST["MAX_ATTEMPTS"] for row in rows),
-                  f"the gateway was called MAX_ATTEMPTS={FAST['MAX_ATTEMPTS']} times per job",
-                  f"{[fake.calls[row['correlation_id']] for row in rows]}")
-            delays = [[t.get("retry_in") for t in transitions(stack, i) if t.get("error_code") == "GW_5XX" and t["to"] == "queued"] for i in ids]
-            backoff = all(len(d) == 2 and d[0] >= base and d[1] >= 2 * base and d[1] > d[0] - FAST["RETRY_JITTER_SECONDS"] for d in delays)
-            check(backoff, f"retries backed off: base × 2^(attempt−1) + jitter (base {base} s)", f"retry_in per job {delays}")
+    # The breaker stays out of this drill (threshold 100): it is the retries that are under test here.
+    with fake_stack(BREAKER_THRESHOLD=100) as (stack, fake):
+        session = owner_session(stack.web_url)
+        fake.status = 500
+        injected("the gateway answers every /process with 500; 2 uploads")
+        ids = upload_ids(stack, session, [pdf("500-a"), pdf("500-b")])
+        check(settle(stack, 60), "both jobs leave the queue")
+        rows = jobs(stack, "id IN (?, ?)", ids)
+        check(all(row["status"] == "failed" and row["error_code"] == "GW_5XX" and row["dead_letter"] for row in rows),
+              "each is failed with GW_5XX and dead-lettered",
+              ", ".join(f"{r['status']}/{r['error_code']}/dead_letter={r['dead_letter']}" for r in rows))
+        check(all(fake.calls[row["correlation_id"]] == FAST["MAX_ATTEMPTS"] for row in rows),
+              f"the gateway was called MAX_ATTEMPTS={FAST['MAX_ATTEMPTS']} times per job",
+              f"{[fake.calls[row['correlation_id']] for row in rows]}")
+        delays = [[t.get("retry_in") for t in transitions(stack, i) if t["to"] == "queued" and t.get("error_code") == "GW_5XX"]
+                  for i in ids]
+        jitter = FAST["RETRY_JITTER_SECONDS"] + 0.1  # the log rounds to 0.1 s
+        backoff = all(len(d) == 2 and all(base * 2 ** n <= d[n] <= base * 2 ** n + jitter for n in (0, 1)) for d in delays)
+        check(backoff, f"retries backed off: base × 2^(attempt−1) + jitter (base {base} s)", f"retry_in per job {delays}")
 
-            fake.status, fake.hang = 200, True
-            injected("the gateway takes requests and never answers (hang > GATEWAY_TIMEOUT=2 s); 2 uploads")
-            ids2 = upload_ids(stack, session, [pdf("hang-a"), pdf("hang-b")])
-            timed_out = wait_for(lambda: len(jobs(stack, "id IN (?, ?) AND error_code = 'GW_TIMEOUT' AND status = 'queued'", ids2)) == 2, 30)
-            check(timed_out, "each job's first attempt ends in GW_TIMEOUT and is queued for a retry")
-            fake.hang = False
-            injected("the gateway answers again")
-            check(settle(stack, 60), "both jobs leave the queue")
-            rows = jobs(stack, "id IN (?, ?)", ids2)
-            check(all(row["status"] == "complete" for row in rows), "each completes once the gateway is healthy",
-                  ", ".join(f"{r['status']} after {r['attempts']} attempts" for r in rows))
-            codes = [[t.get("error_code") for t in transitions(stack, i)] for i in ids2]
-            check(all("GW_TIMEOUT" in c for c in codes), "the worker logged GW_TIMEOUT for the hung attempt", f"{codes}")
-            check_invariants(stack, check, fake.url, ids + ids2)
-    finally:
-        fake.stop()
+        fake.status, fake.hang = 200, True
+        injected("the gateway takes requests and never answers (hang > GATEWAY_TIMEOUT=2 s); 2 uploads")
+        ids2 = upload_ids(stack, session, [pdf("hang-a"), pdf("hang-b")])
+        timed_out = wait_for(lambda: len(jobs(stack, "id IN (?, ?) AND error_code = 'GW_TIMEOUT' AND status = 'queued'",
+                                              ids2)) == 2, 30)
+        check(timed_out, "each job's first attempt ends in GW_TIMEOUT and is queued for a retry")
+        fake.hang = False
+        injected("the gateway answers again")
+        check(settle(stack, 60), "both jobs leave the queue")
+        rows = jobs(stack, "id IN (?, ?)", ids2)
+        check(all(row["status"] == "complete" for row in rows), "each completes once the gateway is healthy",
+              ", ".join(f"{r['status']} after {r['attempts']} attempts" for r in rows))
+        codes = [[t.get("error_code") for t in transitions(stack, i)] for i in ids2]
+        check(all("GW_TIMEOUT" in c for c in codes), "the worker logged GW_TIMEOUT for the hung attempt", f"{codes}")
+        check_invariants(stack, check, fake.url, ids + ids2)
 
 
 @drill("web restarted while uploads stream in")
 def web_restart(check):
-    fake = fake_gateway()
-    try:
-        with running_stack(gateway_url=fake.url, **FAST) as stack:
-            outcomes = []  # (sha256, status code or exception name, job id or None, phase)
-            phase = ["before"]
-            stop = threading.Event()
-            session = owner_session(stack.web_url)
-            cookies, token = session.cookies.get_dict(), session.headers["X-CSRF-Token"]
+    with fake_stack() as (stack, fake):
+        outcomes = []  # (sha256, status code or exception name, job id or None, phase)
+        phase = ["before"]
+        stop = threading.Event()
+        session = owner_session(stack.web_url)
+        cookies, token = session.cookies.get_dict(), session.headers["X-CSRF-Token"]
 
-            def send(payload, seconds):
-                body, content_type = multipart(payload, "stream.pdf")
-                sha = hashlib.sha256(payload).hexdigest()
-                try:
-                    response = requests.post(f"{stack.web_url}/api/upload", data=SlowBody(body, seconds) if seconds else body,
-                                             headers={"Content-Type": content_type, "X-CSRF-Token": token},
-                                             cookies=cookies, timeout=60)
-                    job_id = response.json()["jobs"][0]["id"] if response.status_code == 202 else None
-                    outcomes.append((sha, response.status_code, job_id, phase[0]))
-                except (requests.RequestException, ValueError) as exc:
-                    outcomes.append((sha, type(exc).__name__, None, phase[0]))
-                    time.sleep(0.2)  # the web is down: try again shortly, as a client would
+        def send(payload, seconds):
+            body, content_type = multipart(payload, "stream.pdf")
+            sha = hashlib.sha256(payload).hexdigest()
+            try:
+                response = requests.post(f"{stack.web_url}/api/upload", data=SlowBody(body, seconds) if seconds else body,
+                                         headers={"Content-Type": content_type, "X-CSRF-Token": token},
+                                         cookies=cookies, timeout=60)
+                job_id = response.json()["jobs"][0]["id"] if response.status_code == 202 else None
+                outcomes.append((sha, response.status_code, job_id, phase[0]))
+            except (requests.RequestException, ValueError) as exc:
+                outcomes.append((sha, type(exc).__name__, None, phase[0]))
+                time.sleep(0.2)  # the web is down: try again shortly, as a client would
 
-            def stream_in(tag):
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    slow = n % 3 == 0  # every third upload trickles in over 3 s
-                    send(pdf(f"{tag}-{n}", 512_000 if slow else 50_000), 3 if slow else 0)
+        def stream_in(tag):
+            n = 0
+            while not stop.is_set():
+                n += 1
+                slow = n % 3 == 0  # every third upload trickles in over 3 s
+                send(pdf(f"{tag}-{n}", 512_000 if slow else 50_000), 3 if slow else 0)
 
-            with ThreadPoolExecutor(4) as pool:
-                for tag in range(4):
-                    pool.submit(stream_in, tag)
-                time.sleep(4)
-                phase[0] = "graceful restart"
-                restart(stack, "web")
-                phase[0] = "after graceful restart"
-                injected("web restarted gracefully (SIGTERM to gunicorn, then started again) with 4 clients uploading")
-                time.sleep(4)
-                phase[0] = "SIGKILL"
-                restart(stack, "web", hard=True)
-                phase[0] = "after SIGKILL"
-                injected("web killed (SIGKILL to gunicorn's master and worker) mid-upload, then started again")
-                time.sleep(4)
-                stop.set()
-            accepted = [job_id for _, status, job_id, _ in outcomes if status == 202]
-            cut = [(sha, status) for sha, status, _, _ in outcomes if status != 202]
-            tally = Counter((when, status) for _, status, _, when in outcomes)
-            note(f"{len(outcomes)} uploads: {len(accepted)} answered 202, {len(cut)} refused or cut; by phase: "
-                 + ", ".join(f"{when} {status} × {n}" for (when, status), n in tally.items()))
-            check(cut and accepted, "the restarts did cut some uploads and others got through", f"{len(cut)} cut")
-            check(settle(stack, 60), "every job leaves the queue")
-            rows = {row["id"]: row for row in jobs(stack)}
-            check(all(rows.get(i, {}).get("status") == "complete" for i in accepted),
-                  "every upload answered 202 has a job, and it completes", f"{len(accepted)} jobs")
-            orphans = [sha for sha, _ in cut if any(row["sha256"] == sha for row in rows.values())]
-            note(f"cut uploads that were nevertheless kept as a whole job (the answer was lost, not the file): {len(orphans)}")
-            stray = [p for p in partials(stack) if p.startswith("uploads/")]
-            note(f"partial uploads left by the SIGKILL: {len(stray)} (named .incoming-*, never shown as a job)")
-            check_invariants(stack, check, fake.url, accepted)
-    finally:
-        fake.stop()
+        with ThreadPoolExecutor(4) as pool:
+            for tag in range(4):
+                pool.submit(stream_in, tag)
+            time.sleep(4)
+            phase[0] = "graceful restart"
+            restart(stack, "web")
+            phase[0] = "after graceful restart"
+            injected("web restarted gracefully (SIGTERM to gunicorn, then started again) with 4 clients uploading")
+            time.sleep(4)
+            phase[0] = "SIGKILL"
+            restart(stack, "web", hard=True)
+            phase[0] = "after SIGKILL"
+            injected("web killed (SIGKILL to gunicorn's master and worker) mid-upload, then started again")
+            time.sleep(4)
+            stop.set()
+        accepted = [job_id for _, status, job_id, _ in outcomes if status == 202]
+        cut = [(sha, status) for sha, status, _, _ in outcomes if status != 202]
+        tally = Counter((when, status) for _, status, _, when in outcomes)
+        note(f"{len(outcomes)} uploads: {len(accepted)} answered 202, {len(cut)} refused or cut; by phase: "
+             + ", ".join(f"{when} {status} × {n}" for (when, status), n in tally.items()))
+        check(cut and accepted, "the restarts did cut some uploads and others got through", f"{len(cut)} cut")
+        check(settle(stack, 60), "every job leaves the queue")
+        rows = {row["id"]: row for row in jobs(stack)}
+        check(all(rows.get(i, {}).get("status") == "complete" for i in accepted),
+              "every upload answered 202 has a job, and it completes", f"{len(accepted)} jobs")
+        orphans = [sha for sha, _ in cut if any(row["sha256"] == sha for row in rows.values())]
+        note(f"cut uploads that were nevertheless kept as a whole job (the answer was lost, not the file): {len(orphans)}")
+        stray = [p for p in partials(stack) if p.startswith("uploads/")]
+        note(f"partial uploads left by the SIGKILL: {len(stray)} (named .incoming-*, never shown as a job)")
+        check_invariants(stack, check, fake.url, accepted)
 
 
 def mount_tmpfs(path, size):
@@ -445,119 +445,106 @@ def fill(path):
 
 @drill("disk full under uploads/ and under results/ (small tmpfs)")
 def disk_full(check):
-    fake = fake_gateway()
-    try:
-        with running_stack(gateway_url=fake.url, **FAST) as stack:
-            mounted = []
-            try:
-                for folder in ("uploads", "results"):
-                    mount_tmpfs(stack.data_dir / folder, "4m")
-                    mounted.append(stack.data_dir / folder)
-            except subprocess.CalledProcessError as exc:
-                check(False, "mount a 4 MB tmpfs over uploads/ and results/", exc.stderr.decode().strip())
-                return
-            try:
-                session = owner_session(stack.web_url)
-                filler = fill(stack.data_dir / "uploads")
-                injected(f"uploads/ is a 4 MB tmpfs, filled up ({filler.stat().st_size // 1024} KiB filler); "
-                         "a 1 MB upload and a 20 KB one")
-                before = len(jobs(stack))
-                answers = [upload(session, stack.web_url, pdf("full", size)) for size in (1 << 20, 20_000)]
-                check(all(r.status_code == 507 and error_code(r) == "INSUFFICIENT_STORAGE" for r in answers),
-                      "both answer 507 INSUFFICIENT_STORAGE", ", ".join(f"{r.status_code} {error_code(r)}" for r in answers))
-                left = [p.name for p in (stack.data_dir / "uploads").iterdir() if p != filler]
-                check(len(jobs(stack)) == before and not left, "nothing kept: no job, no file in uploads/",
-                      f"{len(jobs(stack)) - before} jobs, files {left}")
-                filler.unlink()
-                injected("the filler deleted")
-                response = upload(session, stack.web_url, pdf("after-full", 1 << 20))
-                check(response.status_code == 202, "the next 1 MB upload is accepted", f"{response.status_code}")
-                ids = [response.json()["jobs"][0]["id"]] if response.status_code == 202 else []
-                check(settle(stack, 30) and all(r["status"] == "complete" for r in jobs(stack)), "and its job completes")
+    with fake_stack() as (stack, fake):
+        mounted = []
+        try:
+            for folder in ("uploads", "results"):
+                mount_tmpfs(stack.data_dir / folder, "4m")
+                mounted.append(stack.data_dir / folder)
+            session = owner_session(stack.web_url)
+            filler = fill(stack.data_dir / "uploads")
+            injected(f"uploads/ is a 4 MB tmpfs, filled up ({filler.stat().st_size // 1024} KiB filler); "
+                     "a 1 MB upload and a 20 KB one")
+            before = len(jobs(stack))
+            answers = [upload(session, stack.web_url, pdf("full", size)) for size in (1 << 20, 20_000)]
+            check(all(r.status_code == 507 and error_code(r) == "INSUFFICIENT_STORAGE" for r in answers),
+                  "both answer 507 INSUFFICIENT_STORAGE", ", ".join(f"{r.status_code} {error_code(r)}" for r in answers))
+            left = [p.name for p in (stack.data_dir / "uploads").iterdir() if p != filler]
+            check(len(jobs(stack)) == before and not left, "nothing kept: no job, no file in uploads/",
+                  f"{len(jobs(stack)) - before} jobs, files {left}")
+            filler.unlink()
+            injected("the filler deleted")
+            response = upload(session, stack.web_url, pdf("after-full", 1 << 20))
+            check(response.status_code == 202, "the next 1 MB upload is accepted", f"{response.status_code}")
+            ids = [response.json()["jobs"][0]["id"]] if response.status_code == 202 else []
+            check(settle(stack, 30) and all(r["status"] == "complete" for r in jobs(stack)), "and its job completes")
 
-                filler = fill(stack.data_dir / "results")
-                injected("results/ is a 4 MB tmpfs, filled up; 1 upload")
-                ids += upload_ids(stack, session, [pdf("results-full")])
-                io_error = wait_for(lambda: jobs(stack, "id = ? AND status = 'queued' AND error_code = 'IO_ERROR'", ids[-1:]), 20, 0.02)
-                check(io_error, "the worker cannot store the XML: the job goes back to queued with IO_ERROR for a retry",
-                      f"{jobs(stack, 'id = ?', ids[-1:])[0]['status']}")
-                filler.unlink()
-                injected("the filler deleted")
-                check(settle(stack, 30), "the job leaves the queue")
-                (row,) = jobs(stack, "id = ?", ids[-1:])
-                check(row["status"] == "complete" and row["attempts"] >= 2, "it completes on a later attempt",
-                      f"{row['status']} after {row['attempts']} attempts, {fake.calls[row['correlation_id']]} gateway calls")
-                check_invariants(stack, check, fake.url, ids)
-            finally:
-                for path in mounted:
-                    subprocess.run(["umount", "-l", str(path)], check=False)
-    finally:
-        fake.stop()
+            filler = fill(stack.data_dir / "results")
+            injected("results/ is a 4 MB tmpfs, filled up; 1 upload")
+            ids += upload_ids(stack, session, [pdf("results-full")])
+            io_error = wait_for(lambda: jobs(stack, "id = ? AND status = 'queued' AND error_code = 'IO_ERROR'", ids[-1:]),
+                                20, 0.02)
+            check(io_error, "the worker cannot store the XML: the job goes back to queued with IO_ERROR for a retry",
+                  f"{jobs(stack, 'id = ?', ids[-1:])[0]['status']}")
+            filler.unlink()
+            injected("the filler deleted")
+            check(settle(stack, 30), "the job leaves the queue")
+            (row,) = jobs(stack, "id = ?", ids[-1:])
+            check(row["status"] == "complete" and row["attempts"] >= 2, "it completes on a later attempt",
+                  f"{row['status']} after {row['attempts']} attempts, {fake.calls[row['correlation_id']]} gateway calls")
+            check_invariants(stack, check, fake.url, ids)
+        except subprocess.CalledProcessError as exc:
+            check(False, "mount a 4 MB tmpfs over uploads/ and results/", exc.stderr.decode().strip())
+        finally:
+            for path in mounted:
+                subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @drill("100 concurrent uploads while the worker writes")
 def concurrent_uploads(check):
-    fake = fake_gateway(delay=0.02)
-    try:
-        with running_stack(gateway_url=fake.url, **FAST) as stack:
-            ids = upload_ids(stack, owner_session(stack.web_url), [pdf(f"busy-{n}") for n in range(30)])
-            wait_for(lambda: jobs(stack, "status = 'complete'"), 20)
-            sessions = [owner_session(stack.web_url) for _ in range(100)]
-            start = threading.Barrier(100)
+    with fake_stack(delay=0.02) as (stack, fake):
+        ids = upload_ids(stack, owner_session(stack.web_url), [pdf(f"busy-{n}") for n in range(30)])
+        wait_for(lambda: jobs(stack, "status = 'complete'"), 20)
+        sessions = [owner_session(stack.web_url) for _ in range(100)]
+        start = threading.Barrier(100)
 
-            def one(n):
-                start.wait()
-                return upload(sessions[n], stack.web_url, pdf(f"burst-{n}", 256_000))
+        def one(n):
+            start.wait()
+            return upload(sessions[n], stack.web_url, pdf(f"burst-{n}", 256_000))
 
-            injected("30 jobs queued so the worker is claiming and writing, then 100 owners upload 256 KB at once")
-            with ThreadPoolExecutor(100) as pool:
-                answers = list(pool.map(one, range(100)))
-            statuses = sorted({r.status_code for r in answers})
-            check(all(r.status_code == 202 for r in answers), "all 100 answer 202",
-                  f"statuses {statuses}, {sum(r.status_code == 202 for r in answers)} × 202")
-            ids += [r.json()["jobs"][0]["id"] for r in answers if r.status_code == 202]
-            check(settle(stack, 90), "all 130 jobs leave the queue")
-            logs = log_text(stack)
-            check("database is locked" not in logs, "no \"database is locked\" in any log (web, worker)",
-                  f"{logs.count('database is locked')} occurrences, {logs.count('OperationalError')} OperationalError")
-            check_invariants(stack, check, fake.url, ids)
-    finally:
-        fake.stop()
+        injected("30 jobs queued so the worker is claiming and writing, then 100 owners upload 256 KB at once")
+        with ThreadPoolExecutor(100) as pool:
+            answers = list(pool.map(one, range(100)))
+        statuses = sorted({r.status_code for r in answers})
+        check(all(r.status_code == 202 for r in answers), "all 100 answer 202",
+              f"statuses {statuses}, {sum(r.status_code == 202 for r in answers)} × 202")
+        ids += [r.json()["jobs"][0]["id"] for r in answers if r.status_code == 202]
+        check(settle(stack, 90), "all 130 jobs leave the queue")
+        logs = log_text(stack)
+        check("database is locked" not in logs, "no \"database is locked\" in any log (web, worker)",
+              f"{logs.count('database is locked')} occurrences, {logs.count('OperationalError')} OperationalError")
+        check_invariants(stack, check, fake.url, ids)
 
 
 @drill("the same file uploaded by 20 threads at once (one owner)")
 def same_file(check):
-    fake = fake_gateway()
-    try:
-        with running_stack(gateway_url=fake.url, **FAST) as stack:
-            owner = owner_session(stack.web_url)
-            payload = pdf("same", 200_000)
-            start = threading.Barrier(20)
+    with fake_stack() as (stack, fake):
+        owner = owner_session(stack.web_url)
+        payload = pdf("same", 200_000)
+        start = threading.Barrier(20)
 
-            def one(_):
-                session = requests.Session()  # a Session per thread, all carrying the one owner's cookie
-                session.cookies.update(owner.cookies)
-                session.headers["X-CSRF-Token"] = owner.headers["X-CSRF-Token"]
-                start.wait()
-                return upload(session, stack.web_url, payload, "same.pdf")
+        def one(_):
+            session = requests.Session()  # a Session per thread, all carrying the one owner's cookie
+            session.cookies.update(owner.cookies)
+            session.headers["X-CSRF-Token"] = owner.headers["X-CSRF-Token"]
+            start.wait()
+            return upload(session, stack.web_url, payload, "same.pdf")
 
-            injected("one owner sends the same 200 KB PDF from 20 threads released together")
-            with ThreadPoolExecutor(20) as pool:
-                answers = list(pool.map(one, range(20)))
-            check(all(r.status_code == 202 for r in answers), "all 20 answer 202 (repeats name the existing job)",
-                  f"statuses {sorted({r.status_code for r in answers})}")
-            named = {r.json()["jobs"][0]["id"] for r in answers if r.status_code == 202}
-            fresh = sum(not r.json()["jobs"][0]["duplicate"] for r in answers if r.status_code == 202)
-            rows = jobs(stack, "sha256 = ?", (hashlib.sha256(payload).hexdigest(),))
-            check(len(rows) == 1 and len(named) == 1 and fresh == 1, "exactly one job: every answer names it, one says created",
-                  f"{len(rows)} rows, {len(named)} ids named, {fresh} created")
-            kept = [p.name for p in (stack.data_dir / "uploads").iterdir()]
-            check(kept == [f"{rows[0]['id']}.pdf"] if rows else False, "exactly one file in uploads/, no partial left", f"{kept}")
-            check(settle(stack, 30) and fake.calls[rows[0]["correlation_id"]] == 1, "the job completes with one gateway call",
-                  f"{fake.calls[rows[0]['correlation_id']] if rows else 0} calls")
-            check_invariants(stack, check, fake.url, list(named))
-    finally:
-        fake.stop()
+        injected("one owner sends the same 200 KB PDF from 20 threads released together")
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(one, range(20)))
+        check(all(r.status_code == 202 for r in answers), "all 20 answer 202 (repeats name the existing job)",
+              f"statuses {sorted({r.status_code for r in answers})}")
+        named = {r.json()["jobs"][0]["id"] for r in answers if r.status_code == 202}
+        fresh = sum(not r.json()["jobs"][0]["duplicate"] for r in answers if r.status_code == 202)
+        rows = jobs(stack, "sha256 = ?", (hashlib.sha256(payload).hexdigest(),))
+        check(len(rows) == 1 and len(named) == 1 and fresh == 1, "exactly one job: every answer names it, one says created",
+              f"{len(rows)} rows, {len(named)} ids named, {fresh} created")
+        kept = [p.name for p in (stack.data_dir / "uploads").iterdir()]
+        check(bool(rows) and kept == [f"{rows[0]['id']}.pdf"], "exactly one file in uploads/, no partial left", f"{kept}")
+        check(settle(stack, 30) and fake.calls[rows[0]["correlation_id"]] == 1, "the job completes with one gateway call",
+              f"{fake.calls[rows[0]['correlation_id']] if rows else 0} calls")
+        check_invariants(stack, check, fake.url, list(named))
 
 
 @drill("a PDF bomb at the gateway")
