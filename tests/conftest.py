@@ -5,6 +5,7 @@ import pytest
 from flask_migrate import upgrade
 from werkzeug.serving import make_server
 
+from tests.fakegateway import FakeGateway
 from webapp import create_app
 from webapp.db import db
 from webapp.limits import limiter
@@ -41,6 +42,14 @@ def make_app(tmp_path):
     for app in apps:
         with app.app_context():
             db.engine.dispose()
+
+
+@pytest.fixture
+def fake():
+    """The fake gateway on loopback (tests/fakegateway.py), stopped afterwards."""
+    gateway = FakeGateway().start()
+    yield gateway
+    gateway.stop()
 
 
 @pytest.fixture

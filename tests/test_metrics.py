@@ -6,17 +6,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tasks
 from tests.conftest import ApiClient, pdf_bytes
-from tests.fakegateway import FakeGateway
+from tests.test_worker import run, upload
 from webapp import metrics
 from webapp.db import db
 from webapp.models import Coordination, utcnow
-
-
-@pytest.fixture
-def fake():
-    gateway = FakeGateway().start()
-    yield gateway
-    gateway.stop()
 
 
 @pytest.fixture
@@ -40,18 +33,6 @@ def scrape(api):
 
 def value(samples, name, **labels):
     return samples.get((name, frozenset(labels.items())), 0)
-
-
-def upload(api, tag):
-    response = api.upload((pdf_bytes(tag), f"{tag}.pdf"))
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["jobs"][0]
-
-
-def run(app, job_id):
-    with app.app_context():
-        tasks.run_job(job_id)
-        db.session.remove()
 
 
 def test_metrics_move_when_jobs_do(worker_app, api, fake):

@@ -6,18 +6,10 @@ import pytest
 
 import tasks
 from tests.conftest import ApiClient, pdf_bytes
-from tests.fakegateway import FakeGateway
 from webapp.db import db
 from webapp.security import HEADERS
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "webapp" / "templates"
-
-
-@pytest.fixture
-def fake():
-    gateway = FakeGateway().start()
-    yield gateway
-    gateway.stop()
 
 
 @pytest.fixture

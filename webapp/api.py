@@ -120,15 +120,28 @@ def job_show(job_id):
     return jsonify(owned_or_404(job_id).to_dict())
 
 
-@bp.delete("/jobs/<job_id>")
-def job_delete(job_id):
-    """Delete one of my jobs and its files."""
-    job = owned_or_404(job_id)
+def delete_with_files(job):
+    """Delete the job and its files (the API's delete and the admin CLI's)."""
     data_dir = Path(current_app.config["DATA_DIR"])
     paths = [data_dir / p for p in (job.upload_path, job.result_path) if p]
     Job.remove(job.id)
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+def retry_failed(job):
+    """Queue a failed job again from its kept PDF and wake it; raise NOT_RETRYABLE if it cannot be."""
+    kept = job.upload_path and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
+    if job.status != FAILED or not kept or not Job.requeue(job.id):
+        why = "its PDF is gone" if job.status == FAILED else f"it is {job.status}, not failed"
+        raise ApiError("NOT_RETRYABLE", 409, f"This job cannot be retried: {why}.")
+    queue.wake(job.id)
+
+
+@bp.delete("/jobs/<job_id>")
+def job_delete(job_id):
+    """Delete one of my jobs and its files."""
+    delete_with_files(owned_or_404(job_id))
     return "", 204
 
 
@@ -136,11 +149,7 @@ def job_delete(job_id):
 def job_retry(job_id):
     """Queue a failed job again from its kept PDF."""
     job = owned_or_404(job_id)
-    kept = job.upload_path and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
-    if job.status != FAILED or not kept or not Job.requeue(job.id):
-        why = "its PDF is gone" if job.status == FAILED else f"it is {job.status}, not failed"
-        raise ApiError("NOT_RETRYABLE", 409, f"This job cannot be retried: {why}.")
-    queue.wake(job.id)
+    retry_failed(job)
     db.session.refresh(job)
     return jsonify(job.to_dict()), 202
 

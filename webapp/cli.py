@@ -3,17 +3,16 @@
 They act on any owner's jobs (an operator's view), through the same model transitions the API uses.
 """
 import json
-from pathlib import Path
-
 import click
-from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from . import breaker as breaker_module
 from . import queue
+from .api import delete_with_files, retry_failed
 from .db import db
-from .models import FAILED, STATUSES, Coordination, Job, isoformat
+from .errors import ApiError
+from .models import STATUSES, Coordination, Job, isoformat
 
 jobs = AppGroup("jobs", help="List, show, retry and delete jobs of every owner.")
 breaker = AppGroup("breaker", help="Show or reset the gateway circuit breaker.")
@@ -62,12 +61,10 @@ def jobs_show(job_id):
 @click.argument("job_id")
 def jobs_retry(job_id):
     """Queue a failed job again from its kept PDF."""
-    job = _job_or_exit(job_id)
-    kept = job.upload_path and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
-    if job.status != FAILED or not kept or not Job.requeue(job.id):
-        why = "its PDF is gone" if job.status == FAILED else f"it is {job.status}, not failed"
-        raise click.ClickException(f"job {job_id} cannot be retried: {why}")
-    queue.wake(job.id)
+    try:
+        retry_failed(_job_or_exit(job_id))
+    except ApiError as error:
+        raise click.ClickException(f"job {job_id}: {error.message}")
     click.echo(f"job {job_id} queued again")
 
 
@@ -76,12 +73,7 @@ def jobs_retry(job_id):
 @click.confirmation_option(prompt="Delete the job and its files?")
 def jobs_delete(job_id):
     """Delete a job and its files."""
-    job = _job_or_exit(job_id)
-    data_dir = Path(current_app.config["DATA_DIR"])
-    paths = [data_dir / p for p in (job.upload_path, job.result_path) if p]
-    Job.remove(job.id)
-    for path in paths:
-        path.unlink(missing_ok=True)
+    delete_with_files(_job_or_exit(job_id))
     click.echo(f"job {job_id} deleted")
 
 
