@@ -87,22 +87,56 @@ def table_rows(output):
     return rows
 
 
+def pages_rows(output):
+    """bench_pages.py's plain TTFB table as figure rows (p95 ≤ 50 ms at 100k jobs is issue 5's target)."""
+    jobs = re.search(r"inserted (\d+) jobs", output)
+    rows = []
+    for name, p50, p95, most in re.findall(r"^(/\S+(?: \(page 2\))?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", output, re.M):
+        target = "p95 ≤ 50 ms" if name in ("/queue", "/api/jobs") else "—"
+        rows.append((f"{name} TTFB p95 at {int(jobs[1]) if jobs else '?'} jobs", target, f"{p95} ms (p50 {p50}, max {most})"))
+    return rows
+
+
+def sse_rows(output):
+    """bench_sse.py's plain table as figure rows (500 streams, delivery p95 ≤ 1 s, API p95 ≤ 200 ms: issue 5)."""
+    requested = re.search(r"(\d+) streams requested", output)
+    rows = []
+    pattern = r"^(\w+)\s+(\d+)\s+(\d+/\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)$"
+    for cls, held, delivered, p50, p95, most, api_p50, api_p95, api_n in re.findall(pattern, output, re.M):
+        rows += [
+            (f"SSE streams held ({cls}, {requested[1] if requested else '?'} opened)", "500 streams", f"{held} streams"),
+            (f"SSE delivery p95 of a status change to every stream ({cls})", "p95 ≤ 1 s",
+             f"{p95} s (p50 {p50}, max {most}; {delivered} delivered)"),
+            (f"API p95 while the streams are held ({cls})", "p95 ≤ 200 ms", f"{api_p95} ms (p50 {api_p50}; {api_n} requests)"),
+        ]
+    return rows
+
+
+# Benches that print their own plain table instead of figure | target | measured: read that table.
+ADAPTERS = {"bench_pages.py": pages_rows, "bench_sse.py": sse_rows}
+
+
+def figure_rows(run):
+    return table_rows(run.output) or ADAPTERS.get(run.bench, lambda _: [])(run.output)
+
+
 def numbers(text):
     return [float(match) for match in NUMBER.findall(text)]
 
 
 def median_cell(cells):
-    """One cell: each number the median of that position across runs (if the runs read alike), and the range."""
-    skeletons = {NUMBER.sub("#", cell) for cell in cells}
-    columns = list(zip(*(numbers(cell) for cell in cells)))
-    if len(skeletons) != 1 or not columns:
-        heads = [numbers(cell)[0] if numbers(cell) else 0 for cell in cells]
-        return cells[heads.index(sorted(heads)[len(heads) // 2])], ""
-    first = NUMBER.findall(cells[0])
-    medians = iter(f"{statistics.median(column):.{len(token.partition('.')[2])}f}" for column, token in zip(columns, first))
-    cell = NUMBER.sub(lambda _: next(medians), cells[0])
-    spread = f"{min(columns[0]):g}–{max(columns[0]):g}" if len(cells) > 1 else ""
-    return cell, spread
+    """One cell: each number the median of that position across runs (if the runs read alike), and the range
+    of the first number across runs."""
+    parsed = [NUMBER.findall(cell) for cell in cells]
+    heads = [float(tokens[0]) for tokens in parsed if tokens]
+    places = len(parsed[0][0].partition(".")[2]) if parsed[0] else 0
+    spread = f"{min(heads):.{places}f}–{max(heads):.{places}f}" if len(heads) > 1 else ""
+    if len({NUMBER.sub("#", cell) for cell in cells}) != 1 or not heads:
+        middle = sorted(heads)[len(heads) // 2] if heads else None
+        return next((cell for cell, tokens in zip(cells, parsed) if tokens and float(tokens[0]) == middle), cells[0]), spread
+    medians = iter(f"{statistics.median(float(t) for t in column):.{len(column[0].partition('.')[2])}f}"
+                   for column in zip(*parsed))
+    return NUMBER.sub(lambda _: next(medians), cells[0]), spread
 
 
 def unit_after(text, index):
@@ -148,7 +182,7 @@ def machine():
 def collect(runs):
     figures = {}
     for run in runs:
-        for name, target, measured in table_rows(run.output):
+        for name, target, measured in figure_rows(run):
             figure = figures.setdefault((run.bench, name), Figure(name, target, run.bench, run.command))
             figure.measured.append(measured)
     return list(figures.values())
@@ -181,11 +215,15 @@ def write_doc(path, runs, info, loads, quick, elapsed):
         figure.cell, figure.result = cell, result
         lines.append(f"| {figure.name} | {figure.target} | {cell} | {len(figure.measured)} | {spread or '—'} | "
                      f"{'**not met**' if result == 'not met' else result or '—'} | `{figure.command}` |")
+    adapted = sorted({run.bench for run in runs if not table_rows(run.output) and figure_rows(run)})
+    if adapted:
+        lines += ["", f"Rows of {', '.join(f'`{name}`' for name in adapted)} are read from the plain table it prints "
+                  "(its output is at the end)."]
     lines += ["", "## Targets", ""]
     for figure in figures:
         if figure.result:
             lines.append(f"- {figure.name}: target {figure.target}, measured {figure.cell} — **{figure.result}**")
-    silent = [run for run in runs if not table_rows(run.output)]
+    silent = [run for run in runs if not figure_rows(run)]
     failed = [run for run in runs if run.returncode != 0]
     if silent or failed:
         lines += ["", "## Gaps", ""]
