@@ -33,28 +33,31 @@ logger = logging.getLogger("pdfqueue.worker")
 
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
-CAPACITY_WAITING = "capacity_waiting"
 MAINTENANCE = "maintenance"
 _in_flight = {}  # job id -> lease holder, released if the consumer is interrupted
+stopping = threading.Event()  # the consumer's stop flag once worker.py runs one: chained jobs end there
 
 
 @huey.task()
 def process_job(job_id):
-    """Convert one job through the gateway, if it is still queued and due."""
+    """Convert this job if it is still queued and due, then keep taking the oldest due job while any waits.
+
+    A wake-up turned away because every slot is busy is simply dropped: the thread holding that slot
+    takes the next due job when it finishes, so a backlog drains in upload order without new wake-ups."""
     with bound_app().app_context():
-        run_job(job_id)
+        while job_id is not None and run_job(job_id) and not stopping.is_set():
+            job_id = next(iter(due_queued(limit=1)), None)
 
 
 def run_job(job_id):
-    """Claim the job, convert it, and record what happened (the body of process_job)."""
+    """Claim the job, convert it, and record what happened; False if it was not ours to run."""
     config = current_app.config
     if breaker.is_open(max_age=breaker.CACHE_SECONDS):  # a second-old answer is fine: a miss only costs a refund
         Job.hold(job_id, HELD_MESSAGE)
-        return
+        return False
     worker = f"{PROCESS_ID}:{threading.get_ident()}"
     if not Job.claim(job_id, worker, config["LEASE_SECONDS"], config["WORKER_CONCURRENCY"]):
-        _note_capacity_skip(job_id)
-        return
+        return False
     job = db.session.get(Job, job_id)
     db.session.commit()  # end the read; the heartbeat and transitions write from here on
     _in_flight[job_id] = worker
@@ -76,7 +79,7 @@ def run_job(job_id):
             logger.warning("job %s changed hands while converting; result dropped", job_id, extra=_fields(job))
     finally:
         _in_flight.pop(job_id, None)
-    _wake_one_waiting()
+    return True
 
 
 def convert(job, worker, started):
@@ -157,24 +160,6 @@ class Heartbeat:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
-
-
-def _note_capacity_skip(job_id):
-    """Remember a due job that found every slot taken, so the next finished job wakes one."""
-    job = db.session.get(Job, job_id)
-    if job is not None and job.status == QUEUED and (job.next_attempt_at is None or job.next_attempt_at <= utcnow()):
-        Coordination.bump(CAPACITY_WAITING, 1)
-    db.session.commit()
-
-
-def _wake_one_waiting():
-    """If a job was turned away for capacity, wake the oldest due queued job now that a slot is free."""
-    row = Coordination.get(CAPACITY_WAITING)
-    db.session.commit()
-    if row is None or not row.count or not Coordination.bump(CAPACITY_WAITING, -1):
-        return
-    for job_id in due_queued(limit=1):
-        process_job(job_id)
 
 
 def due_queued(limit, idle_for=None):

@@ -26,6 +26,7 @@ def main():
         shutdown_timeout=config["WORKER_SHUTDOWN_SECONDS"],
         graceful_signal="INT",
     )
+    tasks.stopping = consumer.stop_flag  # a thread draining the backlog stops taking jobs when this is set
     maintenance = tasks.Maintenance(app)
     maintenance.start()
     try:

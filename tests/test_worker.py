@@ -371,3 +371,17 @@ def test_a_queue_that_refuses_the_wakeup_does_not_fail_the_upload(worker_app, ap
     monkeypatch.setattr(huey, "enqueue", broken)
     response = api.upload((pdf_bytes("no-wake"), "a.pdf"))
     assert response.status_code == 202 and response.get_json()["jobs"][0]["status"] == "queued"
+
+
+def test_a_finishing_thread_drains_the_backlog_in_upload_order(worker_app, api, fake, monkeypatch):
+    jobs = [upload(api, f"drain{n}") for n in range(3)]
+    with worker_app.app_context():
+        tasks.process_job.call_local(jobs[0]["id"])  # one wake-up; the other two were turned away, say
+    assert [load(worker_app, j["id"]).status for j in jobs] == ["complete"] * 3
+    assert [fake.calls[j["correlation_id"]] for j in jobs] == [1, 1, 1]
+    later = [upload(api, f"stop{n}") for n in range(2)]
+    monkeypatch.setattr(tasks, "stopping", __import__("threading").Event())
+    tasks.stopping.set()  # the consumer is shutting down: finish this job, take no other
+    with worker_app.app_context():
+        tasks.process_job.call_local(later[0]["id"])
+    assert [load(worker_app, j["id"]).status for j in later] == ["complete", "queued"]

@@ -299,15 +299,6 @@ class Coordination(db.Model):
                             .values(holder=None, expires_at=None, updated_at=utcnow()))
 
     @classmethod
-    def bump(cls, name, delta):
-        """Add delta to the named counter unless that takes it below zero; True if it changed."""
-        cls.ensure(name, count=0)
-        with write_transaction() as session:
-            stmt = (update(cls).where(cls.name == name, cls.count + delta >= 0)
-                    .values(count=cls.count + delta, updated_at=utcnow()))
-            return session.execute(stmt).rowcount == 1
-
-    @classmethod
     def put(cls, name, **values):
         """Set values on the named row, creating it if needed."""
         cls.ensure(name)

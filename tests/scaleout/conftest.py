@@ -77,10 +77,7 @@ def stack(tmp_path_factory):
         env = {**os.environ, "DATA_DIR": str(data_dir), "DATABASE_URL": database_url, "REDIS_URL": redis_url,
                "SECRET_KEY": "scale-out-secret", "GATEWAY_URL": gateway.url, "WEB_WORKERS": "1",
                "LOG_LEVEL": "INFO", "WORKER_CONCURRENCY": "4", "MAINTENANCE_SECONDS": "1",
-               "UPLOADS_PER_MINUTE": "10", "HOST": "127.0.0.1",
-               # A job turned away for capacity can miss its wake-up and wait for the reaper (see the report on
-               # tasks._wake_one_waiting); a short reap period keeps the test quick and adds duplicate wake-ups.
-               "REAP_SECONDS": "2"}
+               "UPLOADS_PER_MINUTE": "10", "HOST": "127.0.0.1"}
         subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=REPO, env=env,
                        check=True, capture_output=True)
         ports = [free_port(), free_port()]
