@@ -15,7 +15,7 @@ def init_app(app):
     if not gateway_logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                           rename_fields={"asctime": "time", "levelname": "level"}))
+                                           rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"}))
         gateway_logger.addHandler(handler)
         gateway_logger.propagate = False
     gateway_logger.setLevel(app.config["LOG_LEVEL"])

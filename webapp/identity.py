@@ -36,7 +36,6 @@ def init_app(app):
         app.config["SECRET_KEY"] = secret_key(app.config["INSTANCE_DIR"])
     app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-    app.config.setdefault("SESSION_COOKIE_SECURE", app.config.get("BEHIND_PROXY", False))
     app.config.setdefault("PERMANENT_SESSION_LIFETIME", 60 * 60 * 24 * 365)
     app.config.setdefault("WTF_CSRF_HEADERS", ["X-CSRF-Token"])
     # Dashboards stay open for days; the token lives as long as the session does.
