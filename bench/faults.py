@@ -14,6 +14,7 @@ Disk-full needs small filesystems: the suite re-runs itself in a private mount n
 """
 import argparse
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -22,8 +23,8 @@ import sys
 import threading
 import time
 import traceback
-from collections import Counter
 import xml.etree.ElementTree as ET
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +33,8 @@ import requests
 
 from stack import ROOT, children, owner_session, running_stack
 
-from fakegateway import FakeGateway  # noqa: E402  (tests/ is on sys.path through stack)
-from invoicegen import make_flate_bomb_pdf, make_invoice  # noqa: E402
+from fakegateway import FakeGateway  # tests/ is on sys.path through stack
+from invoicegen import make_flate_bomb_pdf, make_invoice
 
 NAMESPACE_MARK = "PDFQUEUE_FAULTS_NAMESPACE"
 # Small numbers so a drill takes seconds: leases lapse in 3 s, upkeep ticks twice a second, retries after ~1 s.
@@ -311,7 +312,6 @@ def gateway_outage(check):
 
 def transitions(stack, job_id):
     """The worker's JSON log lines for one job's transitions, in order."""
-    import json
     lines = []
     for line in (stack.data_dir / "worker.log").read_text(errors="replace").splitlines():
         try:
