@@ -104,7 +104,7 @@
       name.textContent = file.name;
       var size = document.createElement("span");
       size.className = "upload-size";
-      size.textContent = (file.size / 1024).toFixed(1) + " KB";
+      size.textContent = file.size < 1024 ? file.size + " B" : (file.size / 1024).toFixed(1) + " KB";
       var bar = document.createElement("progress");
       bar.max = 100; bar.value = 0;
       bar.setAttribute("aria-label", "Upload of " + file.name);
