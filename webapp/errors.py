@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .db import db
+from .htmx import is_htmx
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def render(error):
     if wants_json:
         response = jsonify(error.to_dict())
     else:
-        template = "partials/_error.html" if request.headers.get("HX-Request") else "error.html"
+        template = "partials/_error.html" if is_htmx() else "error.html"
         response = render_template(template, error=error), error.status
         response = _as_response(response)
     response.status_code = error.status
