@@ -52,9 +52,48 @@ def fake():
     gateway.stop()
 
 
+# Retries at once and a breaker that stays closed, so a test drives each attempt itself.
+WORKER_SETTINGS = {"RETRY_BASE_SECONDS": 0, "RETRY_JITTER_SECONDS": 0, "BREAKER_THRESHOLD": 100, "GATEWAY_TIMEOUT": 2}
+
+
 @pytest.fixture
 def app(make_app):
     return make_app()
+
+
+@pytest.fixture
+def worker_app(make_app, fake):
+    """An app whose worker tasks (run in-process with run()) talk to the fake gateway."""
+    return make_app(GATEWAY_URL=fake.url, UPLOADS_PER_MINUTE=100, **WORKER_SETTINGS)
+
+
+@pytest.fixture
+def api(worker_app):
+    return ApiClient(worker_app.test_client())
+
+
+def upload(api, tag="x"):
+    """Upload one small distinct PDF; return its job (asserting it was accepted)."""
+    response = api.upload((pdf_bytes(tag), f"{tag}.pdf"))
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["jobs"][0]
+
+
+def run(app, job_id):
+    """Run the worker's task body for one job, in this process."""
+    import tasks
+    with app.app_context():
+        tasks.run_job(job_id)
+        db.session.remove()
+
+
+def load(app, job_id):
+    """The job's row as the database has it now."""
+    from webapp.models import Job
+    with app.app_context():
+        job = db.session.get(Job, job_id)
+        db.session.expunge_all()
+        return job
 
 
 class ApiClient:

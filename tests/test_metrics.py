@@ -5,8 +5,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tasks
-from tests.conftest import ApiClient, pdf_bytes
-from tests.test_worker import run, upload
+from tests.conftest import WORKER_SETTINGS, pdf_bytes, run, upload
 from webapp import metrics
 from webapp.db import db
 from webapp.models import Coordination, utcnow
@@ -14,13 +13,8 @@ from webapp.models import Coordination, utcnow
 
 @pytest.fixture
 def worker_app(make_app, fake):
-    return make_app(GATEWAY_URL=fake.url, RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0, BREAKER_THRESHOLD=100,
-                    GATEWAY_TIMEOUT=2, UPLOADS_PER_MINUTE=5)
-
-
-@pytest.fixture
-def api(worker_app):
-    return ApiClient(worker_app.test_client())
+    """As conftest's, with a low upload limit so a refusal is cheap to provoke."""
+    return make_app(GATEWAY_URL=fake.url, UPLOADS_PER_MINUTE=5, **WORKER_SETTINGS)
 
 
 def scrape(api):

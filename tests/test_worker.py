@@ -10,50 +10,12 @@ from pathlib import Path
 import pytest
 
 import tasks
-from tests.conftest import ApiClient, pdf_bytes
-from tests.fakegateway import FakeGateway
+from tests.conftest import ApiClient, load, pdf_bytes, run, upload
 from webapp import breaker
 from webapp.db import db
 from webapp.models import Coordination, Job, utcnow
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def fake():
-    gateway = FakeGateway().start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def worker_app(make_app, fake):
-    return make_app(GATEWAY_URL=fake.url, RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0, BREAKER_THRESHOLD=100,
-                    GATEWAY_TIMEOUT=2, UPLOADS_PER_MINUTE=100)
-
-
-@pytest.fixture
-def api(worker_app):
-    return ApiClient(worker_app.test_client())
-
-
-def upload(api, tag="x"):
-    response = api.upload((pdf_bytes(tag), f"{tag}.pdf"))
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["jobs"][0]
-
-
-def run(app, job_id):
-    with app.app_context():
-        tasks.run_job(job_id)
-        db.session.remove()
-
-
-def load(app, job_id):
-    with app.app_context():
-        job = db.session.get(Job, job_id)
-        db.session.expunge_all()
-        return job
 
 
 def test_happy_path_stores_well_formed_xml_and_completes(worker_app, api, fake):
