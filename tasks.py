@@ -34,7 +34,7 @@ logger = logging.getLogger("pdfqueue.worker")
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
 MAINTENANCE = "maintenance"
-_in_flight = {}  # job id -> lease holder, released if the consumer is interrupted
+_in_flight = {}  # lease holder (one per thread) -> job id, released if the consumer is interrupted
 stopping = threading.Event()  # the consumer's stop flag once worker.py runs one: chained jobs end there
 
 
@@ -56,11 +56,14 @@ def run_job(job_id):
         Job.hold(job_id, HELD_MESSAGE)
         return False
     worker = f"{PROCESS_ID}:{threading.get_ident()}"
+    # Registered before the claim commits, so a stop signal right after it still finds the job to release
+    # (the release is conditional on this worker holding the lease, so a failed claim releases nothing).
+    _in_flight[worker] = job_id
     if not Job.claim(job_id, worker, config["LEASE_SECONDS"], config["WORKER_CONCURRENCY"]):
+        _in_flight.pop(worker, None)
         return False
     job = db.session.get(Job, job_id)
     db.session.commit()  # end the read; the heartbeat and transitions write from here on
-    _in_flight[job_id] = worker
     started = time.monotonic()
     _log(job, QUEUED, PROCESSING)
     try:
@@ -78,7 +81,7 @@ def run_job(job_id):
             (Path(config["DATA_DIR"]) / result_path).unlink(missing_ok=True)
             logger.warning("job %s changed hands while converting; result dropped", job_id, extra=_fields(job))
     finally:
-        _in_flight.pop(job_id, None)
+        _in_flight.pop(worker, None)
     return True
 
 
@@ -119,7 +122,10 @@ def _after_failure(job, worker, error, started):
         if Job.fail(job.id, worker, error.code, error.message):
             _log(job, PROCESSING, "failed", started, error.code)
         return
-    if error.code != "IO_ERROR" and breaker.record_failure():
+    # A gateway that still answers /healthz is up: this file is the trouble (a PDF bomb over its limits, say),
+    # so it is retried and dead-lettered alone rather than opening the breaker on everyone's jobs.
+    gateway_down = error.code != "IO_ERROR" and not gateway_client.healthy(config["GATEWAY_URL"])
+    if gateway_down and breaker.record_failure():
         if Job.release(job.id, worker, "CIRCUIT_OPEN", HELD_MESSAGE):
             _log(job, PROCESSING, QUEUED, started, "CIRCUIT_OPEN")
         return
@@ -177,7 +183,7 @@ def due_queued(limit, idle_for=None):
 def _release_interrupted(signal, task, *args, **kwargs):
     """The consumer is stopping mid-job: put the job back in the queue without spending its attempt."""
     with bound_app().app_context():
-        for job_id, worker in list(_in_flight.items()):
+        for worker, job_id in list(_in_flight.items()):
             if Job.release(job_id, worker):
                 correlation_id = db.session.scalar(select(Job.correlation_id).where(Job.id == job_id))
                 logger.info("job %s released at shutdown", job_id,

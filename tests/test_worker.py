@@ -347,3 +347,15 @@ def test_a_finishing_thread_drains_the_backlog_in_upload_order(worker_app, api, 
     with worker_app.app_context():
         tasks.process_job.call_local(later[0]["id"])
     assert [load(worker_app, j["id"]).status for j in later] == ["complete", "queued"]
+
+
+def test_5xx_for_one_file_from_a_healthy_gateway_does_not_open_the_breaker(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, BREAKER_THRESHOLD=2, RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0)
+    api = ApiClient(app.test_client())
+    fake.status, fake.healthy = 503, True  # e.g. a PDF bomb over the gateway's limits, again and again
+    jobs = [upload(api, f"bomb{n}") for n in range(3)]
+    for job in jobs:
+        run(app, job["id"])
+    assert [(load(app, j["id"]).error_code, load(app, j["id"]).attempts) for j in jobs] == [("GW_5XX", 1)] * 3
+    assert fake.total_calls() == 3
+    assert api.get("/api/healthz").get_json()["gateway"] == "ok"
