@@ -34,6 +34,7 @@ logger = logging.getLogger("pdfqueue.worker")
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
 MAINTENANCE = "maintenance"
+CHAIN_CANDIDATES = 4
 _in_flight = {}  # lease holder (one per thread) -> job id, released if the consumer is interrupted
 stopping = threading.Event()  # the consumer's stop flag once worker.py runs one: chained jobs end there
 
@@ -45,8 +46,10 @@ def process_job(job_id):
     A wake-up turned away because every slot is busy is simply dropped: the thread holding that slot
     takes the next due job when it finishes, so a backlog drains in upload order without new wake-ups."""
     with bound_app().app_context():
-        while job_id is not None and run_job(job_id) and not stopping.is_set():
-            job_id = next(iter(due_queued(limit=1)), None)
+        candidates = [job_id]
+        while any(run_job(candidate) for candidate in candidates) and not stopping.is_set():
+            # Several candidates: threads finishing together race for the oldest; a loser takes the next.
+            candidates = due_queued(limit=CHAIN_CANDIDATES)
 
 
 def run_job(job_id):
@@ -55,14 +58,19 @@ def run_job(job_id):
     if breaker.is_open(max_age=breaker.CACHE_SECONDS):  # a second-old answer is fine: a miss only costs a refund
         Job.hold(job_id, HELD_MESSAGE)
         return False
+    job = db.session.get(Job, job_id)
+    if job is None or job.status != QUEUED or (job.next_attempt_at and job.next_attempt_at > utcnow()):
+        db.session.commit()  # a duplicate or early wake-up: settled by a read, without the write lock
+        return False
     worker = f"{PROCESS_ID}:{threading.get_ident()}"
     # Registered before the claim commits, so a stop signal right after it still finds the job to release
     # (the release is conditional on this worker holding the lease, so a failed claim releases nothing).
     _in_flight[worker] = job_id
     if not Job.claim(job_id, worker, config["LEASE_SECONDS"], config["WORKER_CONCURRENCY"]):
         _in_flight.pop(worker, None)
+        db.session.commit()
         return False
-    job = db.session.get(Job, job_id)
+    db.session.refresh(job)  # the claim counted this attempt
     db.session.commit()  # end the read; the heartbeat and transitions write from here on
     started = time.monotonic()
     _log(job, QUEUED, PROCESSING)

@@ -100,5 +100,20 @@ def test_a_metric_that_cannot_be_written_does_not_fail_the_caller(worker_app, ca
     with worker_app.app_context():
         db.session.execute(db.text("DROP TABLE metric_counters"))
         db.session.commit()
-        metrics.observe_gateway(1.0, "ok")  # logged, not raised
+        metrics.observe_gateway(1.0, "ok")  # buffered: the caller never touches the database
+        assert "metrics not recorded" not in caplog.text
+        metrics.flush()  # the write fails: logged, not raised
     assert "metrics not recorded" in caplog.text
+
+
+def test_samples_are_buffered_and_written_together(worker_app, api):
+    with worker_app.app_context():
+        metrics.flush()
+        metrics.observe_gateway(0.3, "ok")
+        metrics.observe_gateway(0.4, "ok")  # both in the le=0.5 bucket
+        count = lambda: db.session.execute(db.text(  # noqa: E731
+            "SELECT value FROM metric_counters WHERE name = 'gateway_request_seconds_bucket' AND labels LIKE '%0.5%'")).scalar()
+        assert count() is None  # nothing written yet
+        db.session.commit()
+        metrics.flush()
+        assert count() == 2

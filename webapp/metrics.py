@@ -3,17 +3,20 @@
 Why the database rather than prometheus-client's multiprocess mode: the gateway latency is observed in the
 worker, another process and, past one box, another machine. Its mmap files would need a directory shared by
 every box (mmap over a network volume is not coherent) and per-pid clean-up. A counter row in the database
-every process already shares is seen by every web process at once and survives restarts, so any web process
-answers for the whole system; the cost is one small upsert per gateway call or rejected upload, next to the
-several writes a job makes anyway. Gauges (jobs by state, queue depth, ...) are counted from the jobs table
+every process already shares is seen by every web process and survives restarts, so any web process answers
+for the whole system. Samples are buffered in each process and written once a second by a background thread
+(and at scrape and exit), so a job or an upload never waits on the database for a counter. Gauges (jobs by state, queue depth, ...) are counted from the jobs table
 when Prometheus scrapes, by a custom collector, so they cannot drift.
 """
+import atexit
 import json
 import logging
+import os
+import threading
 import time
 from contextlib import contextmanager
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import Float, String, func, select
@@ -54,17 +57,58 @@ def _label_key(labels):
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
 
+FLUSH_SECONDS = 1.0
+_pending = {}  # (name, label key) -> amount not yet written
+_pending_lock = threading.Lock()
+_flusher = {"pid": None}
+
+
 def add(*samples):
-    """Add to counters, each sample a (name, labels, amount); one transaction, never failing the caller."""
+    """Add to counters, each sample a (name, labels, amount). Buffered: a background thread writes them in one
+    transaction a second, so the job or upload that made them never waits on the database for a counter."""
+    with _pending_lock:
+        for name, labels, amount in samples:
+            key = (name, _label_key(labels))
+            _pending[key] = _pending.get(key, 0) + amount
+    if _flusher["pid"] != os.getpid():  # first sample in this process (or after a fork): start its flusher
+        _start_flusher()
+
+
+def flush():
+    """Write the buffered samples now (never failing the caller; a lost batch is logged)."""
+    with _pending_lock:
+        batch = dict(_pending)
+        _pending.clear()
+    if not batch:
+        return
     try:
         with write_transaction() as session:
             insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-            for name, labels, amount in samples:
-                stmt = insert(MetricCounter).values(name=name, labels=_label_key(labels), value=amount)
+            for (name, labels), amount in batch.items():
+                stmt = insert(MetricCounter).values(name=name, labels=labels, value=amount)
                 session.execute(stmt.on_conflict_do_update(index_elements=["name", "labels"],
                                                            set_={"value": MetricCounter.value + amount}))
     except SQLAlchemyError:  # a lost sample must not fail the upload or the conversion that made it
-        logger.warning("metrics not recorded: %s", [name for name, _, _ in samples], exc_info=True)
+        logger.warning("metrics not recorded: %s", sorted({name for name, _ in batch}), exc_info=True)
+
+
+def _start_flusher():
+    _flusher["pid"] = os.getpid()
+    app = current_app._get_current_object()
+
+    def run():
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            with app.app_context():
+                flush()
+                db.session.remove()
+
+    threading.Thread(target=run, name="metrics-flush", daemon=True).start()
+
+    def at_exit():
+        with app.app_context():
+            flush()
+    atexit.register(at_exit)
 
 
 def observe_gateway(seconds, outcome):
@@ -207,6 +251,7 @@ registry.register(DatabaseCollector())
 @bp.get("/metrics")
 def metrics():
     """Expose the whole system's metrics (any web process answers the same)."""
+    flush()  # this process's own last second, so a scrape right after a change sees it
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 

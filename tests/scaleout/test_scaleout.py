@@ -41,9 +41,13 @@ def test_thirty_jobs_through_two_workers_each_processed_once(stack, owner_factor
     assert claimed["worker1"] | claimed["worker2"] == {job["id"] for job in done}
 
     # either web process reports the latency the workers recorded, and the same job counts
+    # (workers write their counters once a second, so allow a few seconds for the last batch)
     for url in stack.web:
-        text = requests.get(f"{url}/metrics", timeout=5).text
-        assert f'pdfqueue_gateway_request_seconds_count{{outcome="ok"}} {float(len(done))}' in text
+        latency = f'pdfqueue_gateway_request_seconds_count{{outcome="ok"}} {float(len(done))}'
+        deadline = time.monotonic() + 5
+        while latency not in (text := requests.get(f"{url}/metrics", timeout=5).text) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert latency in text
         assert f'pdfqueue_jobs{{state="complete"}} {float(len(done))}' in text
 
 
