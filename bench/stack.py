@@ -4,7 +4,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -13,21 +12,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from gateway.testing import free_port  # noqa: E402
-
-
-def _wait(url, process, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            if requests.get(url, timeout=2).status_code < 500:
-                return
-        except requests.RequestException:  # not up yet
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+from gateway.testing import free_port, wait_until_answering  # noqa: E402
 
 
 class Stack:
@@ -41,7 +26,7 @@ class Stack:
         proc = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **extra_env}, stdout=log, stderr=log)
         self.procs[name] = proc
         if health_url:
-            _wait(health_url, proc)
+            wait_until_answering(health_url, proc, name)
         return proc
 
     def start_worker(self, name="worker", **extra_env):

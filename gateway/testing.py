@@ -30,7 +30,7 @@ def running_gateway(env=None, log=subprocess.DEVNULL, start_timeout=30):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(process, url, time.monotonic() + start_timeout)
+        wait_until_answering(f"{url}/healthz", process, "the gateway", start_timeout)
         yield url
     finally:
         process.terminate()
@@ -41,15 +41,17 @@ def running_gateway(env=None, log=subprocess.DEVNULL, start_timeout=30):
             process.wait()
 
 
-def _wait_healthy(process, url, deadline):
+def wait_until_answering(url, process, what, timeout=30):
+    """Return once url answers below 500; raise if process exits first or timeout passes."""
+    deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"the gateway exited with status {process.returncode} while starting")
+            raise RuntimeError(f"{what} exited with status {process.returncode} while starting")
         try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if requests.get(url, timeout=2).status_code < 500:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening, or still booting its workers
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError("the gateway did not answer /healthz in time")
+            raise RuntimeError(f"{what} did not answer {url} in time")
         time.sleep(0.1)

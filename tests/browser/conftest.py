@@ -3,14 +3,12 @@ config, and worker.py, on free loopback ports in a temporary DATA_DIR; and Debia
 import os
 import subprocess
 import sys
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 
-from gateway.testing import free_port, running_gateway
+from gateway.testing import free_port, running_gateway, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -34,20 +32,6 @@ class Stack:
 
     def __init__(self, url, data_dir, worker):
         self.url, self.data_dir, self.worker = url, data_dir, worker
-
-
-def _wait_for(url, process, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode} while starting")
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.RequestException:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not answer in time")
-            time.sleep(0.1)
 
 
 @contextmanager
@@ -83,7 +67,7 @@ def running_stack(data_dir, gateway_url=None, **settings):
                                            env, data_dir / "web.log", "web"))
         worker = stack.enter_context(_process([sys.executable, "worker.py"], env, data_dir / "worker.log", "worker"))
         url = f"http://127.0.0.1:{port}"
-        _wait_for(f"{url}/api/healthz", web, "the web app")
+        wait_until_answering(f"{url}/api/healthz", web, "the web app")
         yield Stack(url, data_dir, worker)
 
 
