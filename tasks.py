@@ -13,6 +13,7 @@ import socket
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from xml.etree.ElementTree import ParseError
@@ -34,63 +35,75 @@ logger = logging.getLogger("pdfqueue.worker")
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
 MAINTENANCE = "maintenance"
-CHAIN_CANDIDATES = 4
-_in_flight = {}  # lease holder (one per thread) -> job id, released if the consumer is interrupted
+_holders = set()  # lease holders (one per thread) now running a job: released if the consumer is interrupted
 stopping = threading.Event()  # the consumer's stop flag once worker.py runs one: chained jobs end there
 
 
 @huey.task()
 def process_job(job_id):
-    """Convert this job if it is still queued and due, then keep taking the oldest due job while any waits.
+    """Convert this job if it is still queued and due, then keep converting the oldest due job while any waits.
 
     A wake-up turned away because every slot is busy is simply dropped: the thread holding that slot
-    takes the next due job when it finishes, so a backlog drains in upload order without new wake-ups."""
+    claims the next due job when it finishes, so a backlog drains in upload order without new wake-ups."""
     with bound_app().app_context():
-        candidates = [job_id]
-        while any(run_job(candidate) for candidate in candidates) and not stopping.is_set():
-            # Several candidates: threads finishing together race for the oldest; a loser takes the next.
-            candidates = due_queued(limit=CHAIN_CANDIDATES)
+        if run_job(job_id):
+            while not stopping.is_set() and run_job():
+                pass
 
 
-def run_job(job_id):
-    """Claim the job, convert it, and record what happened; False if it was not ours to run."""
+def run_job(job_id=None):
+    """Claim this job (without one, the oldest due job), convert it, and record what happened.
+
+    False if there was nothing for this thread to run."""
+    worker = f"{PROCESS_ID}:{threading.get_ident()}"
+    # Registered before the claim commits, so a stop signal right after it still finds the job to release.
+    _holders.add(worker)
+    try:
+        job = _claim(job_id, worker)
+        if job is None:
+            return False
+        _run_claimed(job, worker)
+        return True
+    finally:
+        _holders.discard(worker)
+
+
+def _claim(job_id, worker):
+    """The claimed job's working fields (Job.claim), or None: not claimable, not due, or the breaker holds it."""
     config = current_app.config
     if breaker.is_open(max_age=breaker.CACHE_SECONDS):  # a second-old answer is fine: a miss only costs a refund
-        Job.hold(job_id, HELD_MESSAGE)
-        return False
-    job = db.session.get(Job, job_id)
-    if job is None or job.status != QUEUED or (job.next_attempt_at and job.next_attempt_at > utcnow()):
-        db.session.commit()  # a duplicate or early wake-up: settled by a read, without the write lock
-        return False
-    worker = f"{PROCESS_ID}:{threading.get_ident()}"
-    # Registered before the claim commits, so a stop signal right after it still finds the job to release
-    # (the release is conditional on this worker holding the lease, so a failed claim releases nothing).
-    _in_flight[worker] = job_id
-    if not Job.claim(job_id, worker, config["LEASE_SECONDS"], config["WORKER_CONCURRENCY"]):
-        _in_flight.pop(worker, None)
-        db.session.commit()
-        return False
-    db.session.refresh(job)  # the claim counted this attempt
-    db.session.commit()  # end the read; the heartbeat and transitions write from here on
+        if job_id is not None:
+            Job.hold(job_id, HELD_MESSAGE)
+        return None
+    lease, capacity = config["LEASE_SECONDS"], config["WORKER_CONCURRENCY"]
+    if job_id is None:
+        return Job.claim_next(worker, lease, capacity)
+    status, next_attempt_at = db.session.execute(
+        select(Job.status, Job.next_attempt_at).where(Job.id == job_id)).first() or (None, None)
+    db.session.commit()
+    if status != QUEUED or (next_attempt_at and next_attempt_at > utcnow()):
+        return None  # a duplicate or early wake-up: settled by a read, without the write lock
+    return Job.claim(job_id, worker, lease, capacity)
+
+
+def _run_claimed(job, worker):
+    config = current_app.config
     started = time.monotonic()
     _log(job, QUEUED, PROCESSING)
     try:
-        with Heartbeat(bound_app(), job_id, worker, config["LEASE_SECONDS"]):
+        with leases.holding(job.id, worker, config["LEASE_SECONDS"], progress=30):
             result_path = convert(job, worker, started)
     except GatewayError as error:
         _after_failure(job, worker, error, started)
     except OSError as error:
         _after_failure(job, worker, GatewayError("IO_ERROR", f"storage error: {error.strerror or error}"), started)
     else:
-        breaker.record_success()
-        if Job.complete(job_id, worker, result_path):
+        breaker.record_success(max_age=breaker.CACHE_SECONDS)
+        if Job.complete(job.id, worker, result_path):
             _log(job, PROCESSING, COMPLETE, started)
         else:  # deleted, or the lease was lost and another worker has it: this result is not wanted
             (Path(config["DATA_DIR"]) / result_path).unlink(missing_ok=True)
-            logger.warning("job %s changed hands while converting; result dropped", job_id, extra=_fields(job))
-    finally:
-        _in_flight.pop(worker, None)
-    return True
+            logger.warning("job %s changed hands while converting; result dropped", job.id, extra=_fields(job))
 
 
 def convert(job, worker, started):
@@ -148,38 +161,76 @@ def _after_failure(job, worker, error, started):
         process_job.schedule((job.id,), delay=delay)
 
 
-class Heartbeat:
-    """Mark the job as sent, then extend its lease in the background while the gateway works on it."""
+class LeaseKeeper:
+    """One thread per process keeps the leases of the jobs its worker threads are converting.
 
-    def __init__(self, app, job_id, worker, lease_seconds):
-        self.app, self.job_id, self.worker, self.lease = app, job_id, worker, lease_seconds
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+    A job is held from just before its gateway call: the keeper records "sent" (progress 30) at once,
+    beside the call rather than before it, then extends the lease every LEASE_SECONDS/3 until the job is
+    let go. A job that is no longer this worker's (deleted, or reaped and taken over) is dropped; its
+    result will be dropped too, since completing is conditional on the lease."""
+
+    def __init__(self):
+        self._held = {}  # worker -> [job id, lease seconds, monotonic time of its next write, progress to write]
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = None
+
+    @contextmanager
+    def holding(self, job_id, worker, lease_seconds, progress):
+        with self._lock:
+            self._held[worker] = [job_id, lease_seconds, 0.0, progress]
+            if self._pid != os.getpid():  # first job in this process: start the keeper
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="lease-keeper", daemon=True).start()
+        self._wake.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(worker, None)
 
     def _run(self):
-        with self.app.app_context():
-            # "sent" is recorded here, beside the call rather than before it, to keep it off the critical path
-            progress = 30
-            while Job.heartbeat(self.job_id, self.worker, self.lease, progress=progress):
-                db.session.remove()
-                progress = None
-                if self.stop.wait(self.lease / 3):
-                    return
-            # the job was deleted or taken over; its result will be dropped
+        while True:
+            with self._lock:
+                next_write = min((entry[2] for entry in self._held.values()), default=None)
+            self._wake.wait(None if next_write is None else max(0.0, next_write - time.monotonic()))
+            self._wake.clear()
+            now = time.monotonic()
+            with self._lock:
+                due = [(worker, *entry) for worker, entry in self._held.items() if entry[2] <= now]
+            if not due:
+                continue
+            with bound_app().app_context():
+                try:
+                    for worker, job_id, lease, _, progress in due:
+                        self._settle(worker, job_id, lease, Job.heartbeat(job_id, worker, lease, progress=progress))
+                except Exception:  # the database restarting, say: try again in a second, well within the lease
+                    logger.exception("could not extend leases; retrying in a second")
+                    with self._lock:
+                        for worker, job_id, *_ in due:
+                            if self._held.get(worker, [None])[0] == job_id:
+                                self._held[worker][2] = time.monotonic() + 1
+                finally:
+                    db.session.remove()
 
-    def __enter__(self):
-        self.thread.start()
-        return self
+    def _settle(self, worker, job_id, lease, kept):
+        with self._lock:
+            entry = self._held.get(worker)
+            if entry is None or entry[0] != job_id:
+                return  # let go meanwhile
+            if kept:
+                entry[2], entry[3] = time.monotonic() + lease / 3, None
+            else:
+                del self._held[worker]
 
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
+
+leases = LeaseKeeper()
 
 
 def due_queued(limit, idle_for=None):
     """Ids of queued jobs that are due, oldest first; with idle_for, only those untouched that long."""
     now = utcnow()
-    query = select(Job.id).where(Job.status == QUEUED, (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now))
+    query = select(Job.id).where(Job.status == QUEUED, Job.is_due(now))
     if idle_for is not None:
         query = query.where(Job.updated_at < now - timedelta(seconds=idle_for))
     ids = db.session.execute(query.order_by(Job.created_at).limit(limit)).scalars().all()
@@ -191,11 +242,11 @@ def due_queued(limit, idle_for=None):
 def _release_interrupted(signal, task, *args, **kwargs):
     """The consumer is stopping mid-job: put the job back in the queue without spending its attempt."""
     with bound_app().app_context():
-        for worker, job_id in list(_in_flight.items()):
-            if Job.release(job_id, worker):
-                correlation_id = db.session.scalar(select(Job.correlation_id).where(Job.id == job_id))
-                logger.info("job %s released at shutdown", job_id,
-                            extra={"job_id": job_id, "correlation_id": correlation_id, "from": PROCESSING, "to": QUEUED})
+        for worker in list(_holders):
+            released = Job.release_held(worker)
+            if released is not None:
+                logger.info("job %s released at shutdown", released.id, extra={
+                    "job_id": released.id, "correlation_id": released.correlation_id, "from": PROCESSING, "to": QUEUED})
 
 
 def _fields(job, **extra):

@@ -1,6 +1,7 @@
 """The worker against a fake gateway on loopback: happy path, failures, retries, breaker, leases, signals."""
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -257,6 +258,15 @@ def test_worker_killed_mid_call_is_finished_by_a_fresh_worker(stack, fake):
     assert load(stack, job["id"]).attempts == 2
 
 
+def test_a_call_longer_than_the_lease_keeps_its_job(stack, fake):
+    fake.delay = 3.5  # the lease is 2 s and the reaper looks every 0.3 s: only the lease keeper saves the job
+    api = ApiClient(stack.test_client())
+    stack.start_worker()
+    job = upload(api, "long-call")
+    assert wait_for(lambda: load(stack, job["id"]).status == "complete", timeout=30)
+    assert (load(stack, job["id"]).attempts, fake.calls[job["correlation_id"]]) == (1, 1)
+
+
 def test_duplicate_wakeups_never_run_a_job_twice(stack, fake):
     fake.delay = 0.5
     api = ApiClient(stack.test_client())
@@ -359,3 +369,19 @@ def test_5xx_for_one_file_from_a_healthy_gateway_does_not_open_the_breaker(make_
     assert [(load(app, j["id"]).error_code, load(app, j["id"]).attempts) for j in jobs] == [("GW_5XX", 1)] * 3
     assert fake.total_calls() == 3
     assert api.get("/api/healthz").get_json()["gateway"] == "ok"
+
+
+def test_progress_moves_forward_through_each_step(worker_app, api, fake, monkeypatch):
+    from webapp import models
+    database = Path(worker_app.config["INSTANCE_DIR"]) / "pdfqueue.db"
+    seen = []
+
+    def record(job_ids):  # called after each committed change, in the thread that made it
+        with sqlite3.connect(database) as conn:
+            seen.append(conn.execute("SELECT progress FROM jobs WHERE id = ?", (job_ids[0],)).fetchone()[0])
+
+    monkeypatch.setattr(models, "_listeners", [record])
+    fake.delay = 0.3  # long enough for "sent" to be written while the gateway works
+    job = upload(api, "steps")
+    run(worker_app, job["id"])
+    assert seen == [0, 10, 30, 90, 100]  # created, claimed, sent, received, stored

@@ -18,18 +18,20 @@ FIRST_PROBE_SECONDS, MAX_PROBE_SECONDS = 5, 60
 
 
 CACHE_SECONDS = 1.0
-_seen = {"state": CLOSED, "at": float("-inf")}  # this process's last look at the shared state
+_seen = {"state": CLOSED, "failures": 0, "at": float("-inf")}  # this process's last look at the shared state
 
 
-def _remember(value):
-    _seen.update(state=value, at=time.monotonic())
+def _remember(value, failures):
+    _seen.update(state=value, failures=failures, at=time.monotonic())
     return value
 
 
 def state():
     """'open' or 'closed', as the database says now."""
     row = Coordination.get(NAME)
-    return _remember(row.state if row is not None and row.state == OPEN else CLOSED)
+    if row is None:
+        return _remember(CLOSED, 0)
+    return _remember(OPEN if row.state == OPEN else CLOSED, row.count or 0)
 
 
 def is_open(max_age=0.0):
@@ -57,13 +59,17 @@ def record_failure():
             row.state = OPEN
             row.expires_at = now + timedelta(seconds=_probe_delay(row.count, threshold))
         row.updated_at = now
-        return _remember(row.state) == OPEN
+        return _remember(row.state, row.count) == OPEN
 
 
-def record_success():
-    """A converted file: the gateway works, so forget past failures and close."""
-    row = Coordination.get(NAME)
-    if row is not None and (row.count or row.state == OPEN):
+def record_success(max_age=0.0):
+    """A converted file: the gateway works, so forget past failures and close.
+
+    With max_age, this process's last look, if that recent and clean (closed, no failures), settles it
+    without a read; a failure another process counted meanwhile is forgotten at a later success."""
+    if time.monotonic() - _seen["at"] < max_age and _seen["state"] == CLOSED and not _seen["failures"]:
+        return
+    if state() == OPEN or _seen["failures"]:
         reset()
 
 
@@ -81,4 +87,4 @@ def close():
 def reset():
     """Close the breaker (also by hand, from the admin CLI)."""
     Coordination.put(NAME, state=CLOSED, count=0, expires_at=None)
-    _remember(CLOSED)
+    _remember(CLOSED, 0)

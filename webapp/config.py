@@ -41,7 +41,7 @@ def from_env():
         "BREAKER_THRESHOLD": _int("BREAKER_THRESHOLD", 5),
         "MAINTENANCE_SECONDS": float(os.environ.get("MAINTENANCE_SECONDS", 5)),
         "REAP_SECONDS": float(os.environ.get("REAP_SECONDS", 30)),
-        "WORKER_POLL_SECONDS": float(os.environ.get("WORKER_POLL_SECONDS", 0.05)),
+        "WORKER_POLL_SECONDS": float(os.environ.get("WORKER_POLL_SECONDS", 0.025)),
         "WORKER_SHUTDOWN_SECONDS": float(os.environ.get("WORKER_SHUTDOWN_SECONDS", 30)),
         "SHARE_TTL_SECONDS": _int("SHARE_TTL_SECONDS", 900),
         "MAX_RESULT_MB": _int("MAX_RESULT_MB", 64),

@@ -3,7 +3,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, delete, func, select, update
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, case, delete, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import db, write_transaction
@@ -120,8 +120,11 @@ class Job(db.Model):
     # -- transitions ---------------------------------------------------------------------------
 
     @classmethod
-    def _transition(cls, job_id, *where, serialize=False, **values):
-        """Apply values to the job only if it still matches where; True if it did."""
+    def _transition(cls, job_id, *where, serialize=False, returning=(), **values):
+        """Apply values to the job only if it still matches where; True if it did.
+
+        job_id may be a subquery choosing the job; with returning (columns), the changed job's values
+        come back as a row (None if nothing changed)."""
         with write_transaction() as session:
             if serialize and session.get_bind().dialect.name != "sqlite":
                 # Claims count processing jobs; serialize them where the database does not (SQLite does).
@@ -129,13 +132,18 @@ class Job(db.Model):
             now = utcnow()  # taken under the write lock, so commit order follows updated_at
             values = {key: (value(now) if callable(value) else value) for key, value in values.items()}
             values["updated_at"] = now
-            stmt = update(cls).where(cls.id == job_id, *where).values(**values)
-            # Callers re-read what they need; syncing the identity map costs more than the UPDATE itself.
-            changed = session.execute(stmt, execution_options={"synchronize_session": False}).rowcount == 1
-        if changed:
+            # A Core UPDATE of the table: callers re-read what they need, and the ORM's bookkeeping for an
+            # ORM-enabled UPDATE (syncing loaded objects) costs more than the statement itself.
+            stmt = update(cls.__table__).where(cls.id == job_id, *where).values(**values)
+            if returning:
+                row = session.execute(stmt.returning(cls.id, *returning)).first()
+            else:
+                row = job_id if session.execute(stmt).rowcount == 1 else None
+        if row is not None:
+            changed_id = row.id if returning else job_id
             for listener in _listeners:
-                listener([job_id])
-        return changed
+                listener([changed_id])
+        return row if returning else row is not None
 
     @classmethod
     def create(cls, **fields):
@@ -151,14 +159,27 @@ class Job(db.Model):
 
     @classmethod
     def claim(cls, job_id, worker, lease_seconds, capacity):
-        """Take a queued, due job for this worker while fewer than capacity are processing: one attempt spent."""
+        """Take a queued, due job for this worker while fewer than capacity are processing: one attempt spent.
+
+        Returns what the worker needs of the claimed job (see CLAIMED), or None if it was not claimable."""
+        return cls._claim(job_id, worker, lease_seconds, capacity)
+
+    @classmethod
+    def claim_next(cls, worker, lease_seconds, capacity):
+        """Claim the oldest queued, due job, if any and if capacity allows (as claim); one statement."""
+        oldest = select(Job.id).where(cls.status == QUEUED, cls.is_due(utcnow())).order_by(cls.created_at).limit(1)
+        return cls._claim(oldest.scalar_subquery(), worker, lease_seconds, capacity)
+
+    @classmethod
+    def _claim(cls, job_id, worker, lease_seconds, capacity):
         processing = select(func.count()).select_from(cls).where(cls.status == PROCESSING).scalar_subquery()
         return cls._transition(
             job_id,
             cls.status == QUEUED,
             processing < capacity,
-            (cls.next_attempt_at.is_(None)) | (cls.next_attempt_at <= utcnow()),
+            cls.is_due(utcnow()),
             serialize=True,
+            returning=CLAIMED,
             status=PROCESSING,
             leased_by=worker,
             lease_expires_at=lambda now: now + timedelta(seconds=lease_seconds),
@@ -170,11 +191,16 @@ class Job(db.Model):
         )
 
     @classmethod
+    def is_due(cls, now):
+        """SQL: the job's back-off (if any) has passed."""
+        return cls.next_attempt_at.is_(None) | (cls.next_attempt_at <= now)
+
+    @classmethod
     def heartbeat(cls, job_id, worker, lease_seconds, progress=None):
         """Extend this worker's lease (and move progress); False if the job is no longer its own."""
         values = {"lease_expires_at": lambda now: now + timedelta(seconds=lease_seconds)}
-        if progress is not None:
-            values["progress"] = progress
+        if progress is not None:  # only ever forward: "sent", written beside the call, may land after "received"
+            values["progress"] = case((cls.progress < progress, progress), else_=cls.progress)
         return cls._transition(job_id, cls.status == PROCESSING, cls.leased_by == worker, **values)
 
     @classmethod
@@ -211,6 +237,16 @@ class Job(db.Model):
         return cls._transition(
             job_id, cls.status == PROCESSING, cls.leased_by == worker,
             status=QUEUED, attempts=cls.attempts - 1, progress=0, error_code=code, error=message,
+            leased_by=None, lease_expires_at=None,
+        )
+
+    @classmethod
+    def release_held(cls, worker):
+        """Release whichever job this worker holds (as release); its id and correlation id, or None."""
+        held = select(Job.id).where(cls.status == PROCESSING, cls.leased_by == worker).limit(1).scalar_subquery()
+        return cls._transition(
+            held, cls.status == PROCESSING, cls.leased_by == worker, returning=(cls.correlation_id,),
+            status=QUEUED, attempts=cls.attempts - 1, progress=0, error_code=None, error=None,
             leased_by=None, lease_expires_at=None,
         )
 
@@ -253,6 +289,10 @@ class Job(db.Model):
     @classmethod
     def forget_upload(cls, job_id):
         return cls._transition(job_id, cls.status.not_in(ACTIVE), upload_path=None)
+
+
+# What a worker needs of a job it claimed, returned by the claim itself (no second read).
+CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts)
 
 
 class Coordination(db.Model):
