@@ -122,9 +122,9 @@ def convert(job, worker, started):
                     config["GATEWAY_URL"], data_dir / job.upload_path, job.mapping, job.correlation_id, out,
                     read_timeout=config["GATEWAY_TIMEOUT"], max_bytes=config["MAX_RESULT_MB"] * 1024 * 1024,
                     deadline=started + config["JOB_TIME_LIMIT"], clock=time.monotonic)
+            leases.report(worker, progress=90)  # "received": written beside the storing if it takes a while
             out.flush()
             os.fsync(out.fileno())
-        Job.heartbeat(job.id, worker, config["LEASE_SECONDS"], progress=90)
         try:
             SafeET.parse(partial)
         except (ParseError, DefusedXmlException) as exc:
@@ -164,10 +164,15 @@ def _after_failure(job, worker, error, started):
 class LeaseKeeper:
     """One thread per process keeps the leases of the jobs its worker threads are converting.
 
-    A job is held from just before its gateway call: the keeper records "sent" (progress 30) at once,
-    beside the call rather than before it, then extends the lease every LEASE_SECONDS/3 until the job is
-    let go. A job that is no longer this worker's (deleted, or reaped and taken over) is dropped; its
-    result will be dropped too, since completing is conditional on the lease."""
+    A job is held from just before its gateway call until it is stored; meanwhile the keeper extends its
+    lease every LEASE_SECONDS/3 and writes the progress steps it is told of, "sent" (30) and "received"
+    (90), each once the job has been at that step for STEP_SECONDS. A step shorter than that is not
+    written: nobody watching could see it, and writing it would cost every conversion a transaction
+    beside its critical path. Progress only moves forward. A job that is no longer this worker's
+    (deleted, or reaped and taken over) is dropped; its result will be dropped too, since completing is
+    conditional on the lease."""
+
+    STEP_SECONDS = 0.05
 
     def __init__(self):
         self._held = {}  # worker -> [job id, lease seconds, monotonic time of its next write, progress to write]
@@ -178,7 +183,7 @@ class LeaseKeeper:
     @contextmanager
     def holding(self, job_id, worker, lease_seconds, progress):
         with self._lock:
-            self._held[worker] = [job_id, lease_seconds, 0.0, progress]
+            self._held[worker] = [job_id, lease_seconds, time.monotonic() + self.STEP_SECONDS, progress]
             if self._pid != os.getpid():  # first job in this process: start the keeper
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="lease-keeper", daemon=True).start()
@@ -188,6 +193,14 @@ class LeaseKeeper:
         finally:
             with self._lock:
                 self._held.pop(worker, None)
+
+    def report(self, worker, progress):
+        """The worker's job reached this progress: the keeper writes it if the job stays there a while."""
+        with self._lock:
+            entry = self._held.get(worker)
+            if entry is not None:
+                entry[2], entry[3] = time.monotonic() + self.STEP_SECONDS, progress
+        self._wake.set()
 
     def _run(self):
         while True:
@@ -203,7 +216,8 @@ class LeaseKeeper:
             with bound_app().app_context():
                 try:
                     for worker, job_id, lease, _, progress in due:
-                        self._settle(worker, job_id, lease, Job.heartbeat(job_id, worker, lease, progress=progress))
+                        kept = Job.heartbeat(job_id, worker, lease, progress=progress)
+                        self._settle(worker, job_id, lease, progress, kept)
                 except Exception:  # the database restarting, say: try again in a second, well within the lease
                     logger.exception("could not extend leases; retrying in a second")
                     with self._lock:
@@ -213,15 +227,16 @@ class LeaseKeeper:
                 finally:
                     db.session.remove()
 
-    def _settle(self, worker, job_id, lease, kept):
+    def _settle(self, worker, job_id, lease, written, kept):
         with self._lock:
             entry = self._held.get(worker)
             if entry is None or entry[0] != job_id:
                 return  # let go meanwhile
-            if kept:
-                entry[2], entry[3] = time.monotonic() + lease / 3, None
-            else:
+            if not kept:
                 del self._held[worker]
+            elif entry[3] == written:
+                entry[2], entry[3] = time.monotonic() + lease / 3, None
+            # else a newer progress was reported meanwhile: it is due now
 
 
 leases = LeaseKeeper()

@@ -381,7 +381,21 @@ def test_progress_moves_forward_through_each_step(worker_app, api, fake, monkeyp
             seen.append(conn.execute("SELECT progress FROM jobs WHERE id = ?", (job_ids[0],)).fetchone()[0])
 
     monkeypatch.setattr(models, "_listeners", [record])
-    fake.delay = 0.3  # long enough for "sent" to be written while the gateway works
+    # Each step lasts well past the keeper's STEP_SECONDS: the gateway works 0.3 s, and storing a ~7 MB
+    # answer (parsing it to prove it well-formed) takes a few tenths of a second.
+    fake.delay = 0.3
+    lines = "".join(f"<Line><Description>item {n}</Description></Line>" for n in range(150_000))
+    fake.body = f"<Invoice><Lines>{lines}</Lines></Invoice>".encode()
     job = upload(api, "steps")
     run(worker_app, job["id"])
     assert seen == [0, 10, 30, 90, 100]  # created, claimed, sent, received, stored
+
+
+def test_progress_steps_too_short_to_see_are_not_written(worker_app, api, fake, monkeypatch):
+    from webapp import models
+    seen = []
+    monkeypatch.setattr(models, "_listeners", [seen.append])
+    monkeypatch.setattr(tasks.LeaseKeeper, "STEP_SECONDS", 5)  # far longer than this conversion's steps
+    job = upload(api, "quick")  # the fake gateway answers at once and the answer is tiny
+    run(worker_app, job["id"])
+    assert len(seen) == 3  # created, claimed, stored: no write for a step nobody could have seen
