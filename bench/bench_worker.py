@@ -70,7 +70,7 @@ def main():
     parser.add_argument("--idle", type=float, default=60)
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--samples", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with running_stack(gateway_delay=DELAY, WORKER_CONCURRENCY=CONCURRENCY, UPLOADS_PER_MINUTE=100000) as stack:
         ratios, directs, apps = [], [], []
