@@ -217,7 +217,7 @@ class LeaseKeeper:
                 try:
                     for worker, job_id, lease, _, progress in due:
                         kept = Job.heartbeat(job_id, worker, lease, progress=progress)
-                        self._settle(worker, job_id, lease, progress, kept)
+                        self._settle(worker, job_id, progress, kept)
                 except Exception:  # the database restarting, say: try again in a second, well within the lease
                     logger.exception("could not extend leases; retrying in a second")
                     with self._lock:
@@ -227,7 +227,7 @@ class LeaseKeeper:
                 finally:
                     db.session.remove()
 
-    def _settle(self, worker, job_id, lease, written, kept):
+    def _settle(self, worker, job_id, written, kept):
         with self._lock:
             entry = self._held.get(worker)
             if entry is None or entry[0] != job_id:
@@ -235,7 +235,7 @@ class LeaseKeeper:
             if not kept:
                 del self._held[worker]
             elif entry[3] == written:
-                entry[2], entry[3] = time.monotonic() + lease / 3, None
+                entry[2], entry[3] = time.monotonic() + entry[1] / 3, None
             # else a newer progress was reported meanwhile: it is due now
 
 

@@ -135,14 +135,10 @@ class Job(db.Model):
             # A Core UPDATE of the table: callers re-read what they need, and the ORM's bookkeeping for an
             # ORM-enabled UPDATE (syncing loaded objects) costs more than the statement itself.
             stmt = update(cls.__table__).where(cls.id == job_id, *where).values(**values)
-            if returning:
-                row = session.execute(stmt.returning(cls.id, *returning)).first()
-            else:
-                row = job_id if session.execute(stmt).rowcount == 1 else None
+            row = session.execute(stmt.returning(cls.id, *returning)).first()
         if row is not None:
-            changed_id = row.id if returning else job_id
             for listener in _listeners:
-                listener([changed_id])
+                listener([row.id])
         return row if returning else row is not None
 
     @classmethod
@@ -232,10 +228,10 @@ class Job(db.Model):
         )
 
     @classmethod
-    def release(cls, job_id, worker, code=None, message=None):
+    def release(cls, job_id, worker, code=None, message=None, returning=()):
         """processing → queued without spending the attempt (shutdown, or the circuit is open)."""
         return cls._transition(
-            job_id, cls.status == PROCESSING, cls.leased_by == worker,
+            job_id, cls.status == PROCESSING, cls.leased_by == worker, returning=returning,
             status=QUEUED, attempts=cls.attempts - 1, progress=0, error_code=code, error=message,
             leased_by=None, lease_expires_at=None,
         )
@@ -244,11 +240,7 @@ class Job(db.Model):
     def release_held(cls, worker):
         """Release whichever job this worker holds (as release); its id and correlation id, or None."""
         held = select(Job.id).where(cls.status == PROCESSING, cls.leased_by == worker).limit(1).scalar_subquery()
-        return cls._transition(
-            held, cls.status == PROCESSING, cls.leased_by == worker, returning=(cls.correlation_id,),
-            status=QUEUED, attempts=cls.attempts - 1, progress=0, error_code=None, error=None,
-            leased_by=None, lease_expires_at=None,
-        )
+        return cls.release(held, worker, returning=(cls.correlation_id,))
 
     @classmethod
     def hold(cls, job_id, message):
