@@ -4,6 +4,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from tests.conftest import pdf_bytes
 from webapp import breaker
@@ -69,6 +70,18 @@ def test_jobs_delete_removes_the_row_and_its_file(app, runner, jobs):
     assert not upload.exists()
     with app.app_context():
         assert db.session.get(Job, queued["id"]) is None
+
+
+@pytest.mark.parametrize("old_id", ["-9XnSsLk0L6DGXXs", "--yes-it-is-an-id"])
+def test_an_id_that_looks_like_an_option_is_still_taken_as_the_id(app, runner, jobs, old_id):
+    queued, _ = jobs
+    with app.app_context():
+        db.session.execute(update(Job).where(Job.id == queued["id"]).values(id=old_id))
+        db.session.commit()
+    assert json.loads(invoke(runner, "jobs", "show", old_id))["id"] == old_id
+    assert "deleted" in invoke(runner, "jobs", "delete", old_id, "--yes")
+    with app.app_context():
+        assert db.session.get(Job, old_id) is None
 
 
 def test_cleanup_applies_retention_now(app, runner, jobs):

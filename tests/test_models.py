@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import text
 
 from webapp.db import db, write_transaction
-from webapp.models import Job
+from webapp.models import Job, new_id
 
 
 @pytest.fixture
@@ -13,6 +13,12 @@ def job_id(app):
     with app.app_context():
         return Job.create(owner="o", filename="a.pdf", mapping="m", bytes=1, sha256="0" * 64,
                           upload_path="uploads/x.pdf").id
+
+
+def test_a_new_id_never_begins_with_a_dash():
+    # One id in 64 would, were it not prevented; a CLI or shell reads such an id as an option.
+    ids = {new_id() for _ in range(5000)}
+    assert len(ids) == 5000 and not any(job_id.startswith("-") for job_id in ids)
 
 
 def status(app, job_id):

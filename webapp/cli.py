@@ -15,6 +15,8 @@ from .errors import ApiError
 from .models import STATUSES, Coordination, Job, isoformat
 
 jobs = AppGroup("jobs", help="List, show, retry and delete jobs of every owner.")
+# Ids made before new_id() skipped a leading "-" still look like options; an unknown option is taken as the id.
+TAKES_ANY_ID = {"ignore_unknown_options": True}
 breaker = AppGroup("breaker", help="Show or reset the gateway circuit breaker.")
 
 
@@ -46,7 +48,7 @@ def jobs_list(status, owner, limit, as_json):
                        f"{code}  {job.filename}")
 
 
-@jobs.command("show")
+@jobs.command("show", context_settings=TAKES_ANY_ID)
 @click.argument("job_id")
 def jobs_show(job_id):
     """Show one job in full, as JSON."""
@@ -57,7 +59,7 @@ def jobs_show(job_id):
     click.echo(json.dumps(detail, indent=2))
 
 
-@jobs.command("retry")
+@jobs.command("retry", context_settings=TAKES_ANY_ID)
 @click.argument("job_id")
 def jobs_retry(job_id):
     """Queue a failed job again from its kept PDF."""
@@ -68,7 +70,7 @@ def jobs_retry(job_id):
     click.echo(f"job {job_id} queued again")
 
 
-@jobs.command("delete")
+@jobs.command("delete", context_settings=TAKES_ANY_ID)
 @click.argument("job_id")
 @click.confirmation_option(prompt="Delete the job and its files?")
 def jobs_delete(job_id):

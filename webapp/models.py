@@ -40,7 +40,10 @@ def on_change(listener):
 
 
 def new_id():
-    return secrets.token_urlsafe(12)
+    """A random URL-safe job id (96 bits) that never begins with "-", which a shell or CLI would read as an option."""
+    while (job_id := secrets.token_urlsafe(12)).startswith("-"):
+        pass
+    return job_id
 
 
 class Job(db.Model):
