@@ -218,10 +218,18 @@ def test_other_owners_never_see_my_jobs(live_server, browser, fast_heartbeat):
     mine.close()
 
 
-def test_one_feed_thread_serves_many_streams_and_streams_hold_no_connection(app, browser, fast_heartbeat):
+def test_one_feed_thread_serves_many_streams_and_streams_hold_no_connection(app, browser, fast_heartbeat,
+                                                                              monkeypatch):
+    idle = set()  # the streams that have read their first changes and sat down to wait
+    real_wait = events.Waiter.wait
+    monkeypatch.setattr(events.Waiter, "wait", lambda waiter, timeout: idle.add(waiter) or real_wait(waiter, timeout))
     streams = [browser.events() for _ in range(5)]
     for stream in streams:
         assert next(stream.lines) == ": ping"
+    deadline = time.monotonic() + 3
+    while len(idle) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(idle) == 5
     assert [t.name for t in events.feed(app).threads] == ["pdfqueue-feed"]
     with app.app_context():
         samples = []
