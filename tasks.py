@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from xml.etree.ElementTree import ParseError
@@ -174,8 +175,15 @@ class LeaseKeeper:
 
     STEP_SECONDS = 0.05
 
+    @dataclass
+    class Held:
+        job_id: str
+        lease: float  # seconds
+        write_at: float  # monotonic time of its next write
+        progress: int | None  # the step to write then, or None for the lease alone
+
     def __init__(self):
-        self._held = {}  # worker -> [job id, lease seconds, monotonic time of its next write, progress to write]
+        self._held = {}  # worker -> Held
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pid = None
@@ -183,7 +191,7 @@ class LeaseKeeper:
     @contextmanager
     def holding(self, job_id, worker, lease_seconds, progress):
         with self._lock:
-            self._held[worker] = [job_id, lease_seconds, time.monotonic() + self.STEP_SECONDS, progress]
+            self._held[worker] = self.Held(job_id, lease_seconds, time.monotonic() + self.STEP_SECONDS, progress)
             if self._pid != os.getpid():  # first job in this process: start the keeper
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="lease-keeper", daemon=True).start()
@@ -197,45 +205,47 @@ class LeaseKeeper:
     def report(self, worker, progress):
         """The worker's job reached this progress: the keeper writes it if the job stays there a while."""
         with self._lock:
-            entry = self._held.get(worker)
-            if entry is not None:
-                entry[2], entry[3] = time.monotonic() + self.STEP_SECONDS, progress
+            held = self._held.get(worker)
+            if held is not None:
+                held.write_at, held.progress = time.monotonic() + self.STEP_SECONDS, progress
         self._wake.set()
 
     def _run(self):
         while True:
             with self._lock:
-                next_write = min((entry[2] for entry in self._held.values()), default=None)
+                next_write = min((held.write_at for held in self._held.values()), default=None)
             self._wake.wait(None if next_write is None else max(0.0, next_write - time.monotonic()))
             self._wake.clear()
             now = time.monotonic()
             with self._lock:
-                due = [(worker, *entry) for worker, entry in self._held.items() if entry[2] <= now]
+                due = [(worker, held.job_id, held.lease, held.progress)
+                       for worker, held in self._held.items() if held.write_at <= now]
             if not due:
                 continue
             with bound_app().app_context():
                 try:
-                    for worker, job_id, lease, _, progress in due:
+                    for worker, job_id, lease, progress in due:
                         kept = Job.heartbeat(job_id, worker, lease, progress=progress)
                         self._settle(worker, job_id, progress, kept)
                 except Exception:  # the database restarting, say: try again in a second, well within the lease
                     logger.exception("could not extend leases; retrying in a second")
                     with self._lock:
                         for worker, job_id, *_ in due:
-                            if self._held.get(worker, [None])[0] == job_id:
-                                self._held[worker][2] = time.monotonic() + 1
+                            held = self._held.get(worker)
+                            if held is not None and held.job_id == job_id:
+                                held.write_at = time.monotonic() + 1
                 finally:
                     db.session.remove()
 
     def _settle(self, worker, job_id, written, kept):
         with self._lock:
-            entry = self._held.get(worker)
-            if entry is None or entry[0] != job_id:
+            held = self._held.get(worker)
+            if held is None or held.job_id != job_id:
                 return  # let go meanwhile
             if not kept:
                 del self._held[worker]
-            elif entry[3] == written:
-                entry[2], entry[3] = time.monotonic() + entry[1] / 3, None
+            elif held.progress == written:
+                held.write_at, held.progress = time.monotonic() + held.lease / 3, None
             # else a newer progress was reported meanwhile: it is due now
 
 

@@ -14,10 +14,9 @@ app = create_app({"MIGRATE": False})
 def main():
     logs.configure()
     config = app.config
-    threads = config["WORKER_CONCURRENCY"]
     consumer = WatchingConsumer(
         huey,
-        workers=threads,
+        workers=config["WORKER_CONCURRENCY"],
         worker_type="thread",
         # Huey's SQLite polling backs off to 10 s by default. Here one idle thread looks at the queue (see
         # WatchingWorker): every WORKER_POLL_SECONDS while work flows, at most WORKER_IDLE_POLL_SECONDS apart.

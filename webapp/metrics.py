@@ -5,8 +5,9 @@ worker, another process and, past one box, another machine. Its mmap files would
 every box (mmap over a network volume is not coherent) and per-pid clean-up. A counter row in the database
 every process already shares is seen by every web process and survives restarts, so any web process answers
 for the whole system. Samples are buffered in each process and written once a second by a background thread
-(and at scrape and exit), so a job or an upload never waits on the database for a counter. Gauges (jobs by state, queue depth, ...) are counted from the jobs table
-when Prometheus scrapes, by a custom collector, so they cannot drift.
+(and at scrape and exit), so a job or an upload never waits on the database for a counter. Gauges (jobs by
+state, queue depth, ...) are counted from the jobs table when Prometheus scrapes, by a custom collector, so
+they cannot drift.
 """
 import atexit
 import json

@@ -161,16 +161,6 @@ class Job(db.Model):
         """Take a queued, due job for this worker while fewer than capacity are processing: one attempt spent.
 
         Returns what the worker needs of the claimed job (see CLAIMED), or None if it was not claimable."""
-        return cls._claim(job_id, worker, lease_seconds, capacity)
-
-    @classmethod
-    def claim_next(cls, worker, lease_seconds, capacity):
-        """Claim the oldest queued, due job, if any and if capacity allows (as claim); one statement."""
-        oldest = select(Job.id).where(cls.status == QUEUED, cls.is_due(utcnow())).order_by(cls.created_at).limit(1)
-        return cls._claim(oldest.scalar_subquery(), worker, lease_seconds, capacity)
-
-    @classmethod
-    def _claim(cls, job_id, worker, lease_seconds, capacity):
         processing = select(func.count()).select_from(cls).where(cls.status == PROCESSING).scalar_subquery()
         return cls._transition(
             job_id,
@@ -188,6 +178,12 @@ class Job(db.Model):
             attempts=cls.attempts + 1,
             progress=10,
         )
+
+    @classmethod
+    def claim_next(cls, worker, lease_seconds, capacity):
+        """Claim the oldest queued, due job, if any and if capacity allows (as claim); one statement."""
+        oldest = select(Job.id).where(cls.status == QUEUED, cls.is_due(utcnow())).order_by(cls.created_at).limit(1)
+        return cls.claim(oldest.scalar_subquery(), worker, lease_seconds, capacity)
 
     @classmethod
     def is_due(cls, now):
