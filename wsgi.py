@@ -1,5 +1,4 @@
-"""Entry point for gunicorn (`wsgi:app`) and for the Huey consumer (`wsgi.huey`)."""
+"""Entry point for gunicorn (`wsgi:app`) and for `flask --app wsgi` (migrations, admin commands)."""
 from webapp import create_app
-from webapp.queue import huey  # noqa: F401  (the consumer is pointed here: it needs the app and the tasks)
 
 app = create_app()

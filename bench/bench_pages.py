@@ -50,12 +50,12 @@ def fill(db_path, owner, total, mine):
         conn.executemany(
             "INSERT INTO jobs (id, owner, filename, mapping, bytes, sha256, status, progress, attempts, error_code,"
             " error, correlation_id, upload_path, result_path, created_at, updated_at, started_at, completed_at,"
-            " dead_letter, result_expired) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)", rows)
+            " dead_letter) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)", rows)
         conn.execute("ANALYZE")
 
 
 def plans(db_path, owner):
-    """EXPLAIN QUERY PLAN of the reads behind /queue, /api/jobs, the metrics box and the change feed."""
+    """EXPLAIN QUERY PLAN of the reads behind /queue, /api/jobs, the totals box and the change poll."""
     since = (datetime.utcnow() - timedelta(seconds=5)).strftime("%Y-%m-%d %H:%M:%S.%f")
     queries = {
         "page of my jobs": ("SELECT * FROM jobs WHERE owner = ? ORDER BY created_at DESC, id DESC LIMIT 51", (owner,)),
@@ -63,11 +63,13 @@ def plans(db_path, owner):
                                "ORDER BY created_at DESC, id DESC LIMIT 51", (owner, since)),
         "my changes since": ("SELECT * FROM jobs WHERE owner = ? AND updated_at > ? ORDER BY updated_at, id",
                              (owner, since)),
-        "metrics box": ("SELECT count(*), count(*) FILTER (WHERE status = 'complete'), avg(CASE WHEN status = "
+        "totals box": ("SELECT count(*), count(*) FILTER (WHERE status = 'complete'), avg(CASE WHEN status = "
                         "'complete' THEN julianday(completed_at) - julianday(started_at) END) FROM jobs "
                         "WHERE owner = ?", (owner,)),
         "active count": ("SELECT count(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'processing')", (owner,)),
-        "change feed": ("SELECT owner, max(updated_at) FROM jobs WHERE updated_at > ? GROUP BY owner", (since,)),
+        "change poll": ("SELECT owner, max(updated_at) FROM jobs WHERE updated_at > ? GROUP BY owner "
+                        "UNION ALL SELECT owner, max(removed_at) FROM job_removals WHERE removed_at > ? GROUP BY owner",
+                        (since, since)),
     }
     with sqlite3.connect(db_path) as conn:
         for name, (sql, args) in queries.items():

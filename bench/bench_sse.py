@@ -3,7 +3,7 @@
 Starts the web app under the project's gunicorn.conf.py (once per worker class) in a temporary DATA_DIR,
 opens N streams on loopback for one owner (the worst case: every stream must get every change), then
 changes a job from this process the way the worker does (another process, so the change travels through
-the change feed's database poll, or Redis with --redis). Meanwhile a client times ordinary GET /api/jobs.
+the event hub's database poll, or Redis with --redis). Meanwhile a client times ordinary GET /api/jobs.
 
     .venv/bin/python bench/bench_sse.py [--streams 500] [--changes 5] [--classes gevent,gthread] [--redis]
 
@@ -130,7 +130,7 @@ def run(worker_class, n_streams, n_changes, extra_env):
                 for n in range(n_changes):
                     progress = 20 + n
                     marker_times[progress] = time.monotonic()
-                    await asyncio.to_thread(Job.heartbeat, job["id"], "bench", 600, progress)
+                    await asyncio.to_thread(Job.renew_lease, job["id"], "bench", 600, progress)
                     await asyncio.sleep(2)
             stop.set()
             for task in tasks:

@@ -18,7 +18,7 @@ def convert_pdf(data, mapping, fmt, pretty, max_pages):
     except TooManyPages as exc:
         raise GatewayError(422, "TOO_MANY_PAGES", str(exc)) from None
     try:
-        root = engine.convert(mapping, document)
+        root = engine.apply_mapping(mapping, document)
     except engine.NothingFound as exc:
         raise GatewayError(422, "NOTHING_FOUND", f"this does not look like a {mapping.name} document: {exc}") from None
     return document.meta["pages"], RENDERERS[fmt](root, pretty=pretty)

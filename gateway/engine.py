@@ -21,7 +21,7 @@ class Node:
     repeated: bool = False
 
 
-def convert(mapping, document):
+def apply_mapping(mapping, document):
     """Return the root Node of the output for a read Document."""
     claimed = set()  # (page number, line index) of lines that belong to a table
     tables = {}

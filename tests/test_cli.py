@@ -9,7 +9,8 @@ from sqlalchemy import update
 from tests.conftest import pdf_bytes
 from webapp import breaker
 from webapp.db import db
-from webapp.models import Job, utcnow
+from webapp.clock import utcnow
+from webapp.models import Job
 
 
 @pytest.fixture

@@ -1,19 +1,22 @@
-"""GET /api/events against a live server: headers, ping, delivery, resume, deletions, owners, the feed."""
+"""GET /api/events (webapp/stream.py) and the changes it hears of (webapp/events.py), against a live server:
+headers, ping, delivery, resume, deletions from any process, owners, the poll and Redis."""
 import json
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 import requests
 from sqlalchemy import create_engine, text
 
 from tests.conftest import pdf_bytes
-from webapp import create_app, events
+from webapp import create_app, events, stream as stream_module
 from webapp.db import db
-from webapp.models import Job, isoformat, parse_iso, utcnow
+from webapp.clock import isoformat, parse_iso, utcnow
+from webapp.models import Job
 
 
 class Browser:
@@ -81,19 +84,19 @@ class EventReader:
 
 
 @pytest.fixture(autouse=True)
-def stop_feeds(make_app, monkeypatch):
-    """Stop every app's change feed after the test, so threads do not outlive their database."""
+def stop_hubs(make_app, monkeypatch):
+    """Stop every app's event hub after the test, so its threads do not outlive their database."""
     built = []
-    original = events.ChangeFeed.__init__
+    original = events.Hub.__init__
 
-    def remember(self, app):
-        original(self, app)
+    def remember(self, app, changes_after):
+        original(self, app, changes_after)
         built.append(self)
 
-    monkeypatch.setattr(events.ChangeFeed, "__init__", remember)
+    monkeypatch.setattr(events.Hub, "__init__", remember)
     yield
-    for change_feed in built:
-        change_feed.stop()
+    for hub in built:
+        hub.stop()
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ def browser(live_server):
 
 @pytest.fixture
 def fast_heartbeat(monkeypatch):
-    monkeypatch.setattr(events, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(stream_module, "HEARTBEAT_SECONDS", 0.2)
 
 
 def job_event(job_id, status=None):
@@ -206,6 +209,59 @@ def test_a_deleted_job_is_removed_from_other_tabs(browser):
     other_tab.close()
 
 
+def another_process(app):
+    """An app on the same database with its own event hub, as the worker or the admin CLI would be."""
+    return create_app({"DATA_DIR": app.config["DATA_DIR"], "TESTING": True, "SECRET_KEY": "test-secret",
+                       "HUEY_MEMORY": True})
+
+
+def test_a_job_deleted_from_the_cli_leaves_every_open_tab(app, browser):
+    job = browser.upload("cli-doomed")
+    tabs = [browser.events("?html=1"), browser.events()]
+    for tab in tabs:
+        assert next(tab.lines) == ": ping"
+    cli = another_process(app)
+    result = cli.test_cli_runner().invoke(args=["jobs", "delete", job["id"], "--yes"])
+    assert result.exit_code == 0, result.output
+    for tab in tabs:
+        event, event_id, data = tab.until(lambda event, _id, data: event == "removed", timeout=3)
+        assert data == job["id"] and event_id
+        tab.close()
+    with cli.app_context():
+        db.engine.dispose()
+
+
+def test_a_removal_missed_while_away_is_sent_on_reconnect(app, browser):
+    second = browser.upload("goes-while-away")
+    tab = browser.events()
+    _, last_id, _ = tab.until(job_event(second["id"]))
+    tab.close()
+    assert browser.delete(second["id"]).status_code == 204
+    resumed = browser.events(headers={"Last-Event-ID": last_id})
+    event, _, data = resumed.until(lambda event, _id, data: event == "removed")
+    assert data == second["id"]
+    resumed.close()
+
+
+def test_retention_reaches_an_open_dashboard(app, browser):
+    import tasks
+    job = browser.upload("retained")
+    with app.app_context():
+        Job.claim(job["id"], "w1", 30, capacity=4)
+        Job.complete(job["id"], "w1", "results/retained.xml")
+    tab = browser.events("?html=1")
+    download = f'href="/api/jobs/{job["id"]}/download"'
+    tab.until(lambda event, _id, data: event == "row" and download in data)
+    worker = another_process(app)
+    with worker.app_context():
+        later = utcnow() + timedelta(days=worker.config["RETENTION_XML_DAYS"] + 1)
+        assert tasks.apply_retention(now=later)["xml"] == 1
+        db.engine.dispose()
+    event, _, data = tab.until(lambda event, _id, data: event == "row" and f'job-{job["id"]}' in data, timeout=3)
+    assert download not in data  # no download link once the XML is gone
+    tab.close()
+
+
 def test_other_owners_never_see_my_jobs(live_server, browser, fast_heartbeat):
     stranger = Browser(live_server).events()
     mine = browser.events()
@@ -218,11 +274,12 @@ def test_other_owners_never_see_my_jobs(live_server, browser, fast_heartbeat):
     mine.close()
 
 
-def test_one_feed_thread_serves_many_streams_and_streams_hold_no_connection(app, browser, fast_heartbeat,
+def test_one_poll_thread_serves_many_streams_and_streams_hold_no_connection(app, browser, fast_heartbeat,
                                                                               monkeypatch):
     idle = set()  # the streams that have read their first changes and sat down to wait
-    real_wait = events.Waiter.wait
-    monkeypatch.setattr(events.Waiter, "wait", lambda waiter, timeout: idle.add(waiter) or real_wait(waiter, timeout))
+    real_wait = events.Subscription.wait
+    monkeypatch.setattr(events.Subscription, "wait",
+                        lambda subscription, timeout: idle.add(subscription) or real_wait(subscription, timeout))
     streams = [browser.events() for _ in range(5)]
     for stream in streams:
         assert next(stream.lines) == ": ping"
@@ -230,26 +287,26 @@ def test_one_feed_thread_serves_many_streams_and_streams_hold_no_connection(app,
     while len(idle) < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(idle) == 5
-    assert [t.name for t in events.feed(app).threads] == ["pdfqueue-feed"]
+    assert [t.name for t in events.hub(app).threads] == ["pdfqueue-events-poll"]
     with app.app_context():
         samples = []
         for _ in range(20):
             samples.append(db.engine.pool.checkedout())
             time.sleep(0.01)
-    assert max(samples) <= 1  # at most the feed's own poll, never one per idle stream
-    assert events.feed(app).stream_count() == 5
+    assert max(samples) <= 1  # at most the hub's own poll, never one per idle stream
+    assert events.hub(app).subscription_count() == 5
     for stream in streams:
         stream.close()
     deadline = time.monotonic() + 3
-    while events.feed(app).stream_count() and time.monotonic() < deadline:
+    while events.hub(app).subscription_count() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert events.feed(app).stream_count() == 0  # cleaned up once the heartbeat finds the client gone
+    assert events.hub(app).subscription_count() == 0  # cleaned up once the heartbeat finds the client gone
 
 
 def test_sse_message_format():
-    assert events.sse("row", "<tr>\n</tr>", "2024-01-01T00:00:00.000001Z") == \
+    assert stream_module.sse("row", "<tr>\n</tr>", "2024-01-01T00:00:00.000001Z") == \
         "id: 2024-01-01T00:00:00.000001Z\nevent: row\ndata: <tr>\ndata: </tr>\n\n"
-    assert events.sse(comment="ping") == ": ping\n\n"
+    assert stream_module.sse(comment="ping") == ": ping\n\n"
 
 
 def free_port():
@@ -283,7 +340,7 @@ def redis_url(tmp_path):
 def test_with_redis_a_change_in_another_process_is_published(make_app, redis_url, tmp_path, monkeypatch):
     from werkzeug.serving import make_server
 
-    monkeypatch.setattr(events, "FEED_POLL_WITH_REDIS_SECONDS", 60)  # only pub/sub can deliver in time
+    monkeypatch.setattr(events, "POLL_WITH_REDIS_SECONDS", 60)  # only pub/sub can deliver in time
     web = make_app(REDIS_URL=redis_url, HUEY_MEMORY=True)
     server = make_server("127.0.0.1", 0, web, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

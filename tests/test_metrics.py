@@ -8,7 +8,8 @@ import tasks
 from tests.conftest import WORKER_SETTINGS, pdf_bytes, run, upload
 from webapp import metrics
 from webapp.db import db
-from webapp.models import Coordination, utcnow
+from webapp.clock import utcnow
+from webapp.models import Coordination
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_breaker_and_worker_heartbeat_show(worker_app, api, fake):
     assert value(samples, "pdfqueue_workers_alive") == 0
     with worker_app.app_context():
         tasks.maintain_once(first=True)  # writes this process's heartbeat, as the worker's upkeep loop does
-        Coordination.put("breaker", state="open", count=7, expires_at=utcnow() + timedelta(seconds=60))
+        Coordination.put("breaker", state="open", count=7, due_at=utcnow() + timedelta(seconds=60))
         db.session.remove()
     samples = scrape(api)
     assert value(samples, "pdfqueue_breaker_open") == 1 and value(samples, "pdfqueue_breaker_failures") == 7

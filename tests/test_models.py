@@ -93,7 +93,7 @@ def test_many_threads_writing_at_once_never_see_database_is_locked(app):
                     db.session.execute(text("SELECT count(*) FROM jobs")).scalar()  # a read first, then writes
                     if Job.claim(job_id, worker, 30, capacity=1000):
                         claimed.append(job_id)
-                        Job.heartbeat(job_id, worker, 30, progress=50)
+                        Job.renew_lease(job_id, worker, 30, progress=50)
                         Job.complete(job_id, worker, "results/x.xml")
             except Exception as exc:  # collected and asserted below
                 errors.append(exc)
@@ -127,3 +127,51 @@ def test_write_transaction_takes_the_write_lock_at_begin(app):
         finally:
             event.remove(db.engine, "begin", listener)
     assert statements == ["begin"]
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"status": "queued"}, {"active"}),
+    ({"status": "queued", "error_code": "CIRCUIT_OPEN"}, {"active", "held"}),
+    ({"status": "queued", "error_code": "GW_5XX"}, {"active", "will_retry"}),
+    ({"status": "queued", "error_code": "LEASE_EXPIRED"}, {"active", "will_retry"}),
+    ({"status": "processing"}, {"active"}),
+    ({"status": "complete", "result_path": "results/a.xml"}, {"finished", "has_result"}),
+    ({"status": "complete", "result_path": None}, {"finished", "result_expired"}),
+    ({"status": "failed", "error_code": "GW_4XX", "upload_path": "uploads/a.pdf"}, {"finished", "retryable"}),
+    ({"status": "failed", "error_code": "GW_4XX", "upload_path": None}, {"finished"}),
+])
+def test_what_follows_from_a_jobs_state_is_the_models_to_say(fields, expected):
+    job = Job(**fields)
+    names = ("active", "finished", "has_result", "result_expired", "held", "will_retry", "retryable")
+    assert {name for name in names if getattr(job, name)} == expected
+
+
+def test_migration_0004_keeps_what_the_dropped_columns_said(tmp_path):
+    from flask_migrate import downgrade, upgrade
+
+    from webapp import create_app
+    from webapp.models import Coordination
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test", "HUEY_MEMORY": True})
+    with app.app_context():
+        upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0003")
+        db.session.execute(text(
+            "INSERT INTO jobs (id, owner, filename, mapping, bytes, sha256, status, progress, attempts, correlation_id,"
+            " result_path, created_at, updated_at, dead_letter, result_expired) VALUES ('j', 'o', 'a.pdf', 'm', 1, 's',"
+            " 'complete', 100, 1, 'c', 'results/j.xml', '2026-01-01', '2026-01-01', 0, 1)"))
+        db.session.execute(text("INSERT OR REPLACE INTO coordination (name, count, expires_at, updated_at) VALUES"
+                                " ('breaker', 0, '2026-01-02 00:00:00', '2026-01-01'),"
+                                " ('maintenance', 0, '2026-01-03 00:00:00', '2026-01-01')"))
+        db.session.commit()
+        upgrade(directory=app.config["MIGRATIONS_DIR"])
+        job = db.session.get(Job, "j")
+        assert job.result_expired and not job.has_result
+        breaker, leader = db.session.get(Coordination, "breaker"), db.session.get(Coordination, "maintenance")
+        assert (str(breaker.due_at), breaker.lease_expires_at) == ("2026-01-02 00:00:00", None)
+        assert (leader.due_at, str(leader.lease_expires_at)) == (None, "2026-01-03 00:00:00")
+        db.session.remove()
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0003")
+        assert db.session.execute(text("SELECT result_expired FROM jobs")).scalar() == 1
+        assert db.session.execute(text("SELECT expires_at FROM coordination WHERE name = 'breaker'")).scalar() \
+            == "2026-01-02 00:00:00"
+        db.session.remove()
+        db.engine.dispose()

@@ -82,7 +82,7 @@ def test_queue_lists_my_jobs_newest_first_with_a_badge_per_state(app, client, ot
     upload(other_client, "not-mine")
     with app.app_context():
         assert Job.claim(jobs["processing"]["id"], "w1", 30, capacity=4)
-        assert Job.heartbeat(jobs["processing"]["id"], "w1", 30, progress=40)
+        assert Job.renew_lease(jobs["processing"]["id"], "w1", 30, progress=40)
     finish(app, jobs["complete"]["id"])
     finish(app, jobs["failed"]["id"], "failed")
     html = client.get("/queue").get_data(as_text=True)

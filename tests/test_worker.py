@@ -14,7 +14,8 @@ import tasks
 from tests.conftest import ApiClient, load, pdf_bytes, run, upload
 from webapp import breaker
 from webapp.db import db
-from webapp.models import Coordination, Job, utcnow
+from webapp.clock import utcnow
+from webapp.models import Coordination, Job
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,12 +105,12 @@ def test_breaker_holds_jobs_queued_through_an_outage_and_drains_after(make_app, 
     with app.app_context():
         tasks.probe_gateway()  # probe not due yet: stays open
         assert breaker.is_open()
-        Coordination.put(breaker.NAME, expires_at=utcnow() - timedelta(seconds=1))
+        Coordination.put(breaker.NAME, due_at=utcnow() - timedelta(seconds=1))
         tasks.probe_gateway()  # due, gateway still down: stays open, probes later
         assert breaker.is_open()
     fake.status, fake.healthy = 200, True
     with app.app_context():
-        Coordination.put(breaker.NAME, expires_at=utcnow() - timedelta(seconds=1))
+        Coordination.put(breaker.NAME, due_at=utcnow() - timedelta(seconds=1))
         tasks.probe_gateway()
         assert not breaker.is_open()
         db.session.remove()
@@ -258,6 +259,23 @@ def test_worker_killed_mid_call_is_finished_by_a_fresh_worker(stack, fake):
     assert load(stack, job["id"]).attempts == 2
 
 
+def test_a_job_whose_worker_dies_every_time_is_dead_lettered_after_max_attempts(worker_app, api, fake):
+    job = upload(api, "kills-its-worker")
+    states = []
+    with worker_app.app_context():
+        for attempt in range(1, worker_app.config["MAX_ATTEMPTS"] + 1):
+            assert Job.claim(job["id"], f"doomed-worker-{attempt}", 30, capacity=4)
+            # The worker dies mid-call: its lease is never renewed and lapses.
+            Job.query.filter_by(id=job["id"]).update({"lease_expires_at": utcnow() - timedelta(seconds=1)})
+            db.session.commit()
+            tasks.reap_lapsed_leases()
+            reaped = load(worker_app, job["id"])
+            states.append((reaped.status, reaped.attempts, reaped.error_code, reaped.dead_letter))
+    assert states == [("queued", 1, "LEASE_EXPIRED", False), ("queued", 2, "LEASE_EXPIRED", False),
+                      ("failed", 3, "LEASE_EXPIRED", True)]
+    assert fake.total_calls() == 0
+
+
 def test_a_call_longer_than_the_lease_keeps_its_job(stack, fake):
     fake.delay = 3.5  # the lease is 2 s and the reaper looks every 0.3 s: only the lease keeper saves the job
     api = ApiClient(stack.test_client())
@@ -271,10 +289,9 @@ def test_duplicate_wakeups_never_run_a_job_twice(stack, fake):
     fake.delay = 0.5
     api = ApiClient(stack.test_client())
     job = upload(api, "dup-wake")
-    from webapp import queue
     with stack.app_context():
         for _ in range(5):
-            queue.wake(job["id"])
+            tasks.wake(job["id"])
     stack.start_worker()
     assert wait_for(lambda: load(stack, job["id"]).status == "complete")
     time.sleep(1)  # let the extra wake-ups be consumed
@@ -372,15 +389,15 @@ def test_5xx_for_one_file_from_a_healthy_gateway_does_not_open_the_breaker(make_
 
 
 def test_progress_moves_forward_through_each_step(worker_app, api, fake, monkeypatch):
-    from webapp import models
+    from webapp import events
     database = Path(worker_app.config["INSTANCE_DIR"]) / "pdfqueue.db"
     seen = []
 
-    def record(job_ids):  # called after each committed change, in the thread that made it
+    def record(owner):  # called after each committed change, in the thread that made it
         with sqlite3.connect(database) as conn:
-            seen.append(conn.execute("SELECT progress FROM jobs WHERE id = ?", (job_ids[0],)).fetchone()[0])
+            seen.append(conn.execute("SELECT progress FROM jobs").fetchone()[0])  # the test's one job
 
-    monkeypatch.setattr(models, "_listeners", [record])
+    monkeypatch.setattr(events, "publish", record)
     # Each step lasts well past the keeper's STEP_SECONDS: the gateway works 0.3 s, and storing a ~7 MB
     # answer (parsing it to prove it well-formed) takes a few tenths of a second.
     fake.delay = 0.3
@@ -392,9 +409,9 @@ def test_progress_moves_forward_through_each_step(worker_app, api, fake, monkeyp
 
 
 def test_progress_steps_too_short_to_see_are_not_written(worker_app, api, fake, monkeypatch):
-    from webapp import models
+    from webapp import events
     seen = []
-    monkeypatch.setattr(models, "_listeners", [seen.append])
+    monkeypatch.setattr(events, "publish", seen.append)
     monkeypatch.setattr(tasks.LeaseKeeper, "STEP_SECONDS", 5)  # far longer than this conversion's steps
     job = upload(api, "quick")  # the fake gateway answers at once and the answer is tiny
     run(worker_app, job["id"])

@@ -10,22 +10,24 @@ from flask_wtf.csrf import generate_csrf
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import select, text, tuple_
 
-from . import breaker, queue, uploads
+import tasks
+
+from . import breaker, codes, events, queue, uploads
+from .clock import isoformat, parse_iso, utcnow
 from .db import db
 from .errors import ApiError, not_found
 from .identity import current_owner
 from .limits import upload_limits
 from .metrics import worker_heartbeat
-from .models import COMPLETE, FAILED, STATUSES, Job, isoformat, parse_iso, utcnow
+from .models import Job, Status
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 DEFAULT_PAGE, MAX_PAGE = 50, 200
-# Lag server_time behind now, so a change committed while we read is not skipped by the next ?since=.
-SINCE_SAFETY = timedelta(seconds=2)
 
 
 def owned_or_404(job_id):
+    """My job with this id, or a 404 (another owner's job is as good as absent)."""
     job = Job.owned(current_owner(), job_id)
     if job is None:
         raise not_found()
@@ -44,7 +46,7 @@ def upload():
     """Accept one or more PDFs, each becoming a queued job (or the existing one, for a repeat)."""
     files = request.files.getlist("file")
     if not files:
-        raise ApiError("NO_FILE", 400, "Send at least one PDF in a multipart part named 'file'.")
+        raise ApiError(codes.NO_FILE, 400, "Send at least one PDF in a multipart part named 'file'.")
     mapping = uploads.normalize_mapping(request.form.get("mapping") or current_app.config["DEFAULT_MAPPING"],
                                         current_app.config["MAPPINGS"])
     owner = current_owner()
@@ -57,7 +59,7 @@ def upload():
             last_error = error
             continue
         if created:
-            queue.wake(job.id)
+            tasks.wake(job.id)
         accepted.append({**job.to_dict(), "duplicate": not created})
     if not accepted:
         if len(rejected) == 1:
@@ -71,7 +73,7 @@ def _decode_cursor(raw):
         created, job_id = json.loads(base64.urlsafe_b64decode(raw.encode()))
         return parse_iso(created), job_id
     except (ValueError, TypeError, binascii.Error):
-        raise ApiError("BAD_REQUEST", 400, "The cursor is not one this server gave out.")
+        raise ApiError(codes.BAD_REQUEST, 400, "The cursor is not one this server gave out.")
 
 
 def _encode_cursor(job):
@@ -85,21 +87,22 @@ def list_jobs(owner, args):
         try:
             query = query.where(Job.updated_at > parse_iso(args["since"]))
         except ValueError:
-            raise ApiError("BAD_REQUEST", 400, "'since' must be an ISO-8601 timestamp.")
+            raise ApiError(codes.BAD_REQUEST, 400, "'since' must be an ISO-8601 timestamp.")
     status = args.get("status")
     if status:
         wanted = status.split(",")
-        if not set(wanted) <= set(STATUSES):
-            raise ApiError("BAD_REQUEST", 400, f"'status' must be among: {', '.join(STATUSES)}.")
+        if not set(wanted) <= set(Status):
+            raise ApiError(codes.BAD_REQUEST, 400, f"'status' must be among: {', '.join(Status)}.")
         query = query.where(Job.status.in_(wanted))
     try:
         limit = min(max(int(args.get("limit", DEFAULT_PAGE)), 1), MAX_PAGE)
     except ValueError:
-        raise ApiError("BAD_REQUEST", 400, "'limit' must be a whole number.")
+        raise ApiError(codes.BAD_REQUEST, 400, "'limit' must be a whole number.")
     if args.get("cursor"):
         created, job_id = _decode_cursor(args["cursor"])
         query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
-    server_time = utcnow() - SINCE_SAFETY
+    # Lag server_time behind now, so a change committed while we read is not skipped by the next ?since=.
+    server_time = utcnow() - events.OVERLAP
     jobs = db.session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).scalars().all()
     next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return jobs[:limit], next_cursor, server_time
@@ -121,21 +124,20 @@ def job_show(job_id):
 
 
 def delete_with_files(job):
-    """Delete the job and its files (the API's delete and the admin CLI's)."""
+    """Delete the job, then its files (the API's delete and the admin CLI's)."""
     data_dir = Path(current_app.config["DATA_DIR"])
-    paths = [data_dir / p for p in (job.upload_path, job.result_path) if p]
-    Job.remove(job.id)
-    for path in paths:
-        path.unlink(missing_ok=True)
+    for path in Job.remove(job.id) or ():
+        if path:
+            (data_dir / path).unlink(missing_ok=True)
 
 
 def retry_failed(job):
     """Queue a failed job again from its kept PDF and wake it; raise NOT_RETRYABLE if it cannot be."""
-    kept = job.upload_path and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
-    if job.status != FAILED or not kept or not Job.requeue(job.id):
-        why = "its PDF is gone" if job.status == FAILED else f"it is {job.status}, not failed"
-        raise ApiError("NOT_RETRYABLE", 409, f"This job cannot be retried: {why}.")
-    queue.wake(job.id)
+    kept = job.retryable and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
+    if not kept or not Job.requeue(job.id):
+        why = "its PDF is gone" if job.status == Status.FAILED else f"it is {job.status}, not failed"
+        raise ApiError(codes.NOT_RETRYABLE, 409, f"This job cannot be retried: {why}.")
+    tasks.wake(job.id)
 
 
 @bp.delete("/jobs/<job_id>")
@@ -156,11 +158,11 @@ def job_retry(job_id):
 
 def download_response(job):
     """Stream a job's XML as an attachment, or say why it cannot be had."""
-    if job.status != COMPLETE:
-        raise ApiError("NOT_READY", 409, f"The result is not ready: the job is {job.status}.")
-    path = Path(current_app.config["DATA_DIR"]) / job.result_path if job.result_path else None
-    if job.result_expired or path is None or not path.exists():
-        raise ApiError("EXPIRED", 410, "The result was removed by retention; upload the PDF again.")
+    if job.status != Status.COMPLETE:
+        raise ApiError(codes.NOT_READY, 409, f"The result is not ready: the job is {job.status}.")
+    path = Path(current_app.config["DATA_DIR"]) / job.result_path if job.has_result else None
+    if path is None or not path.exists():
+        raise ApiError(codes.EXPIRED, 410, "The result was removed by retention; upload the PDF again.")
     name = (job.filename.rsplit(".", 1)[0] if "." in job.filename else job.filename) + ".xml"
     # send_file writes Content-Disposition with an ASCII fallback and the RFC 5987 filename*.
     return send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
@@ -181,8 +183,8 @@ def share_serializer():
 def job_share(job_id):
     """Make a short-lived signed link to my job's result that needs no session."""
     job = owned_or_404(job_id)
-    if job.status != COMPLETE:
-        raise ApiError("NOT_READY", 409, f"Only a complete job can be shared: it is {job.status}.")
+    if job.status != Status.COMPLETE:
+        raise ApiError(codes.NOT_READY, 409, f"Only a complete job can be shared: it is {job.status}.")
     ttl = current_app.config["SHARE_TTL_SECONDS"]
     token = share_serializer().dumps({"job": job.id, "owner": job.owner})
     expires = utcnow() + timedelta(seconds=ttl)
@@ -198,7 +200,7 @@ def shared_download(token):
     try:
         claims = share_serializer().loads(token, max_age=current_app.config["SHARE_TTL_SECONDS"])
     except SignatureExpired:
-        raise ApiError("EXPIRED", 410, "This share link has expired; ask for a new one.")
+        raise ApiError(codes.EXPIRED, 410, "This share link has expired; ask for a new one.")
     except BadSignature:
         raise not_found()
     job = Job.owned(claims["owner"], claims["job"])
@@ -213,7 +215,7 @@ def healthz():
     report = {"status": "ok", "db": "ok", "queue": "ok", "gateway": "unknown", "breaker": "unknown", "worker": "unknown"}
     try:
         db.session.execute(text("SELECT 1"))
-        report["gateway"] = queue.gateway_state()  # the breaker's state lives in the database
+        report["gateway"] = breaker.gateway_state()  # the breaker's state lives in the database
         report["breaker"] = breaker.state()
         age, alive = worker_heartbeat()  # the worker is another process: say so, but the web stays up
         report["worker"] = "ok" if alive else "down"

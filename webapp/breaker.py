@@ -10,7 +10,8 @@ from flask import current_app
 from sqlalchemy import select
 
 from .db import write_transaction
-from .models import Coordination, utcnow
+from .clock import utcnow
+from .models import Coordination
 
 NAME = "breaker"
 CLOSED, OPEN = "closed", "open"
@@ -57,7 +58,7 @@ def record_failure():
             if row.state != OPEN:
                 current_app.logger.warning("gateway breaker opens after %d failures", row.count)
             row.state = OPEN
-            row.expires_at = now + timedelta(seconds=_probe_delay(row.count, threshold))
+            row.due_at = now + timedelta(seconds=_probe_delay(row.count, threshold))
         row.updated_at = now
         return _remember(row.state, row.count) == OPEN
 
@@ -73,9 +74,15 @@ def record_success(max_age=0.0):
         reset()
 
 
+def gateway_state():
+    """'down' while the breaker holds jobs, else 'ok' (the dashboard's banner, /api/healthz)."""
+    return "down" if is_open() else "ok"
+
+
 def probe_due():
+    """True once the open breaker's next probe of the gateway is due."""
     row = Coordination.get(NAME)
-    return row is not None and row.state == OPEN and (row.expires_at is None or row.expires_at <= utcnow())
+    return row is not None and row.state == OPEN and (row.due_at is None or row.due_at <= utcnow())
 
 
 def close():
@@ -86,5 +93,5 @@ def close():
 
 def reset():
     """Close the breaker (also by hand, from the admin CLI)."""
-    Coordination.put(NAME, state=CLOSED, count=0, expires_at=None)
+    Coordination.put(NAME, state=CLOSED, count=0, due_at=None)
     _remember(CLOSED, 0)

@@ -7,12 +7,14 @@ import click
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
+import tasks
+
 from . import breaker as breaker_module
-from . import queue
 from .api import delete_with_files, retry_failed
+from .clock import isoformat
 from .db import db
 from .errors import ApiError
-from .models import STATUSES, Coordination, Job, isoformat
+from .models import Coordination, Job, Status
 
 jobs = AppGroup("jobs", help="List, show, retry and delete jobs of every owner.")
 # Ids made before new_id() skipped a leading "-" still look like options; an unknown option is taken as the id.
@@ -28,7 +30,7 @@ def _job_or_exit(job_id):
 
 
 @jobs.command("list")
-@click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this state.")
+@click.option("--status", type=click.Choice([status.value for status in Status]), help="Only jobs in this state.")
 @click.option("--owner", help="Only this owner's jobs.")
 @click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -83,7 +85,6 @@ def jobs_delete(job_id):
 @with_appcontext
 def cleanup():
     """Apply retention now: delete PDFs and results past their time, and stray partial files."""
-    import tasks
     removed = tasks.apply_retention()
     click.echo(f"removed {removed['pdf']} PDFs, {removed['xml']} results, {removed['partial']} partial files")
 
@@ -93,18 +94,14 @@ def breaker_status():
     """Show whether the breaker is open, its failure count and next probe."""
     row = Coordination.get(breaker_module.NAME)
     click.echo(json.dumps({"state": breaker_module.state(), "failures": (row.count or 0) if row else 0,
-                           "next_probe_at": isoformat(row.expires_at) if row else None}))
+                           "next_probe_at": isoformat(row.due_at) if row else None}))
 
 
 @breaker.command("reset")
 def breaker_reset():
     """Close the breaker now and wake the jobs it held."""
-    import tasks
     breaker_module.reset()
-    held = tasks.due_queued(limit=10000)
-    for job_id in held:
-        queue.wake(job_id)
-    click.echo(f"breaker closed; {len(held)} queued jobs woken")
+    click.echo(f"breaker closed; {tasks.wake_due()} queued jobs woken")
 
 
 def init_app(app):

@@ -8,13 +8,15 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from . import codes
 from .db import db
 from .htmx import is_htmx
 
 logger = logging.getLogger(__name__)
 
-_CODES_BY_STATUS = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "CONFLICT",
-                    410: "EXPIRED", 413: "TOO_LARGE", 415: "NOT_PDF", 429: "RATE_LIMITED", 503: "UNAVAILABLE"}
+_CODES_BY_STATUS = {400: codes.BAD_REQUEST, 404: codes.NOT_FOUND, 405: codes.METHOD_NOT_ALLOWED,
+                    409: codes.CONFLICT, 410: codes.EXPIRED, 413: codes.TOO_LARGE, 415: codes.NOT_PDF,
+                    429: codes.RATE_LIMITED, 503: codes.UNAVAILABLE}
 
 
 class ApiError(Exception):
@@ -29,15 +31,15 @@ class ApiError(Exception):
 
 
 def not_found():
-    return ApiError("NOT_FOUND", 404, "No such job.")
+    return ApiError(codes.NOT_FOUND, 404, "No such job.")
 
 
 def unavailable(message="Storage or database is unavailable; try again shortly."):
-    return ApiError("UNAVAILABLE", 503, message, {"Retry-After": "5"})
+    return ApiError(codes.UNAVAILABLE, 503, message, {"Retry-After": "5"})
 
 
 def insufficient_storage():
-    return ApiError("INSUFFICIENT_STORAGE", 507, "The server's disk is full; nothing of the upload was kept.")
+    return ApiError(codes.INSUFFICIENT_STORAGE, 507, "The server's disk is full; nothing of the upload was kept.")
 
 
 def from_os_error(exc):
@@ -73,7 +75,7 @@ def init_app(app):
 
     @app.errorhandler(CSRFError)
     def _csrf(exc):
-        return render(ApiError("CSRF", 400, "The CSRF token is missing or wrong; reload the page and try again."))
+        return render(ApiError(codes.CSRF, 400, "The CSRF token is missing or wrong; reload the page and try again."))
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc):
@@ -81,14 +83,14 @@ def init_app(app):
         limit = getattr(exc, "limit", None)
         if limit is not None:
             retry_after = str(int(limit.limit.get_expiry()))
-        error = ApiError("RATE_LIMITED", 429, f"Too many uploads ({exc.description}); wait and try again.",
+        error = ApiError(codes.RATE_LIMITED, 429, f"Too many uploads ({exc.description}); wait and try again.",
                          {"Retry-After": retry_after} if retry_after else {})
         return render(error)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):
         limit = app.config["MAX_UPLOAD_MB"]
-        response = render(ApiError("TOO_LARGE", 413, f"The upload is over the {limit} MB limit."))
+        response = render(ApiError(codes.TOO_LARGE, 413, f"The upload is over the {limit} MB limit."))
         response.headers["Connection"] = "close"  # we stopped reading; the rest of the body is not wanted
         return response
 
@@ -113,4 +115,4 @@ def init_app(app):
     def _unexpected(exc):
         db.session.rollback()
         logger.exception("unhandled error on %s %s", request.method, request.path)
-        return render(ApiError("INTERNAL", 500, "Something went wrong on our side; it has been logged."))
+        return render(ApiError(codes.INTERNAL, 500, "Something went wrong on our side; it has been logged."))

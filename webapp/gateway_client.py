@@ -6,19 +6,14 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 
+from .codes import GW_4XX, GW_5XX, GW_TIMEOUT
+from .retry import FinalError, TransientError
+
 CONNECT_TIMEOUT = 5
 HEALTH_TIMEOUT = 3
 CHUNK = 64 * 1024
 
 _local = threading.local()
-
-
-class GatewayError(Exception):
-    """The gateway did not convert the file; code says how, final says whether retrying can help."""
-
-    def __init__(self, code, message, final=False):
-        super().__init__(message)
-        self.code, self.message, self.final = code, message, final
 
 
 def _session():
@@ -38,7 +33,7 @@ def _error_message(response):
         return f"the gateway answered {response.status_code}"
 
 
-def convert(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_bytes, deadline=None, clock=None):
+def process(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_bytes, deadline=None, clock=None):
     """POST the PDF to {base_url}/process and stream the XML into the open file out."""
     with open(pdf_path, "rb") as pdf:
         body = MultipartEncoder(fields={"mapping": mapping, "file": ("document.pdf", pdf, "application/pdf")})
@@ -47,27 +42,27 @@ def convert(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_
             response = _session().post(f"{base_url}/process", data=body, headers=headers, stream=True,
                                        timeout=(CONNECT_TIMEOUT, read_timeout))
         except requests.Timeout as exc:
-            raise GatewayError("GW_TIMEOUT", f"the gateway did not answer within {read_timeout:g} s") from exc
+            raise TransientError(GW_TIMEOUT, f"the gateway did not answer within {read_timeout:g} s") from exc
         except requests.ConnectionError as exc:
-            raise GatewayError("GW_5XX", "the gateway cannot be reached") from exc
+            raise TransientError(GW_5XX, "the gateway cannot be reached") from exc
     with response:
         if 400 <= response.status_code < 500:
-            raise GatewayError("GW_4XX", _error_message(response), final=True)
+            raise FinalError(GW_4XX, _error_message(response))
         if response.status_code != 200:
-            raise GatewayError("GW_5XX", _error_message(response))
+            raise TransientError(GW_5XX, _error_message(response))
         received = 0
         try:
             for chunk in response.iter_content(CHUNK):
                 received += len(chunk)
                 if received > max_bytes:
-                    raise GatewayError("GW_5XX", f"the gateway's answer is over {max_bytes} bytes")
+                    raise TransientError(GW_5XX, f"the gateway's answer is over {max_bytes} bytes")
                 if deadline is not None and clock() > deadline:
-                    raise GatewayError("GW_TIMEOUT", "the conversion ran past its time limit")
+                    raise TransientError(GW_TIMEOUT, "the conversion ran past its time limit")
                 out.write(chunk)
         except requests.Timeout as exc:
-            raise GatewayError("GW_TIMEOUT", f"the gateway stalled for {read_timeout:g} s") from exc
+            raise TransientError(GW_TIMEOUT, f"the gateway stalled for {read_timeout:g} s") from exc
         except requests.RequestException as exc:
-            raise GatewayError("GW_5XX", "the gateway's answer broke off") from exc
+            raise TransientError(GW_5XX, "the gateway's answer broke off") from exc
     return received
 
 

@@ -25,9 +25,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from . import codes
 from .db import db, write_transaction
-from .gateway_client import GatewayError
-from .models import COMPLETE, FAILED, QUEUED, STATUSES, Coordination, Job, utcnow
+from .clock import utcnow
+from .models import FINISHED, Coordination, Job, Status
+from .retry import ConversionError
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,8 @@ UPLOADS_REJECTED = "uploads_rejected"
 JOBS_FINISHED = "jobs_finished"
 UPLOAD_ENDPOINTS = ("api.upload", "pages.upload_form")
 # An upload turned away with an HTML page (the form without JavaScript) says its code only by its status.
-_CODE_BY_STATUS = {400: "BAD_REQUEST", 413: "TOO_LARGE", 415: "NOT_PDF", 429: "RATE_LIMITED",
-                   503: "UNAVAILABLE", 507: "INSUFFICIENT_STORAGE"}
+_CODE_BY_STATUS = {400: codes.BAD_REQUEST, 413: codes.TOO_LARGE, 415: codes.NOT_PDF, 429: codes.RATE_LIMITED,
+                   503: codes.UNAVAILABLE, 507: codes.INSUFFICIENT_STORAGE}
 
 
 class MetricCounter(db.Model):
@@ -126,11 +128,11 @@ def gateway_call():
     outcome = "ok"
     try:
         yield
-    except GatewayError as error:
+    except ConversionError as error:
         outcome = error.code
         raise
     except OSError:
-        outcome = "IO_ERROR"
+        outcome = codes.IO_ERROR
         raise
     finally:
         observe_gateway(time.monotonic() - started, outcome)
@@ -138,7 +140,7 @@ def gateway_call():
 
 def record_transition(to_status, error_code=None):
     """Count a job reaching a final state (complete, or failed with its code)."""
-    if to_status in (COMPLETE, FAILED):
+    if to_status in FINISHED:
         add((JOBS_FINISHED, {"status": to_status, "code": error_code or ""}, 1))
 
 
@@ -166,7 +168,7 @@ def worker_heartbeat():
     now = utcnow()
     newest, alive = db.session.execute(
         select(func.max(Coordination.updated_at),
-               func.count().filter(Coordination.expires_at > now))
+               func.count().filter(Coordination.lease_expires_at > now))
         .where(Coordination.name.like("worker:%"))).one()
     return (None if newest is None else max(0.0, (now - newest).total_seconds())), alive
 
@@ -179,20 +181,20 @@ class DatabaseCollector:
         session = db.session
         by_state = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         jobs = GaugeMetricFamily("pdfqueue_jobs", "Jobs by state.", labels=["state"])
-        for state in STATUSES:
+        for state in Status:
             jobs.add_metric([state], by_state.get(state, 0))
         yield jobs
 
-        due = (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now)
+        due = Job.is_due(now)
         depth, oldest = session.execute(
-            select(func.count().filter(due), func.min(Job.created_at)).where(Job.status == QUEUED)).one()
+            select(func.count().filter(due), func.min(Job.created_at)).where(Job.status == Status.QUEUED)).one()
         yield GaugeMetricFamily("pdfqueue_queue_depth", "Queued jobs that are due to run.", value=depth)
         yield GaugeMetricFamily("pdfqueue_oldest_queued_age_seconds", "Age of the oldest queued job (0 if none).",
                                 value=0 if oldest is None else (now - oldest).total_seconds())
 
         failed = GaugeMetricFamily("pdfqueue_failed_jobs", "Jobs now failed, by error code.", labels=["code"])
         for code, count in session.execute(
-                select(Job.error_code, func.count()).where(Job.status == FAILED).group_by(Job.error_code)):
+                select(Job.error_code, func.count()).where(Job.status == Status.FAILED).group_by(Job.error_code)):
             failed.add_metric([code or ""], count)
         yield failed
 

@@ -1,42 +1,30 @@
-"""The jobs table and every state change a job can go through, each a conditional UPDATE."""
+"""The jobs table: a job's vocabulary (its states and what follows from them) and every change it can go
+through, each one conditional UPDATE that publishes itself (events.publish) once committed."""
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
+from enum import StrEnum
 
+from sqlalchemy import (BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, case, delete,
+                        func, insert, select, update)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, case, delete, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
+from . import codes, events
+from .clock import isoformat, utcnow
 from .db import db, write_transaction
 
-QUEUED, PROCESSING, COMPLETE, FAILED = "queued", "processing", "complete", "failed"
-STATUSES = (QUEUED, PROCESSING, COMPLETE, FAILED)
-ACTIVE = (QUEUED, PROCESSING)
 
-_listeners = []
+class Status(StrEnum):
+    """A job's stored status; the API's `status` field (a StrEnum, so it compares equal to its text)."""
 
-
-def utcnow():
-    """Naive UTC now, the form every timestamp is stored in."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETE = "complete"
+    FAILED = "failed"
 
 
-def isoformat(value):
-    """ISO-8601 UTC with a Z, or None."""
-    return None if value is None else value.isoformat(timespec="microseconds") + "Z"
-
-
-def parse_iso(text):
-    """Parse an ISO-8601 timestamp into naive UTC; raise ValueError if it is not one."""
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "+"))
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value
-
-
-def on_change(listener):
-    """Register listener(job_ids) to be called after a transition commits (event fan-out)."""
-    _listeners.append(listener)
-    return listener
+ACTIVE = (Status.QUEUED, Status.PROCESSING)
+FINISHED = (Status.COMPLETE, Status.FAILED)
 
 
 def new_id():
@@ -47,13 +35,47 @@ def new_id():
 
 
 class Job(db.Model):
+    """One uploaded PDF and its way to an XML result.
+
+    The four statuses (the API's `status`)::
+
+        (upload) ──▶ queued ◀─────▶ processing ──▶ complete
+                       ▲                 │
+                       │                 ▼
+                       └── requeue ── failed
+
+    Each move is one of the classmethods below, a conditional UPDATE (it happens only if the job is still in
+    the state it leaves) that bumps updated_at and publishes the owner's change (events.publish)::
+
+        create         (upload)        → queued
+        claim          queued          → processing   one attempt spent, a lease taken (capacity allowing)
+        renew_lease    processing      → processing   the lease extended, progress moved forward
+        complete       processing      → complete
+        fail           processing      → failed       for good; dead_letter when it ran out of attempts
+        retry_later    processing      → queued       due after a back-off; the attempt stays spent
+        release        processing      → queued       the attempt given back (the worker stops, the breaker opened)
+        hold           queued          → queued       held by the open breaker
+        requeue        failed          → queued       a person asked; attempts reset
+        expire_result  complete        → complete     retention removed the XML
+        forget_upload  complete/failed → (same)       retention removed the PDF
+        remove         any             → (deleted)    a JobRemoval tells open pages
+
+    Sub-states are flags on a status, never statuses of their own (the properties below say them):
+    - held: queued with error_code CIRCUIT_OPEN; the breaker keeps it waiting and nothing is spent.
+    - retrying (will_retry): queued after a transient failure (error_code set), due at next_attempt_at.
+      A lapsed lease (its worker died) is such a failure too, LEASE_EXPIRED, and counts as an attempt.
+    - dead-lettered (dead_letter): failed after MAX_ATTEMPTS transient failures rather than at once.
+    - expired (result_expired): complete, but retention removed the XML (result_path is null).
+    What to do after a failure is the retry policy's to say (webapp/retry.py), not the model's.
+    """
+
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("owner", "sha256", "mapping", "bytes", name="uq_jobs_owner_file"),
         Index("ix_jobs_owner_updated", "owner", "updated_at"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-        Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # dashboard metrics
+        Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # the dashboard's totals
         Index("ix_jobs_updated", "updated_at"),  # the change feed (webapp/events.py)
     )
 
@@ -63,7 +85,7 @@ class Job(db.Model):
     mapping: Mapped[str] = mapped_column(String(128))
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED)
     progress: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(32))
@@ -75,16 +97,54 @@ class Job(db.Model):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
-    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
     leased_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     dead_letter: Mapped[bool] = mapped_column(Boolean, default=False)
-    result_expired: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # -- what follows from the state -----------------------------------------------------------
 
     @property
-    def is_active(self):
+    def active(self):
+        """Queued or processing: the worker still owes it an outcome."""
         return self.status in ACTIVE
+
+    @property
+    def finished(self):
+        """Complete or failed: nothing more happens unless a person retries it."""
+        return self.status in FINISHED
+
+    @property
+    def has_result(self):
+        """Complete with its XML still kept: it can be downloaded, shared and reviewed."""
+        return self.status == Status.COMPLETE and self.result_path is not None
+
+    @property
+    def result_expired(self):
+        """Complete, but retention removed the XML."""
+        return self.status == Status.COMPLETE and self.result_path is None
+
+    @property
+    def held(self):
+        """Queued and kept waiting by the open breaker."""
+        return self.status == Status.QUEUED and self.error_code == codes.CIRCUIT_OPEN
+
+    @property
+    def will_retry(self):
+        """Queued again after a transient failure, waiting out its back-off."""
+        return self.status == Status.QUEUED and self.error_code is not None and not self.held
+
+    @property
+    def retryable(self):
+        """Failed with its PDF still kept, so a person may queue it again (Job.requeue)."""
+        return self.status == Status.FAILED and self.upload_path is not None
+
+    @property
+    def duration_seconds(self):
+        """How long its last processing took, once finished; None before."""
+        if self.started_at is None or self.completed_at is None or not self.finished:
+            return None
+        return (self.completed_at - self.started_at).total_seconds()
 
     def to_dict(self):
         """The job as the public API shows it."""
@@ -103,7 +163,7 @@ class Job(db.Model):
             "error_code": self.error_code,
             "error": self.error,
             "progress": self.progress,
-            "download_url": f"/api/jobs/{self.id}/download" if self.status == COMPLETE and not self.result_expired else None,
+            "download_url": f"/api/jobs/{self.id}/download" if self.has_result else None,
             "correlation_id": self.correlation_id,
             "dead_letter": self.dead_letter,
             "result_expired": self.result_expired,
@@ -118,7 +178,62 @@ class Job(db.Model):
 
     @classmethod
     def active_count(cls, owner):
-        return db.session.scalar(select(func.count()).select_from(cls).where(cls.owner == owner, cls.status.in_(ACTIVE)))
+        """How many of the owner's jobs are active."""
+        return db.session.scalar(select(func.count()).select_from(cls)
+                                 .where(cls.owner == owner, cls.status.in_(ACTIVE)))
+
+    @classmethod
+    def changed_since(cls, owner, since):
+        """The owner's jobs whose updated_at is after since, oldest change first (live rows, polling)."""
+        query = select(cls).where(cls.owner == owner, cls.updated_at > since).order_by(cls.updated_at, cls.id)
+        return db.session.execute(query).scalars().all()
+
+    @classmethod
+    def totals(cls, owner):
+        """The owner's counts by state and average processing time, for the dashboard's totals box."""
+        total, complete, failed, active, average = db.session.execute(
+            select(
+                func.count(),
+                func.count().filter(cls.status == Status.COMPLETE),
+                func.count().filter(cls.status == Status.FAILED),
+                func.count().filter(cls.status.in_(ACTIVE)),
+                func.avg(case((cls.status == Status.COMPLETE, _seconds_between(cls.started_at, cls.completed_at)))),
+            ).where(cls.owner == owner)
+        ).one()
+        return {"total": total, "complete": complete, "failed": failed, "active": active, "average_seconds": average}
+
+    @classmethod
+    def owners_changed_after(cls, cursor):
+        """(owner, newest change) for every owner whose jobs changed or were removed after cursor."""
+        changed = (select(cls.owner, func.max(cls.updated_at).label("at"))
+                   .where(cls.updated_at > cursor).group_by(cls.owner))
+        removed = (select(JobRemoval.owner, func.max(JobRemoval.removed_at).label("at"))
+                   .where(JobRemoval.removed_at > cursor).group_by(JobRemoval.owner))
+        return db.session.execute(changed.union_all(removed)).all()
+
+    @classmethod
+    def is_due(cls, now):
+        """SQL: the job's back-off (if any) has passed."""
+        return cls.next_attempt_at.is_(None) | (cls.next_attempt_at <= now)
+
+    @classmethod
+    def due_ids(cls, limit, idle_for=None):
+        """Ids of queued jobs that are due, oldest first; with idle_for (seconds), only those untouched that long."""
+        now = utcnow()
+        query = select(cls.id).where(cls.status == Status.QUEUED, cls.is_due(now))
+        if idle_for is not None:
+            query = query.where(cls.updated_at < now - timedelta(seconds=idle_for))
+        ids = db.session.execute(query.order_by(cls.created_at).limit(limit)).scalars().all()
+        db.session.commit()
+        return ids
+
+    @classmethod
+    def lapsed(cls):
+        """Processing jobs whose lease lapsed (their worker died): each its id and what a claim returns."""
+        rows = db.session.execute(select(cls.id, *CLAIMED).where(
+            cls.status == Status.PROCESSING, cls.lease_expires_at < utcnow())).all()
+        db.session.commit()
+        return rows
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -138,42 +253,46 @@ class Job(db.Model):
             # A Core UPDATE of the table: callers re-read what they need, and the ORM's bookkeeping for an
             # ORM-enabled UPDATE (syncing loaded objects) costs more than the statement itself.
             stmt = update(cls.__table__).where(cls.id == job_id, *where).values(**values)
-            row = session.execute(stmt.returning(cls.id, *returning)).first()
+            row = session.execute(stmt.returning(cls.id, cls.owner, *returning)).first()
         if row is not None:
-            for listener in _listeners:
-                listener([row.id])
+            events.publish(row.owner)
         return row if returning else row is not None
 
     @classmethod
+    def _leased_by(cls, worker):
+        """SQL: processing under this worker's lease; worker None: under a lease that lapsed (its worker died)."""
+        if worker is None:
+            return (cls.status == Status.PROCESSING) & (cls.lease_expires_at < utcnow())
+        return (cls.status == Status.PROCESSING) & (cls.leased_by == worker)
+
+    @classmethod
     def create(cls, **fields):
-        """Insert a queued job; raise IntegrityError if this owner already has the same file and mapping."""
+        """(upload) → queued; raise IntegrityError if this owner already has the same file and mapping."""
         job = cls(**fields)
         with write_transaction() as session:
             now = utcnow()
             job.created_at = job.updated_at = now
             session.add(job)
-        for listener in _listeners:
-            listener([job.id])
+        events.publish(job.owner)
         return job
 
     @classmethod
     def claim(cls, job_id, worker, lease_seconds, capacity):
-        """Take a queued, due job for this worker while fewer than capacity are processing: one attempt spent.
+        """queued → processing for this worker, if due and fewer than capacity are processing: one attempt spent.
 
         Returns what the worker needs of the claimed job (see CLAIMED), or None if it was not claimable."""
-        processing = select(func.count()).select_from(cls).where(cls.status == PROCESSING).scalar_subquery()
+        processing = select(func.count()).select_from(cls).where(cls.status == Status.PROCESSING).scalar_subquery()
         return cls._transition(
             job_id,
-            cls.status == QUEUED,
+            cls.status == Status.QUEUED,
             processing < capacity,
             cls.is_due(utcnow()),
             serialize=True,
             returning=CLAIMED,
-            status=PROCESSING,
+            status=Status.PROCESSING,
             leased_by=worker,
             lease_expires_at=lambda now: now + timedelta(seconds=lease_seconds),
             started_at=lambda now: now,
-            last_attempt_at=lambda now: now,
             next_attempt_at=None,
             attempts=cls.attempts + 1,
             progress=10,
@@ -182,112 +301,140 @@ class Job(db.Model):
     @classmethod
     def claim_next(cls, worker, lease_seconds, capacity):
         """Claim the oldest queued, due job, if any and if capacity allows (as claim); one statement."""
-        oldest = select(Job.id).where(cls.status == QUEUED, cls.is_due(utcnow())).order_by(cls.created_at).limit(1)
+        oldest = (select(cls.id).where(cls.status == Status.QUEUED, cls.is_due(utcnow()))
+                  .order_by(cls.created_at).limit(1))
         return cls.claim(oldest.scalar_subquery(), worker, lease_seconds, capacity)
 
     @classmethod
-    def is_due(cls, now):
-        """SQL: the job's back-off (if any) has passed."""
-        return cls.next_attempt_at.is_(None) | (cls.next_attempt_at <= now)
-
-    @classmethod
-    def heartbeat(cls, job_id, worker, lease_seconds, progress=None):
+    def renew_lease(cls, job_id, worker, lease_seconds, progress=None):
         """Extend this worker's lease (and move progress); False if the job is no longer its own."""
         values = {"lease_expires_at": lambda now: now + timedelta(seconds=lease_seconds)}
         if progress is not None:  # only ever forward: "sent", written beside the call, may land after "received"
             values["progress"] = case((cls.progress < progress, progress), else_=cls.progress)
-        return cls._transition(job_id, cls.status == PROCESSING, cls.leased_by == worker, **values)
+        return cls._transition(job_id, cls._leased_by(worker), **values)
 
     @classmethod
     def complete(cls, job_id, worker, result_path):
         """processing → complete with the stored result."""
         return cls._transition(
-            job_id, cls.status == PROCESSING, cls.leased_by == worker,
-            status=COMPLETE, result_path=result_path, progress=100, completed_at=lambda now: now,
+            job_id, cls._leased_by(worker),
+            status=Status.COMPLETE, result_path=result_path, progress=100, completed_at=lambda now: now,
             leased_by=None, lease_expires_at=None, error_code=None, error=None,
         )
 
     @classmethod
     def fail(cls, job_id, worker, code, message, dead_letter=False):
-        """processing → failed, for good (until a person retries it)."""
+        """processing → failed, for good (until a person retries it); worker None: its lease lapsed."""
         return cls._transition(
-            job_id, cls.status == PROCESSING, cls.leased_by == worker,
-            status=FAILED, error_code=code, error=message[:1000], dead_letter=dead_letter,
+            job_id, cls._leased_by(worker),
+            status=Status.FAILED, error_code=code, error=message[:1000], dead_letter=dead_letter,
             completed_at=lambda now: now, leased_by=None, lease_expires_at=None,
         )
 
     @classmethod
     def retry_later(cls, job_id, worker, code, message, delay_seconds):
-        """processing → queued after a transient failure; the attempt stays spent."""
+        """processing → queued, due after delay_seconds; the attempt stays spent. worker None: its lease lapsed."""
         return cls._transition(
-            job_id, cls.status == PROCESSING, cls.leased_by == worker,
-            status=QUEUED, error_code=code, error=message[:1000], progress=0,
+            job_id, cls._leased_by(worker),
+            status=Status.QUEUED, error_code=code, error=message[:1000], progress=0,
             next_attempt_at=lambda now: now + timedelta(seconds=delay_seconds),
             leased_by=None, lease_expires_at=None,
         )
 
     @classmethod
     def release(cls, job_id, worker, code=None, message=None, returning=()):
-        """processing → queued without spending the attempt (shutdown, or the circuit is open)."""
+        """processing → queued without spending the attempt (the worker stops, or the breaker opened).
+
+        job_id may be None: whichever job this worker has (its id and returning come back, or None)."""
+        if job_id is None:
+            job_id = select(Job.id).where(cls._leased_by(worker)).limit(1).scalar_subquery()
         return cls._transition(
-            job_id, cls.status == PROCESSING, cls.leased_by == worker, returning=returning,
-            status=QUEUED, attempts=cls.attempts - 1, progress=0, error_code=code, error=message,
+            job_id, cls._leased_by(worker), returning=returning,
+            status=Status.QUEUED, attempts=cls.attempts - 1, progress=0, error_code=code, error=message,
             leased_by=None, lease_expires_at=None,
         )
 
     @classmethod
-    def release_held(cls, worker):
-        """Release whichever job this worker holds (as release); its id and correlation id, or None."""
-        held = select(Job.id).where(cls.status == PROCESSING, cls.leased_by == worker).limit(1).scalar_subquery()
-        return cls.release(held, worker, returning=(cls.correlation_id,))
-
-    @classmethod
     def hold(cls, job_id, message):
         """Mark a queued job as held by the open breaker (once; it stays queued, nothing is spent)."""
-        return cls._transition(job_id, cls.status == QUEUED, cls.error_code.is_distinct_from("CIRCUIT_OPEN"),
-                               error_code="CIRCUIT_OPEN", error=message)
-
-    @classmethod
-    def remove(cls, job_id):
-        """Delete the job row (its files are the caller's to remove)."""
-        with write_transaction() as session:
-            session.execute(delete(cls).where(cls.id == job_id))
-        for listener in _listeners:
-            listener([job_id])
+        return cls._transition(job_id, cls.status == Status.QUEUED, cls.error_code.is_distinct_from(codes.CIRCUIT_OPEN),
+                               error_code=codes.CIRCUIT_OPEN, error=message)
 
     @classmethod
     def requeue(cls, job_id):
         """failed → queued from the kept PDF, attempts reset (a person asked for it)."""
         return cls._transition(
-            job_id, cls.status == FAILED, cls.upload_path.is_not(None),
-            status=QUEUED, attempts=0, progress=0, error_code=None, error=None, dead_letter=False,
+            job_id, cls.status == Status.FAILED, cls.upload_path.is_not(None),
+            status=Status.QUEUED, attempts=0, progress=0, error_code=None, error=None, dead_letter=False,
             completed_at=None, started_at=None, next_attempt_at=None,
         )
 
     @classmethod
-    def expire_lease(cls, job_id):
-        """processing with a lapsed lease → queued (its worker died); the attempt stays spent."""
-        return cls._transition(
-            job_id, cls.status == PROCESSING, cls.lease_expires_at < utcnow(),
-            status=QUEUED, progress=0, leased_by=None, lease_expires_at=None,
-            error_code="LEASE_EXPIRED", error="the worker stopped answering; the job was queued again",
-        )
-
-    @classmethod
-    def mark_result_expired(cls, job_id):
-        return cls._transition(job_id, cls.status == COMPLETE, result_expired=True, result_path=None)
+    def expire_result(cls, job_id):
+        """complete → expired: retention removed the XML (the caller deletes the file)."""
+        return cls._transition(job_id, cls.status == Status.COMPLETE, result_path=None)
 
     @classmethod
     def forget_upload(cls, job_id):
-        return cls._transition(job_id, cls.status.not_in(ACTIVE), upload_path=None)
+        """Retention removed the PDF of a finished job (the caller deletes the file); it can no longer be retried."""
+        return cls._transition(job_id, cls.status.in_(FINISHED), upload_path=None)
+
+    @classmethod
+    def remove(cls, job_id):
+        """Delete the job, leaving a removal behind for live pages; its (upload_path, result_path), or None.
+
+        The files are the caller's to delete, once the row is gone."""
+        with write_transaction() as session:
+            row = session.execute(delete(cls.__table__).where(cls.id == job_id)
+                                  .returning(cls.owner, cls.upload_path, cls.result_path)).first()
+            if row is not None:
+                session.execute(insert(JobRemoval).values(job_id=job_id, owner=row.owner, removed_at=utcnow()))
+        if row is None:
+            return None
+        events.publish(row.owner)
+        return row.upload_path, row.result_path
 
 
 # What a worker needs of a job it claimed, returned by the claim itself (no second read).
 CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts)
 
 
+def _seconds_between(start, end):
+    """SQL for end − start in seconds, in the dialect at hand."""
+    if db.session.get_bind().dialect.name == "sqlite":
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)
+
+
+class JobRemoval(db.Model):
+    """A deleted job, remembered a while so that every open page drops its row (even a page that was away)."""
+
+    __tablename__ = "job_removals"
+    __table_args__ = (Index("ix_job_removals_owner_removed", "owner", "removed_at"),
+                      Index("ix_job_removals_removed", "removed_at"))
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    removed_at: Mapped[datetime] = mapped_column(DateTime)
+
+    @classmethod
+    def since(cls, owner, since):
+        """(job id, removed_at) of the owner's jobs removed after since, oldest first."""
+        return db.session.execute(select(cls.job_id, cls.removed_at).where(cls.owner == owner, cls.removed_at > since)
+                                  .order_by(cls.removed_at)).all()
+
+    @classmethod
+    def forget_before(cls, before):
+        """Drop removals older than before (a page away that long reloads anyway); how many."""
+        with write_transaction() as session:
+            return session.execute(delete(cls).where(cls.removed_at < before)).rowcount
+
+
 class Coordination(db.Model):
-    """Small shared state for all worker processes: who leads maintenance, the breaker, heartbeats."""
+    """Small shared state for all worker processes, one named row each.
+
+    Two kinds of time, each its own column: `lease_expires_at` ends a lease held by `holder` (the maintenance
+    leader's, a worker's heartbeat); `due_at` is when something is next due (the breaker's probe, retention)."""
 
     __tablename__ = "coordination"
 
@@ -295,7 +442,8 @@ class Coordination(db.Model):
     holder: Mapped[str | None] = mapped_column(String(128))
     state: Mapped[str | None] = mapped_column(String(32))
     count: Mapped[int] = mapped_column(Integer, default=0)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    due_at: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     @classmethod
@@ -318,8 +466,9 @@ class Coordination(db.Model):
         cls.ensure(name)
         now = utcnow()
         with write_transaction() as session:
-            stmt = (update(cls).where(cls.name == name, (cls.holder.is_(None)) | (cls.holder == holder) | (cls.expires_at < now))
-                    .values(holder=holder, expires_at=now + timedelta(seconds=seconds), updated_at=now))
+            stmt = (update(cls).where(cls.name == name,
+                                      cls.holder.is_(None) | (cls.holder == holder) | (cls.lease_expires_at < now))
+                    .values(holder=holder, lease_expires_at=now + timedelta(seconds=seconds), updated_at=now))
             return session.execute(stmt).rowcount == 1
 
     @classmethod
@@ -327,7 +476,7 @@ class Coordination(db.Model):
         """Release the named lease if we hold it."""
         with write_transaction() as session:
             session.execute(update(cls).where(cls.name == name, cls.holder == holder)
-                            .values(holder=None, expires_at=None, updated_at=utcnow()))
+                            .values(holder=None, lease_expires_at=None, updated_at=utcnow()))
 
     @classmethod
     def put(cls, name, **values):

@@ -4,15 +4,13 @@ from urllib.parse import urlencode
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from sqlalchemy import case, func, select
 from xml.etree.ElementTree import ParseError, indent, tostring
 
-from . import api, htmx, queue
-from .db import db
+from . import api, breaker, codes, events, htmx
+from .clock import isoformat, parse_iso, utcnow
 from .errors import ApiError
-from .events import changed_since
 from .identity import current_owner
-from .models import ACTIVE, COMPLETE, FAILED, Job, isoformat, parse_iso, utcnow
+from .models import Job, Status
 
 bp = Blueprint("pages", __name__)
 
@@ -21,28 +19,9 @@ POLL_LIMIT = api.MAX_PAGE
 PREVIEW_MAX_BYTES = 2 * 1024 * 1024  # larger results are offered as a download only
 
 
-def _seconds(start, end):
-    """SQL for end − start in seconds, in the dialect at hand."""
-    if db.session.get_bind().dialect.name == "sqlite":
-        return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)
-
-
 def metrics_context(owner):
-    """The owner's totals and the gateway's state, as the metrics partial wants them."""
-    counts = db.session.execute(
-        select(
-            func.count(),
-            func.count().filter(Job.status == COMPLETE),
-            func.count().filter(Job.status == FAILED),
-            func.count().filter(Job.status.in_(ACTIVE)),
-            func.avg(case((Job.status == COMPLETE, _seconds(Job.started_at, Job.completed_at)))),
-        ).where(Job.owner == owner)
-    ).one()
-    total, complete, failed, active, average = counts
-    return {"metrics": {"total": total, "complete": complete, "failed": failed, "active": active,
-                        "average_seconds": average},
-            "gateway": queue.gateway_state()}
+    """The owner's totals and the gateway's state, as the totals partial wants them."""
+    return {"metrics": Job.totals(owner), "gateway": breaker.gateway_state()}
 
 
 def _mapping_choices():
@@ -92,10 +71,10 @@ def rows_partial():
     try:
         since = parse_iso(request.args.get("since", ""))
     except ValueError:
-        raise ApiError("BAD_REQUEST", 400, "'since' must be an ISO-8601 timestamp.")
-    server_time = utcnow() - api.SINCE_SAFETY
+        raise ApiError(codes.BAD_REQUEST, 400, "'since' must be an ISO-8601 timestamp.")
+    server_time = utcnow() - events.OVERLAP
     # By updated_at (its own index), not list_jobs' created_at order, which scans all my jobs to filter.
-    jobs = sorted(changed_since(owner, since)[-POLL_LIMIT:], key=lambda job: (job.created_at, job.id), reverse=True)
+    jobs = sorted(Job.changed_since(owner, since)[-POLL_LIMIT:], key=lambda job: (job.created_at, job.id), reverse=True)
     response = current_app.make_response(render_template("partials/_rows.html", jobs=jobs))
     active = Job.active_count(owner)
     return htmx.trigger(response, {"queue:polled": {"since": isoformat(server_time), "active": active,
@@ -113,9 +92,9 @@ def review_page(job_id):
     """Show one job's details and, when it is complete, its XML."""
     job = api.owned_or_404(job_id)
     xml, note = None, None
-    if job.status == COMPLETE and job.result_path and not job.result_expired:
+    if job.has_result:
         xml, note = _pretty_xml(current_app.config["DATA_DIR"], job.result_path)
-    elif job.status == COMPLETE:
+    elif job.result_expired:
         note = "The result was removed by retention."
     return render_template("review.html", job=job, xml=xml, note=note)
 
@@ -164,17 +143,6 @@ def seconds(value):
     return f"{minutes} min {rest} s"
 
 
-@bp.app_template_filter("duration")
-def duration(job):
-    """How long the job took (or has been running), in words."""
-    if job.started_at is None:
-        return None
-    end = job.completed_at if job.status in (COMPLETE, FAILED) else None
-    if end is None:
-        return None
-    return seconds((end - job.started_at).total_seconds())
-
-
 @bp.app_template_filter("when")
 def when(value):
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
@@ -191,7 +159,7 @@ def one_line(text, limit=140):
 
 @bp.app_context_processor
 def _page_globals():
-    return {"isoformat": isoformat, "urlencode": urlencode}
+    return {"isoformat": isoformat, "urlencode": urlencode, "Status": Status}
 
 
 def init_app(app):

@@ -12,6 +12,7 @@ from werkzeug.sansio.multipart import MultipartDecoder
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from . import codes
 from .errors import ApiError, from_os_error
 from .models import Job, new_id
 
@@ -101,7 +102,7 @@ def normalize_mapping(name, allowed):
     """The mapping name in canonical form, or an UNKNOWN_MAPPING error."""
     canonical = name[:-5] if name.endswith(".json") else name
     if canonical not in allowed:
-        raise ApiError("UNKNOWN_MAPPING", 400, f"Unknown mapping {name[:80]!r}; choose one of: {', '.join(allowed)}.")
+        raise ApiError(codes.UNKNOWN_MAPPING, 400, f"Unknown mapping {name[:80]!r}; choose one of: {', '.join(allowed)}.")
     return canonical
 
 
@@ -114,12 +115,12 @@ def accept(storage, owner, mapping):
     """Keep one uploaded file as a queued job; return (job, created). Raise ApiError if it is refused."""
     incoming = _incoming_of(storage)
     if incoming is None:  # a form field called "file" without a file name is not a file
-        raise ApiError("NO_FILE", 400, "The 'file' part carries no file.")
+        raise ApiError(codes.NO_FILE, 400, "The 'file' part carries no file.")
     name = display_name(storage.filename)
     if incoming.size == 0:
-        raise ApiError("EMPTY", 400, f"{name} is empty.")
+        raise ApiError(codes.EMPTY, 400, f"{name} is empty.")
     if incoming.head != PDF_MAGIC:
-        raise ApiError("NOT_PDF", 415, f"{name} is not a PDF (it does not start with %PDF-).")
+        raise ApiError(codes.NOT_PDF, 415, f"{name} is not a PDF (it does not start with %PDF-).")
     incoming.close()
     job_id = new_id()
     upload_dir = Path(current_app.config["UPLOAD_DIR"])

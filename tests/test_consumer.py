@@ -1,9 +1,9 @@
-"""The consumer's watch: one idle thread polls the queue, and the watch passes on whenever a task is taken."""
+"""worker.py's consumer: one idle thread watches the queue, and the watch passes on whenever a task is taken."""
 import threading
 
 import pytest
 
-from webapp.queue import Watch
+from worker import Watch
 
 
 @pytest.fixture

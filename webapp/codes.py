@@ -1,0 +1,31 @@
+"""Every error code pdfqueue says, in one place: the API's answers and a job's error_code.
+
+The codes are contracts (../shared/spec/api.md): scripts branch on them, so they are only ever added.
+"""
+
+# -- on a job (its error_code) --------------------------------------------------------------------
+GW_4XX = "GW_4XX"  # the gateway refused the file: final
+GW_5XX = "GW_5XX"  # the gateway failed or broke off: retried
+GW_TIMEOUT = "GW_TIMEOUT"  # the gateway did not answer in time: retried
+IO_ERROR = "IO_ERROR"  # our own storage failed: retried (final when the uploaded PDF is gone)
+CIRCUIT_OPEN = "CIRCUIT_OPEN"  # held by the open breaker: still queued, nothing spent
+LEASE_EXPIRED = "LEASE_EXPIRED"  # the worker stopped answering mid-job: retried like a transient failure
+
+# -- answers of the API (error.code) ------------------------------------------------------------
+BAD_REQUEST = "BAD_REQUEST"
+CSRF = "CSRF"
+EMPTY = "EMPTY"
+EXPIRED = "EXPIRED"
+INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE"
+INTERNAL = "INTERNAL"
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+CONFLICT = "CONFLICT"
+NO_FILE = "NO_FILE"
+NOT_FOUND = "NOT_FOUND"
+NOT_PDF = "NOT_PDF"
+NOT_READY = "NOT_READY"
+NOT_RETRYABLE = "NOT_RETRYABLE"
+RATE_LIMITED = "RATE_LIMITED"
+TOO_LARGE = "TOO_LARGE"
+UNAVAILABLE = "UNAVAILABLE"
+UNKNOWN_MAPPING = "UNKNOWN_MAPPING"

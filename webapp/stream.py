@@ -1,0 +1,129 @@
+"""GET /api/events: Server-Sent Events of my jobs' changes, read when webapp/events.py says they changed.
+
+An event's id is the stream's high-water mark: the newest updated_at (or removal) it sent, ISO with
+microseconds. A reconnect passes it back as Last-Event-ID (the browser's own retry) or ?last_id= (the htmx
+extension's retry, which cannot set the header); the stream then re-reads from events.OVERLAP before it,
+so a commit that became visible late is not skipped, and drops what it already sent.
+"""
+import json
+
+from flask import Blueprint, Response, render_template, request, stream_with_context
+
+from . import events
+from .clock import isoformat, parse_iso, utcnow
+from .db import db
+from .identity import current_owner
+from .models import Job, JobRemoval
+from .pages import metrics_context
+
+bp = Blueprint("stream", __name__, url_prefix="/api")
+
+HEARTBEAT_SECONDS = 15
+RETRY_MS = 3000
+
+
+def sse(event=None, data=None, event_id=None, comment=None):
+    """One Server-Sent Events message (data may span lines)."""
+    lines = []
+    if comment is not None:
+        lines.append(f": {comment}")
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event is not None:
+        lines.append(f"event: {event}")
+    if data is not None:
+        lines.extend(f"data: {line}" for line in data.splitlines() or [""])
+    return "\n".join(lines) + "\n\n"
+
+
+def resume_point():
+    """Where the client left off: Last-Event-ID, else ?last_id=, else now."""
+    for raw in (request.headers.get("Last-Event-ID"), request.args.get("last_id")):
+        if raw:
+            try:
+                return parse_iso(raw)
+            except ValueError:
+                continue
+    return utcnow()
+
+
+def read_changes(owner, since, dashboard):
+    """The owner's changes since since, each (key, time, message body), plus the totals body (or None).
+
+    A job's key is its id; a removal's is ("removed", id)."""
+    jobs = Job.changed_since(owner, since)
+    if dashboard:
+        changes = [(job.id, job.updated_at, sse("row", render_template("partials/_job_row.html", job=job)))
+                   for job in jobs]
+    else:
+        changes = [(job.id, job.updated_at, sse("job", json.dumps(job.to_dict()))) for job in jobs]
+    removals = JobRemoval.since(owner, since)
+    changes += [(("removed", job_id), removed_at, sse("removed", job_id)) for job_id, removed_at in removals]
+    changes.sort(key=lambda change: change[1])
+    totals = None
+    if dashboard and changes:
+        totals = sse("metrics", render_template("partials/_metrics.html", **metrics_context(owner)))
+    return changes, totals
+
+
+class Stream:
+    """One client's event stream: what it has sent, and how to say the next thing."""
+
+    def __init__(self, subscription, cursor, dashboard):
+        self.subscription, self.cursor, self.dashboard = subscription, cursor, dashboard
+        self.sent = {}  # key -> time, kept for the overlap window
+
+    def changes(self):
+        """Messages for whatever changed since the cursor (minus what was already sent)."""
+        since = self.cursor - events.OVERLAP
+        owner = self.subscription.owner
+        # Streams of one owner notified together mostly share a cursor: read and render once for all of them.
+        changes, totals = self.subscription.shared((since, self.dashboard),
+                                                   lambda: read_changes(owner, since, self.dashboard))
+        messages = []
+        for key, at, body in changes:
+            if self.sent.get(key) == at:
+                continue
+            self.sent[key] = at
+            self.cursor = max(self.cursor, at)
+            messages.append(self.with_id(body))
+        if messages and totals:
+            messages.append(self.with_id(totals))
+        floor = self.cursor - events.OVERLAP
+        self.sent = {key: at for key, at in self.sent.items() if at > floor}
+        return messages
+
+    def with_id(self, body):
+        return f"id: {isoformat(self.cursor)}\n{body}"
+
+
+@bp.get("/events")
+def events_stream():
+    """Stream changes to my jobs as Server-Sent Events (?html=1: dashboard rows and totals)."""
+    owner = current_owner()
+    cursor, dashboard = resume_point(), request.args.get("html") == "1"
+    db.session.remove()  # hold no connection while the stream idles
+
+    def generate():
+        with events.subscribe(owner) as subscription:
+            stream = Stream(subscription, cursor, dashboard)
+            try:
+                yield sse(comment="ping") + f"retry: {RETRY_MS}\n\n"
+                while True:
+                    messages = stream.changes()
+                    db.session.remove()
+                    if messages:
+                        yield "".join(messages)
+                    if not subscription.wait(HEARTBEAT_SECONDS):
+                        yield sse(comment="heartbeat")
+            finally:
+                db.session.remove()
+
+    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def init_app(app):
+    app.register_blueprint(bp)
