@@ -10,6 +10,8 @@ SQLite calls are short local reads and writes. WEB_WORKER_CLASS=gthread switches
 import os
 import resource
 
+from webapp import logs
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_WORKERS", 1))
 if workers > 1 and not os.environ.get("REDIS_URL"):
@@ -35,19 +37,6 @@ def on_starting(server):
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
 
 
-# gunicorn's own lines (start-up, worker exits, the access log) as JSON too, in the app's field names; the
-# app's loggers add their handler to the root logger when it loads (webapp/logs.py).
-_JSON_HANDLER = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter",
-                            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-                            "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"}}},
-    "handlers": {"json": _JSON_HANDLER, "access": {**_JSON_HANDLER, "stream": "ext://sys.stdout"}},
-    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": []},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
-    },
-}
+# gunicorn's own lines (start-up, worker exits, the access log) in the app's one JSON format; the app's loggers add
+# their handler to the root logger when it loads (webapp/logs.py).
+logconfig_dict = logs.gunicorn_logconfig(os.environ.get("LOG_LEVEL", "INFO"))

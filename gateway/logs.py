@@ -5,7 +5,8 @@ import sys
 import time
 
 from flask import g, request
-from pythonjsonlogger.json import JsonFormatter
+
+from webapp.logs import formatter  # pdfqueue's one log format, shared by every process
 
 access_logger = logging.getLogger("gateway.access")
 
@@ -14,8 +15,7 @@ def init_app(app):
     gateway_logger = logging.getLogger("gateway")
     if not gateway_logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                           rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"}))
+        handler.setFormatter(formatter())
         gateway_logger.addHandler(handler)
         gateway_logger.propagate = False
     gateway_logger.setLevel(app.config["LOG_LEVEL"])

@@ -1,9 +1,34 @@
-"""JSON log lines, one event a line, for every process."""
+"""The one JSON log format of every pdfqueue process (web, worker, gateway, and both gunicorns): one event a line,
+with the same keys everywhere (ts, level, logger, message, plus each event's own fields)."""
 import logging
 import os
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
+
+FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+RENAMED = {"asctime": "ts", "levelname": "level", "name": "logger"}
+
+
+def formatter():
+    """A formatter writing records in the one format."""
+    return JsonFormatter(FIELDS, rename_fields=RENAMED)
+
+
+def gunicorn_logconfig(level, access=True):
+    """gunicorn's logconfig_dict: its own lines (start-up, worker exits; the access log on stdout) in the one format."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    loggers = {"gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False}}
+    if access:
+        loggers["gunicorn.access"] = {"level": "INFO", "handlers": ["access"], "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED}},
+        "handlers": {"json": handler, "access": {**handler, "stream": "ext://sys.stdout"}},
+        "root": {"level": level, "handlers": []},
+        "loggers": loggers,
+    }
 
 
 def configure(level=None):
@@ -12,8 +37,7 @@ def configure(level=None):
     if any(getattr(h, "_pdfqueue", False) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                       rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"}))
+    handler.setFormatter(formatter())
     handler._pdfqueue = True
     root.addHandler(handler)
     root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))

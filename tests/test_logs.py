@@ -1,0 +1,42 @@
+"""One JSON log format for every process: the web app, gunicorn, the worker and the gateway."""
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from gateway.testing import running_gateway
+from webapp import logs
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {"ts", "level", "logger", "message"}
+
+
+def test_the_formatter_writes_the_shared_keys():
+    record = logging.LogRecord("pdfqueue.worker", logging.INFO, __file__, 1, "job %s done", ("j1",), None)
+    record.job_id = "j1"
+    line = json.loads(logs.formatter().format(record))
+    assert KEYS <= set(line) and (line["logger"], line["level"], line["message"], line["job_id"]) == \
+        ("pdfqueue.worker", "INFO", "job j1 done", "j1")
+
+
+def test_every_line_of_the_gateways_gunicorn_is_json_in_the_shared_format(tmp_path):
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("w") as log, running_gateway({"GATEWAY_WORKERS": "1"}, log) as url:
+        assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # a plain-text line (gunicorn's own, say) fails here
+    assert {record["logger"] for record in records} >= {"gunicorn.error", "gateway.access"}
+    assert all(KEYS <= set(record) for record in records)
+
+
+def test_the_web_gunicorn_config_logs_in_the_shared_format():
+    # gunicorn.conf.py is read by gunicorn itself; load it the way gunicorn does and look at its log config.
+    code = "import runpy, json; print(json.dumps(runpy.run_path('gunicorn.conf.py')['logconfig_dict']))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    config = json.loads(done.stdout)
+    assert config["formatters"]["json"]["fmt"] == logs.FIELDS
+    assert config["formatters"]["json"]["rename_fields"] == logs.RENAMED
+    assert set(config["loggers"]) == {"gunicorn.error", "gunicorn.access"}
