@@ -4,7 +4,7 @@ The worker class is gevent: every open dashboard holds a Server-Sent Events stre
 open, and gthread spends one of its WEB_THREADS on each, so 32 dashboards would starve every other request.
 A gevent worker holds each stream as a greenlet (bench/bench_sse.py: 500 streams, see README "Serving").
 The web process's blocking libraries are gevent-safe under the worker's monkey-patching: sockets
-(requests, redis) and threads (the change feed) are patched, psycopg 3 picks its green wait by itself, and
+(requests, redis) and threads (the event hub's poll) are patched, psycopg 3 picks its green wait by itself, and
 SQLite calls are short local reads and writes. WEB_WORKER_CLASS=gthread switches back.
 """
 import os

@@ -56,7 +56,7 @@ def wake(job_id):
 def process_job(job_id):
     """Convert this job if it is still queued and due, then keep converting the oldest due job while any waits.
 
-    A wake-up turned away because every slot is busy is simply dropped: the thread holding that slot
+    A wake-up turned away because every slot is busy is simply dropped: the thread in that slot
     claims the next due job when it finishes, so a backlog drains in upload order without new wake-ups."""
     with bound_app().app_context():
         if run_job(job_id):
@@ -293,7 +293,7 @@ def _log(job, from_status, to_status, started=None, error_code=None, **extra):
 
 
 def maintain_once(first=False):
-    """One tick of upkeep; only the process holding the maintenance lease does the shared work.
+    """One tick of upkeep; only the process with the maintenance lease does the shared work.
 
     Returns True if this process led the tick."""
     config = current_app.config

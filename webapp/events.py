@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "pdfqueue:changes"
 # Commits land slightly out of order (updated_at is taken before commit), so every reader of changes re-reads
-# this far behind its cursor and drops what it already has: the feed's poll, streams, and ?since= answers.
+# this far behind its cursor and drops what it already has: the hub's poll, streams, and ?since= answers.
 OVERLAP = timedelta(seconds=2)
 POLL_SECONDS = 0.25
 POLL_WITH_REDIS_SECONDS = 5  # with pub/sub the poll is only a safety net

@@ -76,7 +76,7 @@ class Job(db.Model):
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # the dashboard's totals
-        Index("ix_jobs_updated", "updated_at"),  # the change feed (webapp/events.py)
+        Index("ix_jobs_updated", "updated_at"),  # the change poll (webapp/events.py)
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -433,7 +433,7 @@ class JobRemoval(db.Model):
 class Coordination(db.Model):
     """Small shared state for all worker processes, one named row each.
 
-    Two kinds of time, each its own column: `lease_expires_at` ends a lease held by `holder` (the maintenance
+    Two kinds of time, each its own column: `lease_expires_at` ends a lease that `holder` has (the maintenance
     leader's, a worker's heartbeat); `due_at` is when something is next due (the breaker's probe, retention)."""
 
     __tablename__ = "coordination"
@@ -462,7 +462,7 @@ class Coordination(db.Model):
 
     @classmethod
     def take_lead(cls, name, holder, seconds):
-        """Hold the named lease for seconds if it is free, lapsed or already ours; True if we hold it."""
+        """Take the named lease for seconds if it is free, lapsed or already ours; True if it is ours."""
         cls.ensure(name)
         now = utcnow()
         with write_transaction() as session:
@@ -473,7 +473,7 @@ class Coordination(db.Model):
 
     @classmethod
     def give_up(cls, name, holder):
-        """Release the named lease if we hold it."""
+        """Give up the named lease if it is ours."""
         with write_transaction() as session:
             session.execute(update(cls).where(cls.name == name, cls.holder == holder)
                             .values(holder=None, lease_expires_at=None, updated_at=utcnow()))

@@ -99,7 +99,7 @@ def test_every_viewer_on_every_web_process_sees_every_change(stack, owner_factor
     for viewer in viewers:
         viewer.start()
         assert viewer.connected.wait(10)
-    # each web process's change feed listens on Redis pub/sub (not only on its fallback poll)
+    # each web process's event hub listens on Redis pub/sub (not only on its fallback poll)
     client = redis.Redis.from_url(stack.redis_url)
     deadline = time.monotonic() + 10
     while dict(client.pubsub_numsub("pdfqueue:changes")).get(b"pdfqueue:changes", 0) < 2:
