@@ -17,7 +17,8 @@ def create_app(test_config=None):
     for key in ("INSTANCE_DIR", "UPLOAD_DIR", "RESULT_DIR"):
         Path(app.config[key]).mkdir(parents=True, exist_ok=True)
 
-    from . import api, cli, db, errors, events, identity, limits, logs, metrics, pages, queue, security, stream, uploads
+    from . import (admin, api, auth, cli, db, errors, events, identity, limits, logs, metrics, pages, queue, security,
+                   stream, uploads)
     from .models import Job
 
     logs.init_app(app)
@@ -28,6 +29,8 @@ def create_app(test_config=None):
     uploads.init_app(app)
     errors.init_app(app)
     queue.init_app(app)
+    auth.init_app(app)
+    admin.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.shared)
     events.init_app(app, changes_after=Job.owners_changed_after)

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request, send_file
+from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import select, text, tuple_
@@ -16,7 +17,8 @@ from . import breaker, codes, events, queue, uploads
 from .clock import isoformat, parse_iso, utcnow
 from .db import db
 from .errors import ApiError, not_found
-from .identity import current_owner
+from .accounts import User
+from .identity import current_owner, is_admin, owner_scope
 from .limits import upload_limits
 from .metrics import worker_heartbeat
 from .models import Job, Status
@@ -27,17 +29,26 @@ DEFAULT_PAGE, MAX_PAGE = 50, 200
 
 
 def owned_or_404(job_id):
-    """My job with this id, or a 404 (another owner's job is as good as absent)."""
-    job = Job.owned(current_owner(), job_id)
+    """My job with this id (an admin: anyone's), or a 404 (another owner's job is as good as absent)."""
+    job = Job.owned(None if is_admin() else current_owner(), job_id)
     if job is None:
         raise not_found()
     return job
 
 
+def with_owners(jobs, owner):
+    """The jobs as JSON; in the everyone view each also says whose it is (owner_email null: no account)."""
+    if owner is not None:
+        return [job.to_dict() for job in jobs]
+    emails = User.emails(job.owner for job in jobs)
+    return [{**job.to_dict(), "owner": job.owner, "owner_email": emails.get(job.owner)} for job in jobs]
+
+
 @bp.get("/session")
 def session_info():
-    """Hand scripts their owner id and CSRF token."""
-    return jsonify(owner=current_owner(), csrf_token=generate_csrf())
+    """Say who is signed in, and hand scripts the CSRF token that cookie sessions need."""
+    user = current_user.to_dict() if current_user.is_authenticated else None
+    return jsonify(user=user, owner=current_owner(), csrf_token=generate_csrf())
 
 
 @bp.post("/upload")
@@ -81,8 +92,8 @@ def _encode_cursor(job):
 
 
 def list_jobs(owner, args):
-    """The owner's jobs, newest first, filtered and paginated as the query asks; also used by pages."""
-    query = select(Job).where(Job.owner == owner)
+    """The owner's jobs (owner None: everyone's), newest first, filtered and paginated as asked; pages use it too."""
+    query = select(Job) if owner is None else select(Job).where(Job.owner == owner)
     if args.get("since"):
         try:
             query = query.where(Job.updated_at > parse_iso(args["since"]))
@@ -110,10 +121,10 @@ def list_jobs(owner, args):
 
 @bp.get("/jobs")
 def jobs_index():
-    """List my jobs, newest first."""
-    owner = current_owner()
+    """List my jobs (an admin with ?owner=all: everyone's), newest first."""
+    owner = owner_scope(request.args)
     jobs, next_cursor, server_time = list_jobs(owner, request.args)
-    return jsonify(jobs=[job.to_dict() for job in jobs], active_count=Job.active_count(owner),
+    return jsonify(jobs=with_owners(jobs, owner), active_count=Job.active_count(owner),
                    server_time=isoformat(server_time), next_cursor=next_cursor)
 
 

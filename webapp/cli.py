@@ -1,8 +1,11 @@
-"""Admin commands: `flask --app wsgi jobs list|show|retry|delete`, `flask cleanup`, `flask breaker status|reset`.
+"""Admin commands: `flask --app wsgi users|tokens|jobs|breaker ...` and `flask --app wsgi cleanup`.
 
-They act on any owner's jobs (an operator's view), through the same model transitions the API uses.
+They act on any owner's jobs and accounts (an operator's view), through the same model transitions the API uses.
+A password comes from a prompt, or from PDFQUEUE_PASSWORD for scripts.
 """
 import json
+import os
+
 import click
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
@@ -10,6 +13,7 @@ from sqlalchemy import select
 import tasks
 
 from . import breaker as breaker_module
+from .accounts import AccountError, ApiToken, User
 from .api import delete_with_files, retry_failed
 from .clock import isoformat
 from .db import db
@@ -20,6 +24,85 @@ jobs = AppGroup("jobs", help="List, show, retry and delete jobs of every owner."
 # Ids made before new_id() skipped a leading "-" still look like options; an unknown option is taken as the id.
 TAKES_ANY_ID = {"ignore_unknown_options": True}
 breaker = AppGroup("breaker", help="Show or reset the gateway circuit breaker.")
+users = AppGroup("users", help="Create, list, disable, enable and reset accounts.")
+tokens = AppGroup("tokens", help="Make personal API tokens (for provisioning scripts).")
+
+
+def _password(prompt="Password"):
+    """PDFQUEUE_PASSWORD if set (scripts), else asked twice without echo."""
+    return os.environ.get("PDFQUEUE_PASSWORD") or click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+
+
+def _user_or_exit(email):
+    user = User.by_email(email)
+    if user is None:
+        raise click.ClickException(f"no account for {email}")
+    return user
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--admin", is_flag=True, help="May see and act on everyone's jobs and accounts.")
+def users_create(email, admin):
+    """Create an account with a password (the first admin, say)."""
+    try:
+        user = User.create(email, _password(), admin=admin)
+    except AccountError as error:
+        raise click.ClickException(str(error))
+    click.echo(f"{user.email} created{' (admin)' if admin else ''}")
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def users_list(as_json):
+    """List every account."""
+    for user in db.session.execute(select(User).order_by(User.email)).scalars():
+        if as_json:
+            click.echo(json.dumps(user.to_admin_dict()))
+        else:
+            flags = " ".join(flag for flag, on in (("admin", user.admin), ("disabled", user.disabled)) if on)
+            click.echo(f"{user.email}  {flags or 'member'}  last sign-in {isoformat(user.signed_in_at) or 'never'}")
+
+
+@users.command("disable")
+@click.argument("email")
+def users_disable(email):
+    """Disable an account: every session and token of it stops working at once."""
+    _user_or_exit(email).change(disabled=True)
+    click.echo(f"{email} disabled")
+
+
+@users.command("enable")
+@click.argument("email")
+def users_enable(email):
+    """Enable a disabled account again."""
+    _user_or_exit(email).change(disabled=False)
+    click.echo(f"{email} enabled")
+
+
+@users.command("reset")
+@click.argument("email")
+def users_reset(email):
+    """Set a new password for an account, signing it out everywhere."""
+    user = _user_or_exit(email)
+    try:
+        user.set_password(_password("New password"))
+    except AccountError as error:
+        raise click.ClickException(str(error))
+    click.echo(f"{email}: password set; every session of it has ended")
+
+
+@tokens.command("create")
+@click.argument("email")
+@click.option("--name", default="provisioned", show_default=True, help="What the token is for.")
+def tokens_create(email, name):
+    """Make a personal API token for an account; the token alone is the last line printed."""
+    try:
+        _token, secret = ApiToken.create(_user_or_exit(email), name)
+    except AccountError as error:
+        raise click.ClickException(str(error))
+    click.echo(f"token {name!r} for {email}; it is shown once:")
+    click.echo(secret)
 
 
 def _job_or_exit(job_id):
@@ -106,5 +189,5 @@ def breaker_reset():
 
 def init_app(app):
     """Register the admin commands on `flask`."""
-    for command in (jobs, breaker, cleanup):
+    for command in (users, tokens, jobs, breaker, cleanup):
         app.cli.add_command(command)

@@ -47,6 +47,15 @@ def from_env():
         "SHARE_TTL_SECONDS": _int("SHARE_TTL_SECONDS", 900),
         "MAX_RESULT_MB": _int("MAX_RESULT_MB", 64),
         "BEHIND_PROXY": os.environ.get("BEHIND_PROXY", "") not in ("", "0", "false"),
+        "HOST": os.environ.get("HOST") or "127.0.0.1",
+        "PUBLIC_URL": (os.environ.get("PUBLIC_URL") or "").rstrip("/"),
+        "AUTH": os.environ.get("AUTH") or "password",
+        "REMOTE_USER_HEADER": os.environ.get("REMOTE_USER_HEADER") or "X-Forwarded-Email",
+        "SESSION_DAYS": _int("SESSION_DAYS", 30),
+        "INVITE_DAYS": _int("INVITE_DAYS", 7),
+        "SIGNINS_PER_MINUTE": _int("SIGNINS_PER_MINUTE", 5),
+        "USER_QUOTA_MB": _int("USER_QUOTA_MB", 2048),
+        "MIN_FREE_MB": _int("MIN_FREE_MB", 200),
     }
 
 
@@ -61,6 +70,8 @@ def derive(config):
     # A job may take the gateway's whole read timeout, plus time to send and store.
     config.setdefault("JOB_TIME_LIMIT", config["GATEWAY_TIMEOUT"] + 60)
     config["SQLALCHEMY_DATABASE_URI"] = config["DATABASE_URL"]
+    # Links the service hands out (set-up, invitations, resets) when no request says where it is reached.
+    config["PUBLIC_URL"] = config.get("PUBLIC_URL") or f"http://{config['HOST']}:{config['PORT']}"
     # A request may carry a minute's worth of files; each file is held to MAX_UPLOAD_MB as it streams.
     config["MAX_CONTENT_LENGTH"] = (config["MAX_UPLOAD_MB"] * config["UPLOADS_PER_MINUTE"] + 1) * 1024 * 1024
     return config

@@ -83,8 +83,10 @@ def init_app(app):
         limit = getattr(exc, "limit", None)
         if limit is not None:
             retry_after = str(int(limit.limit.get_expiry()))
-        error = ApiError(codes.RATE_LIMITED, 429, f"Too many uploads ({exc.description}); wait and try again.",
-                         {"Retry-After": retry_after} if retry_after else {})
+        # A limit with its own message says it (sign-ins); the upload limits say what was counted.
+        own = limit is not None and limit.error_message
+        message = exc.description if own else f"Too many uploads ({exc.description}); wait and try again."
+        error = ApiError(codes.RATE_LIMITED, 429, message, {"Retry-After": retry_after} if retry_after else {})
         return render(error)
 
     @app.errorhandler(RequestEntityTooLarge)

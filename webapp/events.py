@@ -29,6 +29,7 @@ CHANNEL = "pdfqueue:changes"
 OVERLAP = timedelta(seconds=2)
 POLL_SECONDS = 0.25
 POLL_WITH_REDIS_SECONDS = 5  # with pub/sub the poll is only a safety net
+EVERYONE = None  # the owner of a subscription to every owner's changes (the admins' view)
 
 
 def publish(owner):
@@ -37,7 +38,7 @@ def publish(owner):
 
 
 def subscribe(owner):
-    """A subscription to the owner's changes (use with `with`, or call close())."""
+    """A subscription to the owner's changes (EVERYONE: all owners'; use with `with`, or call close())."""
     return _hub(current_app).subscribe(owner)
 
 
@@ -112,12 +113,12 @@ class Hub:
                     self._generation.pop(subscription.owner, None)
 
     def notify(self, owners):
-        """Ring the subscriptions of these owners."""
+        """Ring the subscriptions of these owners, and those to everyone's changes (owner None)."""
         with self._lock:
-            subscriptions = [s for owner in owners if owner in self._subscriptions for s in self._subscriptions[owner]]
-            for owner in owners:
-                if owner in self._subscriptions:
-                    self._generation[owner] += 1
+            rung = [owner for owner in (*owners, EVERYONE) if owner in self._subscriptions]
+            subscriptions = [s for owner in rung for s in self._subscriptions[owner]]
+            for owner in rung:
+                self._generation[owner] += 1
         for subscription in subscriptions:
             subscription._bell.set()
 

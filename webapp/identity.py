@@ -1,12 +1,35 @@
-"""Who is asking: a random owner id in the signed session cookie, and CSRF on every change."""
+"""Who is asking, decided before any view runs: a signed-in user (a session cookie or a personal API token), the
+user a trusted SSO proxy names (AUTH=proxy), or — with AUTH=none, one person on loopback — an anonymous owner
+in this browser's cookie; and CSRF on every change made with a cookie.
+
+Flask-Login keeps the signed-in user: its cookie holds the key of a UserSession row (webapp/accounts.py),
+so signing out or disabling the user ends the session for good. A request that carries `Authorization: Bearer`
+and no session cookie needs no CSRF token, since no other site can make a browser send that header.
+"""
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from flask import session
+from flask import current_app, g, redirect, request, session, url_for
+from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFProtect
 
+from . import codes, htmx
+from .accounts import AccountError, ApiToken, User, UserSession
+from .errors import ApiError
+
+PASSWORD, PROXY, NONE = "password", "proxy", "none"
+MODES = (PASSWORD, PROXY, NONE)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# Reached without signing in: signing in itself, the one-time links, health, Prometheus, share links, assets.
+PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "auth.link", "api.healthz", "metrics.metrics",
+                    "shared.shared_download", "static"}
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
 csrf = CSRFProtect()
+login_manager = LoginManager()
 
 
 def secret_key(instance_dir):
@@ -22,26 +45,121 @@ def secret_key(instance_dir):
 
 
 def current_owner():
-    """The owner id of this browser or script, minted on its first request."""
-    owner = session.get("owner")
-    if not owner:
-        owner = session["owner"] = secrets.token_urlsafe(16)
-        session.permanent = True
-    return owner
+    """The owner key of whoever is asking: the signed-in user's id, or (AUTH=none) this browser's random id."""
+    if current_app.config["AUTH"] == NONE:
+        owner = session.get("owner")
+        if not owner:
+            owner = session["owner"] = secrets.token_urlsafe(16)
+            session.permanent = True
+        return owner
+    return current_user.id if current_user.is_authenticated else None
+
+
+def is_admin():
+    """True if the signed-in user may see and act on everyone's jobs."""
+    return current_app.config["AUTH"] != NONE and current_user.is_authenticated and current_user.admin
+
+
+def owner_scope(args):
+    """Whose jobs this request sees: mine, or everyone's (None) when an admin asks with ?owner=all."""
+    return None if args.get("owner") == "all" and is_admin() else current_owner()
+
+
+def sign_in(user):
+    """Start a fresh session for user in this browser (the old session's state, CSRF token included, goes)."""
+    from flask_login import login_user
+    session.clear()
+    user.session_key = UserSession.start(user)
+    login_user(user)
+
+
+def sign_out():
+    """End this browser's session, on the server too."""
+    from flask_login import logout_user
+    if current_user.is_authenticated and current_user.session_key:
+        UserSession.end(current_user.session_key)
+    logout_user()
+    session.clear()
+
+
+def safe_next(target):
+    """target if it is a path on this site, else the queue (no open redirect through ?next=)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc:
+            return target
+    return url_for("pages.queue_page")
+
+
+@login_manager.user_loader
+def _user_of_session(key):
+    return UserSession.user(key, timedelta(days=current_app.config["SESSION_DAYS"]))
+
+
+@login_manager.request_loader
+def _user_of_request(req):
+    """A personal API token (Authorization: Bearer), or the user a trusted proxy names (AUTH=proxy)."""
+    scheme, _, credentials = req.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        g.bearer = True
+        return ApiToken.user(credentials.strip())
+    if current_app.config["AUTH"] == PROXY:
+        email = req.headers.get(current_app.config["REMOTE_USER_HEADER"], "").strip()
+        if email:
+            return _proxy_user(email)
+    return None
+
+
+def _proxy_user(email):
+    """The user the proxy vouches for, created on first sight; None if disabled or not an address."""
+    user = User.by_email(email)
+    if user is None:
+        try:
+            user = User.create(email)
+        except AccountError:  # not an address, or created by a racing request meanwhile
+            user = User.by_email(email)
+    return user if user is not None and not user.disabled else None
+
+
+def _require_identity():
+    """Before every view: answer 401 (API) or send to /login (pages) without credentials; check CSRF."""
+    config = current_app.config
+    if config["AUTH"] == NONE:
+        current_owner()
+    elif request.endpoint not in PUBLIC_ENDPOINTS and not current_user.is_authenticated:
+        if request.path.startswith("/api/") or g.get("bearer"):
+            raise ApiError(codes.UNAUTHENTICATED, 401, "Sign in, or send a valid token as Authorization: Bearer.")
+        target = url_for("auth.login", next=request.full_path.rstrip("?"))
+        if htmx.is_htmx():
+            return htmx.redirect(current_app.make_response(""), target)
+        return redirect(target)
+    if request.method in UNSAFE_METHODS:
+        token_only = g.get("bearer") and config["SESSION_COOKIE_NAME"] not in request.cookies
+        if not token_only:
+            csrf.protect()
 
 
 def init_app(app):
-    """Sign sessions, set cookie flags, and require the CSRF header on state changes."""
-    if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = secret_key(app.config["INSTANCE_DIR"])
-    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-    app.config.setdefault("PERMANENT_SESSION_LIFETIME", 60 * 60 * 24 * 365)
-    app.config.setdefault("WTF_CSRF_HEADERS", ["X-CSRF-Token"])
-    # Dashboards stay open for days; the token lives as long as the session does.
-    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
+    """Sign sessions, set cookie flags, load the user of each request and require credentials and CSRF."""
+    config = app.config
+    if config["AUTH"] not in MODES:
+        raise SystemExit(f"AUTH must be one of {', '.join(MODES)}, not {config['AUTH']!r}")
+    if config["AUTH"] == NONE and config["HOST"] not in LOOPBACK:
+        raise SystemExit(f"AUTH=none serves one person on this machine: it refuses HOST={config['HOST']}")
+    if config["AUTH"] == PROXY and not config.get("BEHIND_PROXY"):
+        raise SystemExit("AUTH=proxy trusts a header only a proxy may set: it needs BEHIND_PROXY=1")
+    if not config.get("SECRET_KEY"):
+        config["SECRET_KEY"] = secret_key(config["INSTANCE_DIR"])
+    config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    if config.get("BEHIND_PROXY") and config["SESSION_COOKIE_NAME"] == "session":
+        config["SESSION_COOKIE_NAME"] = "__Host-session"  # HTTPS (Secure): the prefix pins the cookie to this host
+    config["PERMANENT_SESSION_LIFETIME"] = timedelta(days=config["SESSION_DAYS"])
+    config.setdefault("REMEMBER_COOKIE_DURATION", timedelta(seconds=0))  # no remember-me cookie beside the session
+    config.setdefault("WTF_CSRF_HEADERS", ["X-CSRF-Token"])
+    config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # dashboards stay open for days; the token lives with the session
+    config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked in _require_identity, after credentials, token-only exempt
     csrf.init_app(app)
-
-    @app.before_request
-    def _ensure_owner():
-        current_owner()
+    login_manager.init_app(app)
+    login_manager.session_protection = None  # the session row is the protection; "strong" breaks on a new address
+    app.before_request(_require_identity)

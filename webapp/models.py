@@ -77,6 +77,7 @@ class Job(db.Model):
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # the dashboard's totals
         Index("ix_jobs_updated", "updated_at"),  # the change poll (webapp/events.py)
+        Index("ix_jobs_created", "created_at", "id"),  # the admins' view of everyone's jobs, newest first
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -173,24 +174,28 @@ class Job(db.Model):
 
     @classmethod
     def owned(cls, owner, job_id):
-        """The owner's job with this id, or None (another owner's job is as good as absent)."""
-        return db.session.execute(select(cls).where(cls.id == job_id, cls.owner == owner)).scalar_one_or_none()
+        """The owner's job with this id (owner None: anyone's), or None (another owner's job is as good as absent)."""
+        return db.session.execute(select(cls).where(cls.id == job_id, *cls._of(owner))).scalar_one_or_none()
+
+    @classmethod
+    def _of(cls, owner):
+        """SQL conditions for the owner's jobs; none for owner None (everyone's, the admins' view)."""
+        return () if owner is None else (cls.owner == owner,)
 
     @classmethod
     def active_count(cls, owner):
-        """How many of the owner's jobs are active."""
-        return db.session.scalar(select(func.count()).select_from(cls)
-                                 .where(cls.owner == owner, cls.status.in_(ACTIVE)))
+        """How many of the owner's (owner None: everyone's) jobs are active."""
+        return db.session.scalar(select(func.count()).select_from(cls).where(cls.status.in_(ACTIVE), *cls._of(owner)))
 
     @classmethod
     def changed_since(cls, owner, since):
-        """The owner's jobs whose updated_at is after since, oldest change first (live rows, polling)."""
-        query = select(cls).where(cls.owner == owner, cls.updated_at > since).order_by(cls.updated_at, cls.id)
+        """The owner's (None: everyone's) jobs whose updated_at is after since, oldest change first (live rows)."""
+        query = select(cls).where(cls.updated_at > since, *cls._of(owner)).order_by(cls.updated_at, cls.id)
         return db.session.execute(query).scalars().all()
 
     @classmethod
     def totals(cls, owner):
-        """The owner's counts by state and average processing time, for the dashboard's totals box."""
+        """The owner's (None: everyone's) counts by state and average processing time, for the totals box."""
         total, complete, failed, active, average = db.session.execute(
             select(
                 func.count(),
@@ -198,7 +203,7 @@ class Job(db.Model):
                 func.count().filter(cls.status == Status.FAILED),
                 func.count().filter(cls.status.in_(ACTIVE)),
                 func.avg(case((cls.status == Status.COMPLETE, _seconds_between(cls.started_at, cls.completed_at)))),
-            ).where(cls.owner == owner)
+            ).where(*cls._of(owner))
         ).one()
         return {"total": total, "complete": complete, "failed": failed, "active": active, "average_seconds": average}
 
@@ -419,8 +424,9 @@ class JobRemoval(db.Model):
 
     @classmethod
     def since(cls, owner, since):
-        """(job id, removed_at) of the owner's jobs removed after since, oldest first."""
-        return db.session.execute(select(cls.job_id, cls.removed_at).where(cls.owner == owner, cls.removed_at > since)
+        """(job id, removed_at) of the owner's (None: everyone's) jobs removed after since, oldest first."""
+        owned = () if owner is None else (cls.owner == owner,)
+        return db.session.execute(select(cls.job_id, cls.removed_at).where(cls.removed_at > since, *owned)
                                   .order_by(cls.removed_at)).all()
 
     @classmethod

@@ -4,6 +4,7 @@ from urllib.parse import urlencode
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
 from xml.etree.ElementTree import ParseError, indent, tostring
 
 from . import api, breaker, codes, events, htmx
@@ -159,7 +160,12 @@ def one_line(text, limit=140):
 
 @bp.app_context_processor
 def _page_globals():
-    return {"isoformat": isoformat, "urlencode": urlencode, "Status": Status}
+    return {"isoformat": isoformat, "urlencode": urlencode, "Status": Status, "signed_in": _signed_in}
+
+
+def _signed_in():
+    """True if the pages may show the app's navigation (someone is signed in, or AUTH=none)."""
+    return current_app.config["AUTH"] == "none" or current_user.is_authenticated
 
 
 def init_app(app):

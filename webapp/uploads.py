@@ -2,6 +2,7 @@
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -13,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import codes
-from .errors import ApiError, from_os_error
+from .accounts import storage_used
+from .errors import ApiError, from_os_error, insufficient_storage
 from .models import Job, new_id
 
 PDF_MAGIC = b"%PDF-"
@@ -111,6 +113,18 @@ def _incoming_of(storage):
     return incoming if isinstance(incoming, IncomingFile) else None
 
 
+def _check_room(owner, size, name):
+    """Raise 507 if keeping size more bytes would pass the owner's quota or the disk's free-space floor."""
+    config = current_app.config
+    mb = 1024 * 1024
+    if shutil.disk_usage(config["UPLOAD_DIR"]).free < config["MIN_FREE_MB"] * mb:
+        raise insufficient_storage()
+    if storage_used(owner) + size > config["USER_QUOTA_MB"] * mb:
+        raise ApiError(codes.INSUFFICIENT_STORAGE, 507,
+                       f"{name} would take you past your storage quota of {config['USER_QUOTA_MB']} MB; "
+                       "delete old jobs and try again. Nothing of it was kept.")
+
+
 def accept(storage, owner, mapping):
     """Keep one uploaded file as a queued job; return (job, created). Raise ApiError if it is refused."""
     incoming = _incoming_of(storage)
@@ -122,6 +136,7 @@ def accept(storage, owner, mapping):
     if incoming.head != PDF_MAGIC:
         raise ApiError(codes.NOT_PDF, 415, f"{name} is not a PDF (it does not start with %PDF-).")
     incoming.close()
+    _check_room(owner, incoming.size, name)
     job_id = new_id()
     upload_dir = Path(current_app.config["UPLOAD_DIR"])
     final = upload_dir / f"{job_id}.pdf"
