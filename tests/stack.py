@@ -54,7 +54,7 @@ class Stack:
         argv, health_url, extra_env = self.commands[name]
         return self.start(name, argv, health_url, **extra_env)
 
-    def start_web(self, name="web"):
+    def start_web(self, name):
         """Start a web process (gunicorn) on a port of its own."""
         port = free_port()
         self.web_urls.append(f"http://127.0.0.1:{port}")
@@ -87,6 +87,7 @@ class Stack:
         self.procs.clear()
 
     def log(self, name):
+        """Everything the process has written so far, across its restarts."""
         return (self.data_dir / f"{name}.log").read_text(errors="replace")
 
     def log_records(self, name):
@@ -144,5 +145,6 @@ def owner_session(web_url):
 
 
 def children(pid):
+    """The pids of a process's children (a gunicorn master's workers)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
