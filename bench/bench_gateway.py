@@ -18,14 +18,13 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from invoicegen import make_invoice  # noqa: E402
-
+from bench.figures import table  # noqa: E402
 from gateway import engine, mappings, render  # noqa: E402
 from gateway.pdftext import read_pdf  # noqa: E402
 from gateway.testing import running_gateway  # noqa: E402
-from stack import table  # noqa: E402
+from tests.invoicegen import make_invoice  # noqa: E402
 
 TARGET_S = 0.5
 CLIENTS = 4

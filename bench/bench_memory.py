@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from invoicegen import make_invoice  # noqa: E402
-
-from stack import children, owner_session, rss_kib, running_stack, table  # noqa: E402
+from bench.figures import rss_kib, table  # noqa: E402
+from tests.invoicegen import make_invoice  # noqa: E402
+from tests.stack import children, owner_session, running_stack  # noqa: E402
 
 
 def peak_mb(pid):

@@ -3,11 +3,17 @@
     .venv/bin/python bench/bench_uploads.py
 """
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from stack import children, owner_session, rss_kib, running_stack, summary, table
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.figures import rss_kib, summary, table  # noqa: E402
+from tests.stack import children, owner_session, running_stack  # noqa: E402
 
 CONCURRENCY = 100
 MB = 1024 * 1024
@@ -60,7 +66,7 @@ def big_upload_memory(stack):
 
 
 def main():
-    with running_stack(worker=False, UPLOADS_PER_MINUTE=100000) as stack:
+    with running_stack(workers=0, UPLOADS_PER_MINUTE=100000) as stack:
         # warm the process (imports, first connections) so the figures are steady-state
         owner_session(stack.web_url).post(f"{stack.web_url}/api/upload", files={"file": ("w.pdf", pdf_of(1024, "warm"))})
         status, elapsed, baseline, peak = big_upload_memory(stack)

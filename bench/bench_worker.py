@@ -8,13 +8,19 @@ what the app adds: upload, queue, claim, lease, storing the XML.
 import argparse
 import sqlite3
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
 
 import requests
 
-from stack import owner_session, rss_kib, running_stack, summary, table
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.figures import rss_kib, summary, table  # noqa: E402
+from tests.stack import owner_session, running_stack  # noqa: E402
 
 DELAY = 0.25
 CONCURRENCY = 4

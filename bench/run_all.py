@@ -203,8 +203,9 @@ def write_doc(path, runs, info, loads, quick, elapsed):
         "# Benchmarks",
         "",
         f"Written by `{'make bench-quick' if quick else 'make bench'}` (`bench/run_all.py`), which runs every "
-        "`bench/bench_*.py` against stacks it starts itself on loopback (gunicorn web, `worker.py`, and our gateway "
-        "or `tests/fakegateway.py` with a set delay). Fault drills are separate: `make faults` (`bench/faults.py`).",
+        "`bench/bench_*.py` against stacks it starts itself on loopback (`tests/stack.py`: gunicorn web, `worker.py`, "
+        "and our gateway or `tests/fakegateway.py` with a set delay). Fault drills are tests: `make faults` "
+        "(`tests/faults/`).",
         "",
         f"- **Machine**: {info['cores']} cores ({info['cpu']}), {info['memory']} memory, {info['os']}",
         f"- **Python** {info['python']}; commit `{info['commit']}`; {info['date']}; the whole run took {elapsed / 60:.1f} min",

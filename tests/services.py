@@ -17,14 +17,18 @@ from pathlib import Path
 import pytest
 
 
+def unavailable(message):
+    """Skip the test for want of something the machine lacks; under CI=true, where nothing may skip, fail it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require(binary, why):
     """The binary's path; under CI=true a missing one fails the test, elsewhere it skips it."""
     path = shutil.which(binary) or (binary if os.path.isabs(binary) and os.access(binary, os.X_OK) else None)
     if path is None:
-        message = f"{binary} is not installed ({why}); `make system-deps` installs it"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{binary} is not installed ({why}); `make system-deps` installs it")
     return path
 
 

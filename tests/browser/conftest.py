@@ -1,16 +1,12 @@
-"""Real processes for the browser tests: the embedded gateway, the web app under the project's gunicorn
-config, and worker.py, on free loopback ports in a temporary DATA_DIR; and Debian's chromium via Playwright."""
+"""Real processes for the browser tests (tests/stack.py: our gateway, the web app under the project's gunicorn
+config, and worker.py, on free loopback ports in a temporary DATA_DIR); and Debian's chromium via Playwright."""
 import os
-import subprocess
-import sys
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
-from gateway.testing import free_port, running_gateway, wait_until_answering
+from tests.stack import ROOT, running_stack
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -27,53 +23,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-class Stack:
-    """A running pdfqueue: its URL, its data directory, and its worker process (to pause it)."""
-
-    def __init__(self, url, data_dir, worker):
-        self.url, self.data_dir, self.worker = url, data_dir, worker
+# Short leases and quick retries, so a page sees each state soon; two gateway workers and two worker threads.
+SETTINGS = {"GATEWAY_WORKERS": 2, "UPLOADS_PER_MINUTE": 100, "LEASE_SECONDS": 10, "MAINTENANCE_SECONDS": 0.5,
+            "WORKER_CONCURRENCY": 2, "RETRY_BASE_SECONDS": 0.5, "RETRY_JITTER_SECONDS": 0}
 
 
-@contextmanager
-def _process(args, env, log, what):
-    with open(log, "ab") as out:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@contextmanager
-def running_stack(data_dir, gateway_url=None, **settings):
-    """Migrate a fresh database, then run web and worker (and the gateway unless gateway_url is given)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        if gateway_url is None:
-            gateway_url = stack.enter_context(running_gateway({"GATEWAY_WORKERS": "2"}))
-        port = free_port()
-        env = {**os.environ, "DATA_DIR": str(data_dir), "GATEWAY_URL": gateway_url, "HOST": "127.0.0.1",
-               "PORT": str(port), "SECRET_KEY": "browser-tests", "UPLOADS_PER_MINUTE": "100", "LOG_LEVEL": "WARNING",
-               "LEASE_SECONDS": "10", "MAINTENANCE_SECONDS": "0.5", "WORKER_CONCURRENCY": "2",
-               "RETRY_BASE_SECONDS": "0.5", "RETRY_JITTER_SECONDS": "0", **settings}
-        subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env,
-                       check=True, capture_output=True)
-        web = stack.enter_context(_process([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                                           env, data_dir / "web.log", "web"))
-        worker = stack.enter_context(_process([sys.executable, "worker.py"], env, data_dir / "worker.log", "worker"))
-        url = f"http://127.0.0.1:{port}"
-        wait_until_answering(f"{url}/api/healthz", web, "the web app")
-        yield Stack(url, data_dir, worker)
+def browser_stack(data_dir, **settings):
+    """The shared stack (tests/stack.py) with the browser tests' settings, in data_dir."""
+    return running_stack(data_dir=data_dir, **{**SETTINGS, **settings})
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+    with browser_stack(tmp_path_factory.mktemp("stack")) as running:
         yield running
 
 

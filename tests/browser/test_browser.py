@@ -8,7 +8,8 @@ import defusedxml.ElementTree as SafeET
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import ROOT, running_stack
+from tests.browser.conftest import browser_stack
+from tests.stack import ROOT
 from tests.invoicegen import make_invoice
 
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
@@ -66,7 +67,7 @@ def assert_accessible(page):
 
 def test_drop_three_pdfs_watch_them_complete_and_download_one(page, stack, artifacts):
     files = invoices(3, seed=100)
-    page.goto(f"{stack.url}/")
+    page.goto(f"{stack.web_url}/")
     assert_accessible(page)
     drop_files(page, "#dropzone", files)
     uploads = page.locator("#upload-list .upload")
@@ -104,14 +105,14 @@ def test_polling_fallback_brings_a_row_to_complete_then_stops(page, stack):
     polls = []
     page.route("**/api/events**", lambda route: route.abort())
     page.on("request", lambda request: "/queue/rows" in request.url and polls.append(time.monotonic()))
-    stack.worker.send_signal(signal.SIGSTOP)  # keep the job queued until the page is polling
+    stack.procs["worker"].send_signal(signal.SIGSTOP)  # keep the job queued until the page is polling
     try:
-        upload_via_api(page, stack.url, invoices(1, seed=200))
-        page.goto(f"{stack.url}/queue")
+        upload_via_api(page, stack.web_url, invoices(1, seed=200))
+        page.goto(f"{stack.web_url}/queue")
         expect(page.locator("#live-state")).to_have_attribute("data-state", "polling")
         expect(page.locator("tr.job-row")).to_have_attribute("data-status", "queued")
     finally:
-        stack.worker.send_signal(signal.SIGCONT)
+        stack.procs["worker"].send_signal(signal.SIGCONT)
     expect(page.locator("tr.job-row")).to_have_attribute("data-status", "complete", timeout=CONVERTED)
     expect(page.locator("#live-state")).to_have_attribute("data-state", "idle")
     expect(page.locator("#announcer")).to_have_text("fatura-200.pdf: complete")
@@ -127,7 +128,7 @@ def test_keyboard_only_upload(page, stack):
     # A standing listener turns on Playwright's file-chooser interception before the key is pressed;
     # enabling it inside expect_file_chooser races the first chooser of a fresh browser.
     page.on("filechooser", lambda chooser: None)
-    page.goto(f"{stack.url}/")
+    page.goto(f"{stack.web_url}/")
     for _ in range(10):
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.id") == "dropzone":
@@ -143,7 +144,7 @@ def test_keyboard_only_upload(page, stack):
 
 
 def test_files_the_browser_can_tell_are_wrong_are_flagged_before_sending(page, stack):
-    page.goto(f"{stack.url}/")
+    page.goto(f"{stack.web_url}/")
     sent = []
     page.on("request", lambda request: "/api/upload" in request.url and sent.append(request.url))
     drop_files(page, "#dropzone", [("notes.txt", b"hello", None)])
@@ -155,9 +156,9 @@ def test_gateway_down_banner(page, tmp_path):
     from gateway.testing import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the worker's calls fail, the breaker opens
-    with running_stack(tmp_path / "down", gateway_url=dead, BREAKER_THRESHOLD="1") as down:
-        upload_via_api(page, down.url, invoices(1, seed=400))
-        page.goto(f"{down.url}/queue")
+    with browser_stack(tmp_path / "down", gateway_url=dead, BREAKER_THRESHOLD=1) as down:
+        upload_via_api(page, down.web_url, invoices(1, seed=400))
+        page.goto(f"{down.web_url}/queue")
         banner = page.locator("#gateway-banner")
         expect(banner).to_be_visible(timeout=20000)
         expect(banner).to_contain_text("waiting, not lost")

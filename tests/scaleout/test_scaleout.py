@@ -12,7 +12,7 @@ from tests.conftest import pdf_bytes
 JOBS_PER_OWNER = 10  # the per-owner limit: three owners make 30 jobs
 
 
-def test_thirty_jobs_through_two_workers_each_processed_once(stack, owner_factory):
+def test_thirty_jobs_through_two_workers_each_processed_once(stack, gateway, owner_factory):
     owners = [owner_factory() for _ in range(3)]
     uploaded = []
     for o, owner in enumerate(owners):
@@ -25,9 +25,9 @@ def test_thirty_jobs_through_two_workers_each_processed_once(stack, owner_factor
     assert {job["id"] for job in done} == {job["id"] for job in uploaded}
     assert all(job["status"] == "complete" and job["attempts"] == 1 for job in done)
     # the gateway saw each job exactly once, and nothing else
-    assert {cid: stack.gateway.calls[cid] for cid in (job["correlation_id"] for job in done)} == \
+    assert {cid: gateway.calls[cid] for cid in (job["correlation_id"] for job in done)} == \
         {job["correlation_id"]: 1 for job in done}
-    assert stack.gateway.total_calls() == len(done)
+    assert gateway.total_calls() == len(done)
 
     # both workers took jobs, neither took one the other had; every job line names its job and correlation id
     claimed = {}
@@ -42,7 +42,7 @@ def test_thirty_jobs_through_two_workers_each_processed_once(stack, owner_factor
 
     # either web process reports the latency the workers recorded, and the same job counts
     # (workers write their counters once a second, so allow a few seconds for the last batch)
-    for url in stack.web:
+    for url in stack.web_urls:
         latency = f'pdfqueue_gateway_request_seconds_count{{outcome="ok"}} {float(len(done))}'
         deadline = time.monotonic() + 5
         while latency not in (text := requests.get(f"{url}/metrics", timeout=5).text) and time.monotonic() < deadline:
@@ -73,7 +73,7 @@ class Viewer(threading.Thread):
         self.response = None
 
     def run(self):
-        url = f"{self.owner.stack.web[self.web]}/api/events"
+        url = f"{self.owner.stack.web_urls[self.web]}/api/events"
         self.response = self.owner.http.get(url, stream=True, timeout=(5, 30))
         event = None
         try:
@@ -100,7 +100,7 @@ def test_every_viewer_on_every_web_process_sees_every_change(stack, owner_factor
         viewer.start()
         assert viewer.connected.wait(10)
     # each web process's event hub listens on Redis pub/sub (not only on its fallback poll)
-    client = redis.Redis.from_url(stack.redis_url)
+    client = redis.Redis.from_url(stack.env["REDIS_URL"])
     deadline = time.monotonic() + 10
     while dict(client.pubsub_numsub("pdfqueue:changes")).get(b"pdfqueue:changes", 0) < 2:
         assert time.monotonic() < deadline, "the web processes did not subscribe to pdfqueue:changes"
