@@ -6,6 +6,7 @@ from flask_migrate import upgrade
 from werkzeug.serving import make_server
 
 from tests.fakegateway import FakeGateway
+from tests.people import signed_in
 from webapp import create_app
 from webapp.db import db
 from webapp.limits import limiter
@@ -97,10 +98,14 @@ def load(app, job_id):
 
 
 class ApiClient:
-    """The Flask test client with this owner's CSRF token sent on every request."""
+    """The Flask test client, signed in as a new user (admin if asked), with its CSRF token sent on every request."""
 
-    def __init__(self, flask_client):
+    def __init__(self, flask_client, admin=False):
         self.raw = flask_client
+        app = flask_client.application
+        if app.config["AUTH"] != "none":
+            self.user, cookie = signed_in(app, admin=admin)
+            flask_client.set_cookie(app.config["SESSION_COOKIE_NAME"], cookie)
         self.token = flask_client.get("/api/session").get_json()["csrf_token"]
 
     def _headers(self, headers):

@@ -12,6 +12,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
+from tests import people
 from tests.conftest import pdf_bytes
 from webapp import create_app, events, stream as stream_module
 from webapp.db import db
@@ -20,11 +21,11 @@ from webapp.models import Job
 
 
 class Browser:
-    """A requests session with its own owner cookie and CSRF token, against the live server."""
+    """A requests session signed in as a new user, with its CSRF token, against the live server of app."""
 
-    def __init__(self, base):
+    def __init__(self, base, app):
         self.base = base
-        self.http = requests.Session()
+        self.http = people.http_session(app, base)
         self.token = self.http.get(f"{base}/api/session").json()["csrf_token"]
 
     def upload(self, tag):
@@ -100,8 +101,8 @@ def stop_hubs(make_app, monkeypatch):
 
 
 @pytest.fixture
-def browser(live_server):
-    return Browser(live_server)
+def browser(live_server, app):
+    return Browser(live_server, app)
 
 
 @pytest.fixture
@@ -262,8 +263,8 @@ def test_retention_reaches_an_open_dashboard(app, browser):
     tab.close()
 
 
-def test_other_owners_never_see_my_jobs(live_server, browser, fast_heartbeat):
-    stranger = Browser(live_server).events()
+def test_other_owners_never_see_my_jobs(live_server, app, browser, fast_heartbeat):
+    stranger = Browser(live_server, app).events()
     mine = browser.events()
     job = browser.upload("private")
     mine.until(job_event(job["id"]))
@@ -345,7 +346,7 @@ def test_with_redis_a_change_in_another_process_is_published(make_app, redis_url
     server = make_server("127.0.0.1", 0, web, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        browser = Browser(f"http://127.0.0.1:{server.server_port}")
+        browser = Browser(f"http://127.0.0.1:{server.server_port}", web)
         job = browser.upload("published")
         stream = browser.events()
         stream.until(job_event(job["id"], "queued"))

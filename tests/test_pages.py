@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import people
 from tests.conftest import pdf_bytes
 from webapp import pages
 from webapp.models import Coordination, Job
@@ -35,7 +36,7 @@ def finish(app, job_id, status="complete", xml="<Invoice><InvoiceNumber>FT 1/1</
 
 def test_upload_page_offers_the_allow_list_and_the_limits(make_app):
     app = make_app(MAPPINGS=["pt_simon_invoice_v1", "generic_v1"], DEFAULT_MAPPING="generic_v1", MAX_UPLOAD_MB=7)
-    html = app.test_client().get("/").get_data(as_text=True)
+    html = people.test_client(app).get("/").get_data(as_text=True)
     assert '<option value="generic_v1" selected>' in html and '<option value="pt_simon_invoice_v1" >' in html
     assert 'data-max-mb="7"' in html and 'id="dropzone"' in html and 'role="button"' in html and 'tabindex="0"' in html
     assert 'name="csrf_token"' in html and 'enctype="multipart/form-data"' in html and 'multiple' in html
@@ -44,7 +45,7 @@ def test_upload_page_offers_the_allow_list_and_the_limits(make_app):
 
 
 def test_plain_form_uploads_without_javascript(app):
-    browser = app.test_client()
+    browser = people.test_client(app)
     page = browser.get("/").get_data(as_text=True)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     files = [(io.BytesIO(pdf_bytes("a")), "a.pdf"), (io.BytesIO(b"not a pdf"), "b.pdf")]
@@ -57,13 +58,13 @@ def test_plain_form_uploads_without_javascript(app):
 
 
 def test_plain_form_without_a_token_is_refused(app):
-    response = app.test_client().post("/upload", data={"file": [(io.BytesIO(pdf_bytes("a")), "a.pdf")]},
+    response = people.test_client(app).post("/upload", data={"file": [(io.BytesIO(pdf_bytes("a")), "a.pdf")]},
                                       content_type="multipart/form-data", headers={"Accept": "text/html"})
     assert response.status_code == 400 and "CSRF token" in response.get_data(as_text=True)
 
 
 def test_plain_form_single_bad_file_shows_the_error_page(app):
-    browser = app.test_client()
+    browser = people.test_client(app)
     token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/").get_data(as_text=True)).group(1)
     response = browser.post("/upload", data={"csrf_token": token, "file": [(io.BytesIO(b"GIF89a"), "x.pdf")]},
                             content_type="multipart/form-data", headers={"Accept": "text/html"})

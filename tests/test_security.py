@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import tasks
+from tests import people
 from tests.conftest import ApiClient, pdf_bytes
 from webapp.db import db
 from webapp.security import HEADERS
@@ -94,8 +95,9 @@ def test_behind_a_proxy_the_client_address_and_scheme_come_from_it(make_app):
         raw.environ_base["HTTP_X_FORWARDED_PROTO"] = "https"
         return ApiClient(raw)
 
-    first = app.test_client().get("/api/session", headers=forwarded)
-    assert "Secure" in first.headers["Set-Cookie"]
+    first = people.test_client(app).get("/api/session", headers=forwarded)
+    cookie = first.headers["Set-Cookie"]
+    assert "Secure" in cookie and cookie.startswith("__Host-session=") and "Domain" not in cookie
     statuses = [client_from("203.0.113.7").upload((pdf_bytes(f"p{n}"), "a.pdf")).status_code for n in range(7)]
     assert statuses == [202] * 6 + [429]  # six owners, one address: the address limit holds (no Referer needed)
     assert client_from("203.0.113.8").upload((pdf_bytes("other"), "a.pdf")).status_code == 202
@@ -103,7 +105,7 @@ def test_behind_a_proxy_the_client_address_and_scheme_come_from_it(make_app):
 
 def test_without_a_proxy_forwarded_headers_are_not_trusted(make_app):
     app = make_app(UPLOADS_PER_MINUTE=1)
-    response = app.test_client().get("/api/session", headers={"X-Forwarded-Proto": "https"})
+    response = people.test_client(app).get("/api/session", headers={"X-Forwarded-Proto": "https"})
     assert "Secure" not in response.headers["Set-Cookie"]
     statuses = []
     for n in range(7):

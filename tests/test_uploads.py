@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests import people
 from tests.conftest import pdf_bytes
 from webapp import uploads
 
@@ -75,7 +76,7 @@ def test_over_the_size_limit_is_413_and_nothing_is_kept(make_app):
 
 
 def test_an_oversized_request_is_cut_off_before_its_body_is_read(app, live_server):
-    session = requests.Session()
+    session = people.http_session(app, live_server)
     token = session.get(f"{live_server}/api/session").json()["csrf_token"]
     cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
     host, port = live_server.removeprefix("http://").split(":")
@@ -127,7 +128,7 @@ def test_same_file_same_mapping_returns_the_existing_job(client):
 
 
 def test_concurrent_identical_uploads_make_one_job(app, live_server):
-    session = requests.Session()
+    session = people.http_session(app, live_server)
     token = session.get(f"{live_server}/api/session").json()["csrf_token"]
     content = pdf_bytes("race", size=200_000)
     ids, errors = [], []
