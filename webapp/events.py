@@ -260,17 +260,25 @@ def resume_point():
 
 
 def render_changes(owner, since, dashboard):
-    """The owner's changes since since as (job id, updated_at, message body), plus the metrics body (or None)."""
+    """The owner's changes since since as (job id, updated_at, message body), plus the totals body (or None).
+
+    The dashboard's bodies are the markup its polling gets too, all out of band: htmx swaps them as they come.
+    """
     jobs = changed_since(owner, since)
     if dashboard:
-        bodies = [sse("row", render_template("partials/_job_row.html", job=job)) for job in jobs]
+        bodies = [sse("row", render_template("partials/_row_oob.html", job=job, since=since)) for job in jobs]
     else:
         bodies = [sse("job", json.dumps(job.to_dict())) for job in jobs]
-    metrics = None
+    totals = None
     if jobs and dashboard:
-        from .pages import metrics_context
-        metrics = sse("metrics", render_template("partials/_metrics.html", **metrics_context(owner)))
-    return [(job.id, job.updated_at, body) for job, body in zip(jobs, bodies)], metrics
+        from .pages import totals_context
+        totals = sse("totals", render_template("partials/_totals.html", oob=True, **totals_context(owner)))
+    return [(job.id, job.updated_at, body) for job, body in zip(jobs, bodies)], totals
+
+
+def render_removal(job_id, dashboard):
+    """The message that a job was deleted: its id, or for the dashboard the out-of-band delete of its row."""
+    return sse("removed", render_template("partials/_row_oob.html", removed=job_id) if dashboard else job_id)
 
 
 class Stream:
@@ -300,7 +308,7 @@ class Stream:
         return messages
 
     def removals(self, job_ids):
-        return [self.with_id(sse("removed", job_id)) for job_id in job_ids]
+        return [self.with_id(render_removal(job_id, self.dashboard)) for job_id in job_ids]
 
     def with_id(self, body):
         return f"id: {isoformat(self.cursor)}\n{body}"
@@ -308,7 +316,7 @@ class Stream:
 
 @bp.get("/events")
 def events():
-    """Stream changes to my jobs as Server-Sent Events (?html=1: dashboard rows and metrics)."""
+    """Stream changes to my jobs as Server-Sent Events (?html=1: dashboard rows and totals)."""
     owner = current_owner()
     changes_feed = feed()
     stream = Stream(owner, resume_point(), request.args.get("html") == "1", changes_feed)

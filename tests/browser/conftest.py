@@ -71,9 +71,12 @@ def running_stack(data_dir, gateway_url=None, **settings):
         yield Stack(url, data_dir, worker)
 
 
+SHARE_TTL_SECONDS = 120  # not the default 900, so that the share notice must read the answer's expires_at
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+    with running_stack(tmp_path_factory.mktemp("stack"), SHARE_TTL_SECONDS=str(SHARE_TTL_SECONDS)) as running:
         yield running
 
 
