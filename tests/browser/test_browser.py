@@ -67,6 +67,8 @@ def assert_accessible(page):
 
 def test_drop_three_pdfs_watch_them_complete_and_download_one(page, stack, artifacts):
     files = invoices(3, seed=100)
+    polls = []
+    page.on("request", lambda request: "/queue/rows" in request.url and polls.append(request.url))
     page.goto(f"{stack.url}/")
     assert_accessible(page)
     drop_files(page, "#dropzone", files)
@@ -83,6 +85,7 @@ def test_drop_three_pdfs_watch_them_complete_and_download_one(page, stack, artif
     expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
     expect(page.locator('tr.job-row[data-status="complete"]')).to_have_count(3, timeout=CONVERTED)
     assert page.evaluate("window.__sameDocument") is True
+    assert polls == [], "the page polled while the stream was live"
     expect(page.locator("#totals .total-complete dd")).to_have_text("3")
 
     name, _, truth = files[1]

@@ -211,10 +211,13 @@
       if (opened && errors < 2) setState("connecting", "Reconnecting…");
       else htmx.trigger(liveState(), "queue:poll");
     });
-    // The extension reconnects without Last-Event-ID, so the id travels in the URL.
     live.addEventListener("htmx:sseBeforeMessage", function (evt) {
       var id = evt.detail.lastEventId;
+      // The extension reconnects without Last-Event-ID, so the id travels in the URL.
       if (id) live.setAttribute("sse-connect", live.getAttribute("sse-connect").replace(/([?&]last_id=)[^&]*/, "$1" + encodeURIComponent(id)));
+      // A row this page does not show (deleted here already, or on another page) has nothing to delete.
+      var removed = evt.detail.type === "removed" && /id="([^"]+)"/.exec(evt.detail.data);
+      if (removed && !document.getElementById(removed[1])) evt.preventDefault();
     });
 
     // Before a row swaps in. One older than the row shown stays out (a poll answered after the stream came back).
