@@ -55,7 +55,7 @@ def fill(db_path, owner, total, mine):
 
 
 def plans(db_path, owner):
-    """EXPLAIN QUERY PLAN of the reads behind /queue, /api/jobs, the metrics box and the change feed."""
+    """EXPLAIN QUERY PLAN of the reads behind /queue, /api/jobs, the totals box and the change feed."""
     since = (datetime.utcnow() - timedelta(seconds=5)).strftime("%Y-%m-%d %H:%M:%S.%f")
     queries = {
         "page of my jobs": ("SELECT * FROM jobs WHERE owner = ? ORDER BY created_at DESC, id DESC LIMIT 51", (owner,)),
@@ -63,7 +63,7 @@ def plans(db_path, owner):
                                "ORDER BY created_at DESC, id DESC LIMIT 51", (owner, since)),
         "my changes since": ("SELECT * FROM jobs WHERE owner = ? AND updated_at > ? ORDER BY updated_at, id",
                              (owner, since)),
-        "metrics box": ("SELECT count(*), count(*) FILTER (WHERE status = 'complete'), avg(CASE WHEN status = "
+        "totals box": ("SELECT count(*), count(*) FILTER (WHERE status = 'complete'), avg(CASE WHEN status = "
                         "'complete' THEN julianday(completed_at) - julianday(started_at) END) FROM jobs "
                         "WHERE owner = ?", (owner,)),
         "active count": ("SELECT count(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'processing')", (owner,)),
@@ -113,7 +113,7 @@ def main():
             "/api/jobs": "/api/jobs",
             "/api/jobs?cursor=": "/api/jobs?cursor=" + body["next_cursor"],
             "/queue/rows?since=": "/queue/rows?since=" + body["server_time"],
-            "/queue/metrics": "/queue/metrics",
+            "/queue/totals": "/queue/totals",
         }
         print(f"\nTTFB over {args.requests} requests each (one client, keep-alive)")
         print(f"{'url':<22}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
