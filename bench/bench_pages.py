@@ -64,8 +64,8 @@ def plans(db_path, owner):
         "my changes since": ("SELECT * FROM jobs WHERE owner = ? AND updated_at > ? ORDER BY updated_at, id",
                              (owner, since)),
         "totals box": ("SELECT count(*), count(*) FILTER (WHERE status = 'complete'), avg(CASE WHEN status = "
-                        "'complete' THEN julianday(completed_at) - julianday(started_at) END) FROM jobs "
-                        "WHERE owner = ?", (owner,)),
+                       "'complete' THEN julianday(completed_at) - julianday(started_at) END) FROM jobs "
+                       "WHERE owner = ?", (owner,)),
         "active count": ("SELECT count(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'processing')", (owner,)),
         "change feed": ("SELECT owner, max(updated_at) FROM jobs WHERE updated_at > ? GROUP BY owner", (since,)),
     }
