@@ -257,9 +257,9 @@
     var url = new URL(answer.url, window.location.href).href;
     var until = new Date(answer.expires_at), minutes = Math.round((until - Date.now()) / 60000);
     var time = until.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    var validity = minutes >= 1 ? "for " + minutes + (minutes === 1 ? " minute" : " minutes") + ", until " + time : "until " + time;
     var label = document.createElement("label");
-    label.textContent = "Share link (valid " + (minutes >= 1 ? "for " + minutes + (minutes === 1 ? " minute" : " minutes") + ", " : "") +
-      "until " + time + "): ";
+    label.textContent = "Share link (valid " + validity + "): ";
     var field = document.createElement("input");
     field.readOnly = true; field.value = url; field.className = "share-url";
     label.appendChild(field);
