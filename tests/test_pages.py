@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import pdf_bytes
 from webapp import htmx, pages
-from webapp.models import Coordination, Job, parse_iso
+from webapp.clock import parse_iso
+from webapp.models import Coordination, Job
 
 HX = {"HX-Request": "true"}
 

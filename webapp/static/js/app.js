@@ -245,8 +245,7 @@
       } else if (action === "delete") {
         announce(name + " deleted"); // htmx took the row away
       } else if (action === "retry") {
-        toast(name + " is queued again.");
-        htmx.trigger(document.body, "queue:active"); // a poller that had stopped looks again
+        toast(name + " is queued again."); // the answer's HX-Trigger (queue:active) wakes a stopped poller
       } else if (action === "share") {
         shareNotice(JSON.parse(xhr.responseText));
       }
