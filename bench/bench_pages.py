@@ -64,8 +64,8 @@ def plans(db_path, owner):
         "my changes since": ("SELECT * FROM jobs WHERE owner = ? AND updated_at > ? ORDER BY updated_at, id",
                              (owner, since)),
         "totals box": ("SELECT count(*), count(*) FILTER (WHERE status = 'complete'), avg(CASE WHEN status = "
-                        "'complete' THEN julianday(completed_at) - julianday(started_at) END) FROM jobs "
-                        "WHERE owner = ?", (owner,)),
+                       "'complete' THEN julianday(completed_at) - julianday(started_at) END) FROM jobs "
+                       "WHERE owner = ?", (owner,)),
         "active count": ("SELECT count(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'processing')", (owner,)),
         "change poll": ("SELECT owner, max(updated_at) FROM jobs WHERE updated_at > ? GROUP BY owner "
                         "UNION ALL SELECT owner, max(removed_at) FROM job_removals WHERE removed_at > ? GROUP BY owner",
@@ -115,7 +115,7 @@ def main():
             "/api/jobs": "/api/jobs",
             "/api/jobs?cursor=": "/api/jobs?cursor=" + body["next_cursor"],
             "/queue/rows?since=": "/queue/rows?since=" + body["server_time"],
-            "/queue/metrics": "/queue/metrics",
+            "/queue/totals": "/queue/totals",
         }
         print(f"\nTTFB over {args.requests} requests each (one client, keep-alive)")
         print(f"{'url':<22}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")

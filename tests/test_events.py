@@ -191,22 +191,39 @@ def test_reconnect_with_the_last_id_misses_nothing(app, browser, how):
     resumed.close()
 
 
-def test_dashboard_streams_rows_and_metrics(browser):
+def test_dashboard_streams_rows_and_totals_out_of_band(browser):
     stream = browser.events("?html=1")
     job = browser.upload("row")
     event, event_id, data = stream.until(lambda event, _id, data: event == "row")
-    assert data.startswith(f'<tr id="job-{job["id"]}"') and 'data-status="queued"' in data and event_id
+    # A job made after the stream's cursor goes to the top of the table.
+    assert data.startswith(f'<template><tbody hx-swap-oob="afterbegin:#job-rows"><tr id="job-{job["id"]}" ')
+    assert 'data-status="queued"' in data and data.endswith("</tbody></template>") and event_id
     event, event_id, data = stream.next()
-    assert event == "metrics" and 'data-active="1"' in data and event_id
+    assert event == "totals" and data.startswith('<div id="totals-box" hx-swap-oob="true">') and event_id
+    assert "<dt>Active</dt><dd>1</dd>" in data
     stream.close()
 
 
-def test_a_deleted_job_is_removed_from_other_tabs(browser):
+def test_a_dashboard_row_goes_on_top_only_for_a_job_made_after_the_cursor(app, client):
+    job = client.upload((pdf_bytes("placed"), "placed.pdf")).get_json()["jobs"][0]
+    made = parse_iso(job["created_at"])
+    with app.test_request_context():
+        assert Job.claim(job["id"], "w1", 30, capacity=4)
+        owner = db.session.get(Job, job["id"]).owner
+        [(_, _, newer)], _ = stream_module.read_changes(owner, made - timedelta(seconds=1), True)
+        [(_, _, known)], _ = stream_module.read_changes(owner, made, True)
+    assert newer.startswith(f'event: row\ndata: <template><tbody hx-swap-oob="afterbegin:#job-rows"><tr id="job-{job["id"]}" ')
+    assert known.startswith(f'event: row\ndata: <template><tr id="job-{job["id"]}" hx-swap-oob="true" ')
+
+
+@pytest.mark.parametrize("query, body", [("?html=1", '<template><tr id="job-{}" hx-swap-oob="delete"></tr></template>'),
+                                         ("", "{}")])
+def test_a_deleted_job_is_removed_from_other_tabs(browser, query, body):
     job = browser.upload("doomed")
-    other_tab = browser.events("?html=1")
+    other_tab = browser.events(query)
     assert browser.delete(job["id"]).status_code == 204
     event, event_id, data = other_tab.until(lambda event, _id, data: event == "removed")
-    assert data == job["id"] and event_id
+    assert data == body.format(job["id"]) and event_id
     other_tab.close()
 
 
@@ -224,9 +241,10 @@ def test_a_job_deleted_from_the_cli_leaves_every_open_tab(app, browser):
     cli = another_process(app)
     result = cli.test_cli_runner().invoke(args=["jobs", "delete", job["id"], "--yes"])
     assert result.exit_code == 0, result.output
-    for tab in tabs:
+    bodies = [f'<template><tr id="job-{job["id"]}" hx-swap-oob="delete"></tr></template>', job["id"]]
+    for tab, body in zip(tabs, bodies):
         event, event_id, data = tab.until(lambda event, _id, data: event == "removed", timeout=3)
-        assert data == job["id"] and event_id
+        assert data == body and event_id
         tab.close()
     with cli.app_context():
         db.engine.dispose()

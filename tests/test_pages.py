@@ -1,15 +1,16 @@
 """The pages: upload form (with and without JavaScript), the queue, its partials, review, errors."""
 import io
-import json
 import re
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from tests import people
 from tests.conftest import pdf_bytes
-from webapp import pages
+from webapp import htmx, pages
+from webapp.clock import parse_iso
 from webapp.models import Coordination, Job
 
 HX = {"HX-Request": "true"}
@@ -76,6 +77,19 @@ def test_empty_queue_links_to_upload(client):
     html = client.get("/queue").get_data(as_text=True)
     assert "No jobs yet" in html and 'href="/"' in html
     assert 'sse-connect="/api/events?html=1&amp;last_id=' in html
+    # The first row lands in a hidden table, which then brings the real one.
+    assert re.search(r'<table class="jobs" hidden><tbody id="job-rows" data-first-page hx-get="/queue"\s+'
+                     r'hx-trigger="htmx:load" hx-target="#jobs" hx-swap="innerHTML">', html)
+
+
+def test_queue_swaps_the_stream_out_of_band_and_polls_only_when_told(client):
+    html = client.get("/queue").get_data(as_text=True)
+    live = re.search(r'<div id="live"[^>]*>', html).group(0)
+    assert 'sse-swap="row,removed,totals"' in live and 'hx-swap="none"' in live
+    line = live_state(html)
+    assert line["data-state"] == "connecting" and line["hx-trigger"] == "queue:poll"  # app.js fires it if need be
+    cursor = re.search(r'last_id=([^"&]+)', live).group(1)
+    assert line["hx-get"] == f"/queue/rows?since={cursor}" and "hx-swap-oob" not in line
 
 
 def test_queue_lists_my_jobs_newest_first_with_a_badge_per_state(app, client, other_client):
@@ -107,7 +121,28 @@ def row_html(html, job_id):
     return html[start: html.index("</tr>", start)]
 
 
-def test_metrics_count_states_and_average_the_processing_time(app, client):
+def live_state(html):
+    """The live-state line's attributes (it is the poller too)."""
+    tag = re.search(r'<p id="live-state"[^>]*>', html).group(0)
+    return dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+
+
+def oob_rows(html):
+    """What each out-of-band row asks of the page: ("top" | "replace" | "delete", job id), in order."""
+    parts = []
+    for part in re.findall(r"<template>(.*?)</template>", html, re.S):
+        if match := re.match(r'<tbody hx-swap-oob="afterbegin:#job-rows"><tr id="job-([^"]+)" class="job-row"', part):
+            parts.append(("top", match.group(1)))
+        elif match := re.match(r'<tr id="job-([^"]+)" hx-swap-oob="true" class="job-row"', part):
+            parts.append(("replace", match.group(1)))
+        elif match := re.fullmatch(r'<tr id="job-([^"]+)" hx-swap-oob="delete"></tr>', part):
+            parts.append(("delete", match.group(1)))
+        else:
+            raise AssertionError(f"not an out-of-band row: {part[:80]}")
+    return parts
+
+
+def test_totals_count_states_and_average_the_processing_time(app, client):
     done = [upload(client, f"d{n}")["id"] for n in range(2)]
     failed = upload(client, "f")["id"]
     upload(client, "q")
@@ -120,11 +155,11 @@ def test_metrics_count_states_and_average_the_processing_time(app, client):
             job = db.session.get(Job, job_id)
             job.completed_at = job.started_at + timedelta(seconds=took)
         db.session.commit()
-        metrics = pages.metrics_context(client.get("/api/session").get_json()["owner"])
-    assert metrics["metrics"] | {"average_seconds": round(metrics["metrics"]["average_seconds"], 3)} == \
+        totals = pages.totals_context(client.get("/api/session").get_json()["owner"])["totals"]
+    assert totals | {"average_seconds": round(totals["average_seconds"], 3)} == \
         {"total": 4, "complete": 2, "failed": 1, "active": 1, "average_seconds": 4.0}
     html = client.get("/queue").get_data(as_text=True)
-    assert 'data-active="1"' in html and "4.0 s" in html
+    assert '<div class="total total-active"><dt>Active</dt><dd>1</dd>' in html and "4.0 s" in html
 
 
 def test_queue_is_paginated_with_a_cursor(app, client, monkeypatch):
@@ -153,18 +188,36 @@ def test_gateway_down_banner(app, client):
     assert "The conversion gateway is down" in html and "waiting, not lost" in html
 
 
-def test_rows_partial_returns_changes_since_and_the_poll_state(app, client):
+def test_rows_partial_answers_out_of_band_and_polls_on_while_a_job_is_active(client):
     first = upload(client, "r1")
     second = upload(client, "r2")
     response = client.get("/queue/rows?since=2000-01-01T00:00:00Z", headers=HX)
-    state = json.loads(response.headers["HX-Trigger"])["queue:polled"]
-    assert row_ids(response.get_data(as_text=True)) == [second["id"], first["id"]]
-    assert state["active"] == 2 and state["changed"] == 2 and state["since"].endswith("Z")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    # Both jobs are newer than the cursor: to the top, oldest first, so that the newest ends on top.
+    assert oob_rows(html) == [("top", first["id"]), ("top", second["id"])]
+    assert '<div id="totals-box" hx-swap-oob="true">' in html and '<dt>Active</dt><dd>2</dd>' in html
+    line = live_state(html)
+    assert line["hx-swap-oob"] == "true" and line["data-state"] == "polling"
+    assert line["hx-trigger"] == "every 3s, queue:active from:body"
+    cursor = parse_iso(unquote(line["hx-get"].removeprefix("/queue/rows?since=")))
+    assert parse_iso(second["created_at"]) - timedelta(seconds=3) < cursor < parse_iso(second["created_at"])
+
+
+def test_rows_partial_answers_286_once_nothing_is_active(app, client):
+    first = upload(client, "r1")
+    second = upload(client, "r2")
     finish(app, first["id"])
-    finish(app, second["id"])
-    response = client.get(f"/queue/rows?since={second['updated_at']}", headers=HX)
-    state = json.loads(response.headers["HX-Trigger"])["queue:polled"]
-    assert set(row_ids(response.get_data(as_text=True))) == {first["id"], second["id"]} and state["active"] == 0
+    finish(app, second["id"], "failed")
+    response = client.get(f"/queue/rows?since={second['created_at']}", headers=HX)
+    html = response.get_data(as_text=True)
+    assert response.status_code == htmx.STOP_POLLING == 286
+    # Both jobs were made by then, so the page shows them already: in place.
+    assert sorted(oob_rows(html)) == sorted([("replace", first["id"]), ("replace", second["id"])])
+    assert 'data-status="complete"' in row_html(html, first["id"]) and 'data-status="failed"' in row_html(html, second["id"])
+    line = live_state(html)
+    assert line["data-state"] == "idle" and line["hx-trigger"] == "queue:active from:body"  # a retry wakes it
+    assert '<dt>Active</dt><dd>0</dd>' in html
 
 
 def test_rows_partial_with_a_bad_since_is_an_html_error_fragment(client):
@@ -173,10 +226,11 @@ def test_rows_partial_with_a_bad_since_is_an_html_error_fragment(client):
     assert response.status_code == 400 and html.startswith('<p class="error-message"') and "ISO-8601" in html
 
 
-def test_metrics_partial(client):
+def test_totals_partial(client):
     upload(client, "m")
-    html = client.get("/queue/metrics", headers=HX).get_data(as_text=True)
-    assert "<html" not in html and 'data-active="1"' in html
+    html = client.get("/queue/totals", headers=HX).get_data(as_text=True)
+    assert html.startswith('<div id="totals-box">') and '<dt>Active</dt><dd>1</dd>' in html
+    assert client.get("/queue/metrics").status_code == 404  # the dashboard's box is not Prometheus' /metrics
 
 
 def test_review_shows_details_and_pretty_xml(app, client):

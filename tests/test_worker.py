@@ -1,4 +1,5 @@
 """The worker against a fake gateway on loopback: happy path, failures, retries, breaker, leases, signals."""
+import json
 import os
 import signal
 import sqlite3
@@ -144,6 +145,7 @@ def test_retry_endpoint_requeues_a_failed_job_only(worker_app, api, fake):
     response = api.post(f"/api/jobs/{job['id']}/retry")
     assert response.status_code == 202
     assert (response.get_json()["status"], response.get_json()["attempts"]) == ("queued", 0)
+    assert json.loads(response.headers["HX-Trigger"]) == {"queue:active": None}  # wakes a stopped poller
     run(worker_app, job["id"])
     assert load(worker_app, job["id"]).status == "complete"
     assert api.post(f"/api/jobs/{job['id']}/retry").status_code == 409

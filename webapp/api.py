@@ -13,7 +13,7 @@ from sqlalchemy import select, text, tuple_
 
 import tasks
 
-from . import breaker, codes, events, queue, uploads
+from . import breaker, codes, events, htmx, queue, uploads
 from .clock import isoformat, parse_iso, utcnow
 from .db import db
 from .errors import ApiError, not_found
@@ -164,7 +164,8 @@ def job_retry(job_id):
     job = owned_or_404(job_id)
     retry_failed(job)
     db.session.refresh(job)
-    return jsonify(job.to_dict()), 202
+    # A job is active again: the dashboard's poller, stopped once nothing was active, looks again.
+    return htmx.trigger(jsonify(job.to_dict()), htmx.QUEUE_ACTIVE), 202
 
 
 def download_response(job):

@@ -32,6 +32,9 @@ HX_TRIGGER_AFTER_SWAP = "HX-Trigger-After-Swap"
 # A polling response with this status tells htmx to stop polling.
 STOP_POLLING = 286
 
+# Our own event, fired by responses (HX-Trigger): a job became active, so a stopped poller looks again.
+QUEUE_ACTIVE = "queue:active"
+
 
 def is_htmx(req=None):
     """True if the request was made by htmx (not a full page load, not a history restore)."""

@@ -11,7 +11,7 @@ from . import api, breaker, codes, events, htmx
 from .clock import isoformat, parse_iso, utcnow
 from .errors import ApiError
 from .identity import current_owner
-from .models import Job, Status
+from .models import Job, JobRemoval, Status
 
 bp = Blueprint("pages", __name__)
 
@@ -20,9 +20,9 @@ POLL_LIMIT = api.MAX_PAGE
 PREVIEW_MAX_BYTES = 2 * 1024 * 1024  # larger results are offered as a download only
 
 
-def metrics_context(owner):
+def totals_context(owner):
     """The owner's totals and the gateway's state, as the totals partial wants them."""
-    return {"metrics": Job.totals(owner), "gateway": breaker.gateway_state()}
+    return {"totals": Job.totals(owner), "gateway": breaker.gateway_state()}
 
 
 def _mapping_choices():
@@ -53,13 +53,13 @@ def upload_form():
 
 @bp.get("/queue")
 def queue_page():
-    """Show my jobs, newest first, a page at a time, with the metrics box above."""
+    """Show my jobs, newest first, a page at a time, with the totals box above."""
     owner = current_owner()
     args = {"limit": PAGE_SIZE, "cursor": request.args.get("cursor", "")}
     jobs, next_cursor, server_time = api.list_jobs(owner, args)
     context = {"jobs": jobs, "first_page": not args["cursor"], "server_time": isoformat(server_time),
                "next_url": next_cursor and url_for("pages.queue_page", cursor=next_cursor),
-               **metrics_context(owner)}
+               **totals_context(owner)}
     if htmx.is_htmx():
         return render_template("partials/_jobs.html", **context)
     return render_template("queue.html", **context)
@@ -67,25 +67,28 @@ def queue_page():
 
 @bp.get("/queue/rows")
 def rows_partial():
-    """The rows of my jobs changed since ?since= (the dashboard's polling fallback)."""
+    """Answer the dashboard's poll: rows changed since ?since=, totals, the next poller; 286 once nothing is active."""
     owner = current_owner()
     try:
         since = parse_iso(request.args.get("since", ""))
     except ValueError:
         raise ApiError(codes.BAD_REQUEST, 400, "'since' must be an ISO-8601 timestamp.")
     server_time = utcnow() - events.OVERLAP
-    # By updated_at (its own index), not list_jobs' created_at order, which scans all my jobs to filter.
-    jobs = sorted(Job.changed_since(owner, since)[-POLL_LIMIT:], key=lambda job: (job.created_at, job.id), reverse=True)
-    response = current_app.make_response(render_template("partials/_rows.html", jobs=jobs))
-    active = Job.active_count(owner)
-    return htmx.trigger(response, {"queue:polled": {"since": isoformat(server_time), "active": active,
-                                                    "changed": len(jobs)}})
+    # By updated_at (its own index), not list_jobs' created_at order, which scans all my jobs to filter. Oldest
+    # first: rows put on top of the table one after the other then end newest first.
+    jobs = sorted(Job.changed_since(owner, since)[-POLL_LIMIT:], key=lambda job: (job.created_at, job.id))
+    removed = [job_id for job_id, _ in JobRemoval.since(owner, since)]
+    context = totals_context(owner)
+    active = context["totals"]["active"]
+    html = render_template("partials/_poll.html", jobs=jobs, removed_ids=removed, since=since,
+                           cursor=isoformat(server_time), state="polling" if active else "idle", **context)
+    return html, 200 if active else htmx.STOP_POLLING
 
 
-@bp.get("/queue/metrics")
-def metrics_partial():
-    """The metrics box alone."""
-    return render_template("partials/_metrics.html", **metrics_context(current_owner()))
+@bp.get("/queue/totals")
+def totals_partial():
+    """The totals box alone."""
+    return render_template("partials/_totals.html", **totals_context(current_owner()))
 
 
 @bp.get("/review/<job_id>")

@@ -14,7 +14,7 @@ from .clock import isoformat, parse_iso, utcnow
 from .db import db
 from .identity import current_owner
 from .models import Job, JobRemoval
-from .pages import metrics_context
+from .pages import totals_context
 
 bp = Blueprint("stream", __name__, url_prefix="/api")
 
@@ -50,20 +50,26 @@ def resume_point():
 def read_changes(owner, since, dashboard):
     """The owner's changes since since, each (key, time, message body), plus the totals body (or None).
 
-    A job's key is its id; a removal's is ("removed", id)."""
+    A job's key is its id; a removal's is ("removed", id). The dashboard's bodies are the markup its polling
+    gets too, all out of band: htmx swaps them as they come."""
     jobs = Job.changed_since(owner, since)
     if dashboard:
-        changes = [(job.id, job.updated_at, sse("row", render_template("partials/_job_row.html", job=job)))
+        changes = [(job.id, job.updated_at, sse("row", render_template("partials/_row_oob.html", job=job, since=since)))
                    for job in jobs]
     else:
         changes = [(job.id, job.updated_at, sse("job", json.dumps(job.to_dict()))) for job in jobs]
     removals = JobRemoval.since(owner, since)
-    changes += [(("removed", job_id), removed_at, sse("removed", job_id)) for job_id, removed_at in removals]
+    changes += [(("removed", job_id), removed_at, render_removal(job_id, dashboard)) for job_id, removed_at in removals]
     changes.sort(key=lambda change: change[1])
     totals = None
     if dashboard and changes:
-        totals = sse("metrics", render_template("partials/_metrics.html", **metrics_context(owner)))
+        totals = sse("totals", render_template("partials/_totals.html", oob=True, **totals_context(owner)))
     return changes, totals
+
+
+def render_removal(job_id, dashboard):
+    """The message that a job was deleted: its id, or for the dashboard the out-of-band delete of its row."""
+    return sse("removed", render_template("partials/_row_oob.html", removed=job_id) if dashboard else job_id)
 
 
 class Stream:

@@ -33,9 +33,12 @@ def browser_stack(data_dir, **settings):
     return running_stack(data_dir=data_dir, **{**SETTINGS, **settings})
 
 
+SHARE_TTL_SECONDS = 120  # not the default 900, so that the share notice must read the answer's expires_at
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    with browser_stack(tmp_path_factory.mktemp("stack")) as running:
+    with browser_stack(tmp_path_factory.mktemp("stack"), SHARE_TTL_SECONDS=str(SHARE_TTL_SECONDS)) as running:
         yield running
 
 

@@ -8,7 +8,8 @@ import defusedxml.ElementTree as SafeET
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import browser_stack
+from tests.browser.conftest import SHARE_TTL_SECONDS, browser_stack
+from tests.conftest import pdf_bytes
 from tests.stack import ROOT
 from tests.invoicegen import make_invoice
 
@@ -67,6 +68,8 @@ def assert_accessible(page):
 
 def test_drop_three_pdfs_watch_them_complete_and_download_one(page, stack, artifacts):
     files = invoices(3, seed=100)
+    polls = []
+    page.on("request", lambda request: "/queue/rows" in request.url and polls.append(request.url))
     page.goto(f"{stack.web_url}/")
     assert_accessible(page)
     drop_files(page, "#dropzone", files)
@@ -83,7 +86,8 @@ def test_drop_three_pdfs_watch_them_complete_and_download_one(page, stack, artif
     expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
     expect(page.locator('tr.job-row[data-status="complete"]')).to_have_count(3, timeout=CONVERTED)
     assert page.evaluate("window.__sameDocument") is True
-    expect(page.locator("#metrics .metric-complete dd")).to_have_text("3")
+    assert polls == [], "the page polled while the stream was live"
+    expect(page.locator("#totals .total-complete dd")).to_have_text("3")
 
     name, _, truth = files[1]
     row = page.locator(f'tr.job-row[data-filename="{name}"]')
@@ -92,6 +96,12 @@ def test_drop_three_pdfs_watch_them_complete_and_download_one(page, stack, artif
     xml = Path(download_info.value.path()).read_bytes()
     assert download_info.value.suggested_filename == name.replace(".pdf", ".xml")
     assert SafeET.fromstring(xml).findtext(".//InvoiceNumber") == truth["Header"]["InvoiceNumber"]
+
+    row.get_by_role("button", name=f"Share link for {name}").click()
+    notice = page.locator("#toast")
+    expect(notice).to_contain_text(f"valid for {SHARE_TTL_SECONDS // 60} minutes, until ")
+    shared = page.request.get(notice.locator("input.share-url").input_value())
+    assert shared.ok and SafeET.fromstring(shared.body()).findtext(".//InvoiceNumber") == truth["Header"]["InvoiceNumber"]
 
     page.screenshot(path=str(artifacts / "queue.png"), full_page=True)
     assert_accessible(page)
@@ -116,11 +126,54 @@ def test_polling_fallback_brings_a_row_to_complete_then_stops(page, stack):
     expect(page.locator("tr.job-row")).to_have_attribute("data-status", "complete", timeout=CONVERTED)
     expect(page.locator("#live-state")).to_have_attribute("data-state", "idle")
     expect(page.locator("#announcer")).to_have_text("fatura-200.pdf: complete")
-    expect(page.locator("#metrics .metric-active dd")).to_have_text("0")
+    expect(page.locator("#totals .total-active dd")).to_have_text("0")
     assert polls, "the page never polled the rows partial"
     settled = len(polls)
     page.wait_for_timeout(4000)  # longer than one polling period
     assert len(polls) == settled, "polling went on after every job was finished"
+
+
+def test_a_retry_wakes_polling_that_had_stopped(page, stack):
+    page.route("**/api/events**", lambda route: route.abort())
+    upload_via_api(page, stack.web_url, [("unreadable.pdf", pdf_bytes("unreadable"), None)])  # the gateway refuses it
+    page.goto(f"{stack.web_url}/queue")
+    row = page.locator("tr.job-row")
+    expect(row).to_have_attribute("data-status", "failed", timeout=CONVERTED)
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "idle")
+    failed_at = row.get_attribute("data-updated")
+    with page.expect_request("**/queue/rows?since=**"):
+        row.get_by_role("button", name="Retry unreadable.pdf").click()
+    expect(page.locator("#toast")).to_have_text("unreadable.pdf is queued again.")
+    expect(row).not_to_have_attribute("data-updated", failed_at)  # the polls bring the retried job's rows
+    expect(row).to_have_attribute("data-status", "failed", timeout=CONVERTED)
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "idle")
+
+
+def test_delete_takes_the_row_away_here_and_in_other_tabs(page, stack):
+    names = ["keep.pdf", "doomed.pdf"]
+    upload_via_api(page, stack.web_url, [(name, pdf_bytes(name), None) for name in names])
+    page.goto(f"{stack.web_url}/queue")
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+    polling = page.context.new_page()  # the same owner, in a tab without the stream
+    polling.route("**/api/events**", lambda route: route.abort())
+    polling.goto(f"{stack.web_url}/queue")
+    expect(polling.locator("tr.job-row")).to_have_count(2)
+    polling.on("dialog", lambda dialog: dialog.accept())
+    polling.get_by_role("button", name="Delete doomed.pdf").click()
+    for tab in (polling, page):  # here by the answer to the click, there by the stream
+        expect(tab.locator("tr.job-row")).to_have_count(1)
+        expect(tab.locator("tr.job-row")).to_have_attribute("data-filename", "keep.pdf")
+    expect(polling.locator("#announcer")).to_have_text("doomed.pdf deleted")
+
+
+def test_the_first_job_brings_the_table_to_an_empty_queue(page, stack):
+    page.goto(f"{stack.web_url}/queue")
+    expect(page.get_by_role("heading", name="No jobs yet")).to_be_visible()
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+    upload_via_api(page, stack.web_url, [("first.pdf", pdf_bytes("first"), None)])
+    expect(page.get_by_role("table")).to_be_visible()
+    expect(page.locator('tr.job-row[data-filename="first.pdf"]')).to_be_visible()
+    expect(page.get_by_role("heading", name="No jobs yet")).to_have_count(0)
 
 
 def test_keyboard_only_upload(page, stack):

@@ -3,7 +3,6 @@
   "use strict";
   document.documentElement.classList.add("js"); // the drop zone replaces the plain form
 
-  var POLL_MS = 3000;
   var csrfToken = function () {
     var meta = document.querySelector('meta[name="csrf-token"]');
     return meta ? meta.content : "";
@@ -178,159 +177,94 @@
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Queue page: rows arrive over SSE (event: row / removed / metrics); if the stream cannot be
-  // opened or keeps dropping, poll the rows partial every 3 s until no job is active.
+  // Queue page. htmx does the work: rows, deletions and totals come out of band over SSE, or, when the stream
+  // cannot be had, in the answers to the live-state line's polling (which the server stops with 286). Left for
+  // here: falling back to polling, the stream's resume id, rows htmx cannot place alone, announcements, and
+  // what follows a row action (the API answers JSON).
   // ---------------------------------------------------------------------------------------------
 
   function initQueue(live) {
-    var state = document.getElementById("live-state");
-    var since = live.dataset.since;
-    var pollTimer = null, everOpened = false, errorsSinceOpen = 0;
+    var opened = false, errors = 0; // errors since the stream last opened
 
+    function liveState() { return document.getElementById("live-state"); }
+
+    function fellBack() { return ["polling", "idle"].indexOf(liveState().dataset.state) !== -1; }
+
+    // The stream's states; the polling ones come with the answers to the polls.
     function setState(name, text) {
-      state.dataset.state = name;
-      state.querySelector(".live-text").textContent = text;
+      var line = liveState();
+      htmx.trigger(line, "htmx:abort"); // a poll under way must not swap a polling line back in
+      line.dataset.state = name;
+      line.querySelector(".live-text").textContent = text;
+      line.setAttribute("hx-trigger", "queue:poll"); // no polling while the stream is live
+      htmx.process(line);
     }
 
-    function rowsBody() { return document.getElementById("job-rows"); }
-
-    function activeCount() {
-      var metrics = document.getElementById("metrics");
-      return metrics ? Number(metrics.dataset.active) : 0;
-    }
-
-    // Insert or replace each <tr> of html; a change older than what the page shows is ignored.
-    function applyRows(html) {
-      var body = rowsBody();
-      if (!body) return;
-      var template = document.createElement("template");
-      template.innerHTML = html;
-      var rows = Array.prototype.slice.call(template.content.querySelectorAll("tr.job-row")).reverse();
-      rows.forEach(function (row) {
-        var current = document.getElementById(row.id);
-        if (current) {
-          if (current.dataset.updated > row.dataset.updated) return;
-          if (current.dataset.status !== row.dataset.status) announce(row.dataset.filename + ": " + row.dataset.status);
-          current.replaceWith(row);
-        } else if (body.hasAttribute("data-first-page")) {
-          if (body.closest("table").hidden) { reloadTable(); return; }
-          body.prepend(row);
-          announce(row.dataset.filename + ": " + row.dataset.status);
-        } else {
-          return;
-        }
-        htmx.process(row);
-      });
-    }
-
-    function removeRow(jobId) {
-      var row = document.getElementById("job-" + jobId);
-      if (row) row.remove();
-    }
-
-    function reloadTable() {
-      htmx.ajax("GET", window.location.pathname + window.location.search, { target: "#jobs", swap: "innerHTML" });
-    }
-
-    function remember(id) {
-      if (!id) return;
-      since = id;
-      // The extension reconnects without Last-Event-ID, so the id travels in the URL.
-      live.setAttribute("sse-connect", live.getAttribute("sse-connect").replace(/([?&]last_id=)[^&]*/, "$1" + encodeURIComponent(id)));
-    }
-
-    live.addEventListener("htmx:sseBeforeMessage", function (evt) {
-      var message = evt.detail;
-      remember(message.lastEventId);
-      if (message.type === "row") { evt.preventDefault(); applyRows(message.data); }
-      else if (message.type === "removed") { evt.preventDefault(); removeRow(message.data); }
-    });
     live.addEventListener("htmx:sseOpen", function () {
-      everOpened = true;
-      errorsSinceOpen = 0;
-      stopPolling();
+      opened = true;
+      errors = 0;
       setState("live", "Live: updates appear as they happen.");
     });
-    live.addEventListener("htmx:sseError", function (evt) {
-      errorsSinceOpen += 1;
-      if (!everOpened || errorsSinceOpen >= 2) {
-        startPolling();
-      } else {
-        setState("connecting", "Reconnecting…");
-      }
+    live.addEventListener("htmx:sseError", function () {
+      errors += 1;
+      if (fellBack()) return;
+      if (opened && errors < 2) setState("connecting", "Reconnecting…");
+      else htmx.trigger(liveState(), "queue:poll");
+    });
+    live.addEventListener("htmx:sseBeforeMessage", function (evt) {
+      var id = evt.detail.lastEventId;
+      // The extension reconnects without Last-Event-ID, so the id travels in the URL.
+      if (id) live.setAttribute("sse-connect", live.getAttribute("sse-connect").replace(/([?&]last_id=)[^&]*/, "$1" + encodeURIComponent(id)));
+      // A row this page does not show (deleted here already, or on another page) has nothing to delete.
+      var removed = evt.detail.type === "removed" && /id="([^"]+)"/.exec(evt.detail.data);
+      if (removed && !document.getElementById(removed[1])) evt.preventDefault();
     });
 
-    function startPolling() {
-      if (pollTimer !== null) return;
-      if (!activeCount()) { setState("idle", "Live updates unavailable; no job is running. Reload to refresh."); return; }
-      setState("polling", "Live updates unavailable; checking every 3 seconds.");
-      pollTimer = window.setTimeout(poll, POLL_MS);
-    }
-
-    function stopPolling() {
-      if (pollTimer !== null) window.clearTimeout(pollTimer);
-      pollTimer = null;
-    }
-
-    function poll() {
-      fetch(live.dataset.rowsUrl + "?since=" + encodeURIComponent(since), { headers: { "HX-Request": "true" }, credentials: "same-origin" })
-        .then(function (response) {
-          if (!response.ok) throw new Error("poll answered " + response.status);
-          var info = JSON.parse(response.headers.get("HX-Trigger") || "{}")["queue:polled"] || {};
-          return response.text().then(function (html) { return { html: html, info: info }; });
-        })
-        .then(function (result) {
-          if (pollTimer === null) return; // the stream came back meanwhile
-          if (result.info.since) since = result.info.since;
-          if (result.info.changed) { applyRows(result.html); refreshMetrics(); }
-          if (result.info.active) { pollTimer = window.setTimeout(poll, POLL_MS); }
-          else { pollTimer = null; setState("idle", "All jobs are finished."); }
-        })
-        .catch(function () {
-          if (pollTimer !== null) pollTimer = window.setTimeout(poll, POLL_MS);
-        });
-    }
-
-    function refreshMetrics() {
-      htmx.ajax("GET", live.dataset.metricsUrl, { target: "#metrics-box", swap: "innerHTML" });
-    }
-
-    // After a retry, polling must look again even if it had stopped (the job is active once more).
-    function pokePolling() {
-      if (state.dataset.state === "polling" || state.dataset.state === "idle") {
-        stopPolling();
-        setState("polling", "Live updates unavailable; checking every 3 seconds.");
-        pollTimer = window.setTimeout(poll, 0);
+    // Before a row swaps in. One older than the row shown stays out (a poll answered after the stream came back).
+    // One sent for the top of the table (its job is newer than the sender's cursor) stays off older pages, and
+    // replaces its row in place if the page shows it already: the cursors overlap by a few seconds.
+    document.body.addEventListener("htmx:oobBeforeSwap", function (evt) {
+      var detail = evt.detail, row = detail.fragment.querySelector("tr.job-row");
+      if (!row) return; // totals, the live-state line, a deletion
+      var shown = document.getElementById(row.id);
+      if (shown && shown.dataset.updated > row.dataset.updated) { detail.shouldSwap = false; return; }
+      if (detail.target.id === "job-rows" && (shown || !detail.target.hasAttribute("data-first-page"))) {
+        detail.shouldSwap = false;
+        if (!shown) return;
+        htmx.swap(shown, row.outerHTML, { swapStyle: "outerHTML" });
       }
-    }
+      if (!shown || shown.dataset.status !== row.dataset.status) announce(row.dataset.filename + ": " + row.dataset.status);
+    });
 
     document.addEventListener("htmx:afterRequest", function (evt) {
-      var elt = evt.detail.elt;
-      var action = elt && elt.dataset ? elt.dataset.action : null;
+      var button = evt.detail.requestConfig.elt, action = button.dataset && button.dataset.action;
       if (!action) return;
-      var xhr = evt.detail.xhr;
-      if (!evt.detail.successful) { toast(errorMessage(xhr), "error"); return; }
-      var row = elt.closest("tr");
-      if (action === "delete") {
-        announce(row.dataset.filename + " deleted");
-        row.remove();
+      var xhr = evt.detail.xhr, name = button.closest("tr").dataset.filename;
+      if (!evt.detail.successful) {
+        toast(errorMessage(xhr), "error");
+      } else if (action === "delete") {
+        announce(name + " deleted"); // htmx took the row away
       } else if (action === "retry") {
-        toast(row.dataset.filename + " is queued again.");
-        pokePolling();
+        toast(name + " is queued again."); // the answer's HX-Trigger (queue:active) wakes a stopped poller
       } else if (action === "share") {
-        var url = new URL(JSON.parse(xhr.responseText).url, window.location.href).href;
-        var box = document.createElement("span");
-        var label = document.createElement("label");
-        label.textContent = "Share link (valid for 15 minutes): ";
-        var field = document.createElement("input");
-        field.readOnly = true; field.value = url; field.className = "share-url";
-        label.appendChild(field);
-        box.appendChild(label);
-        toast(box);
-        field.select();
-        if (navigator.clipboard) navigator.clipboard.writeText(url).catch(function () {});
+        shareNotice(JSON.parse(xhr.responseText));
       }
     });
+  }
+
+  function shareNotice(answer) {
+    var url = new URL(answer.url, window.location.href).href;
+    var until = new Date(answer.expires_at), minutes = Math.round((until - Date.now()) / 60000);
+    var time = until.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    var validity = minutes >= 1 ? "for " + minutes + (minutes === 1 ? " minute" : " minutes") + ", until " + time : "until " + time;
+    var label = document.createElement("label");
+    label.textContent = "Share link (valid " + validity + "): ";
+    var field = document.createElement("input");
+    field.readOnly = true; field.value = url; field.className = "share-url";
+    label.appendChild(field);
+    toast(label);
+    field.select();
+    if (navigator.clipboard) navigator.clipboard.writeText(url).catch(function () {});
   }
 
   document.addEventListener("DOMContentLoaded", function () {
