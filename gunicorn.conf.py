@@ -40,3 +40,14 @@ def on_starting(server):
 # gunicorn's own lines (start-up, worker exits, the access log) in the app's one JSON format; the app's loggers add
 # their handler to the root logger when it loads (webapp/logs.py).
 logconfig_dict = logs.gunicorn_logconfig(os.environ.get("LOG_LEVEL", "INFO"))
+
+
+def post_worker_init(worker):
+    """While nobody has an account, print the one-time link that creates the first admin (once, by the first worker)."""
+    app = worker.wsgi
+    if worker.age != 1 or app.config.get("AUTH") != "password":
+        return
+    from webapp.auth import setup_link
+    link = setup_link(app)
+    if link:
+        worker.log.warning("No account exists yet. Create the first admin (this link works once): %s", link)

@@ -35,7 +35,7 @@ def main():
     args = parser.parse_args()
     pdfs = [make_invoice(n_lines=510, seed=510)[0]] + [make_invoice(n_lines=12, seed=n)[0] for n in range(args.invoices - 1)]
     with running_stack(UPLOADS_PER_MINUTE=100000, GATEWAY_TIMEOUT=60) as stack:
-        session = owner_session(stack.web_url)
+        session = owner_session(stack)
         began = time.perf_counter()
         for n, pdf in enumerate(pdfs):
             response = session.post(f"{stack.web_url}/api/upload", files={"file": (f"{n}.pdf", pdf, "application/pdf")})

@@ -100,8 +100,13 @@ def main():
     data_dir = Path(tempfile.mkdtemp(prefix="bench-pages-"))
     process, url, _ = start_web(data_dir, "gevent", {})
     try:
+        from tests.people import signed_in
+        from webapp import create_app
+        accounts = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench", "HUEY_MEMORY": True, "MIGRATE": False})
+        user, cookie = signed_in(accounts)
         http = requests.Session()
-        owner = http.get(f"{url}/api/session").json()["owner"]
+        http.headers["Cookie"] = f"session={cookie}"
+        owner = user.id
         db_path = data_dir / "instance" / "pdfqueue.db"
         started = time.monotonic()
         fill(db_path, owner, args.jobs, args.mine)

@@ -24,8 +24,9 @@ def pdf_of(size, tag):
     return head + os.urandom(size - len(head))
 
 
-def concurrent_uploads(web_url):
-    sessions = [owner_session(web_url) for _ in range(CONCURRENCY)]
+def concurrent_uploads(stack):
+    web_url = stack.web_url
+    sessions = [owner_session(stack) for _ in range(CONCURRENCY)]
     payloads = [pdf_of(MB, n) for n in range(CONCURRENCY)]
     start = threading.Barrier(CONCURRENCY)
 
@@ -45,7 +46,7 @@ def concurrent_uploads(web_url):
 def big_upload_memory(stack):
     web = stack.procs["web"].pid
     worker_pid = (children(web) or [web])[0]  # gunicorn's worker process holds the request
-    session = owner_session(stack.web_url)
+    session = owner_session(stack)
     body = pdf_of(50 * MB - 1024, "big")
     baseline = rss_kib(worker_pid)
     peak, done = [baseline], threading.Event()
@@ -68,9 +69,9 @@ def big_upload_memory(stack):
 def main():
     with running_stack(workers=0, UPLOADS_PER_MINUTE=100000) as stack:
         # warm the process (imports, first connections) so the figures are steady-state
-        owner_session(stack.web_url).post(f"{stack.web_url}/api/upload", files={"file": ("w.pdf", pdf_of(1024, "warm"))})
+        owner_session(stack).post(f"{stack.web_url}/api/upload", files={"file": ("w.pdf", pdf_of(1024, "warm"))})
         status, elapsed, baseline, peak = big_upload_memory(stack)
-        latency, errors = concurrent_uploads(stack.web_url)
+        latency, errors = concurrent_uploads(stack)
     table([
         ("100 concurrent 1 MB uploads: p50 / p95", "—", f"{latency['p50'] * 1000:.0f} ms / {latency['p95'] * 1000:.0f} ms (min {latency['min'] * 1000:.0f}, max {latency['max'] * 1000:.0f})"),
         ("100 concurrent 1 MB uploads: errors", "0", f"{errors}"),

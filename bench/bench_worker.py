@@ -50,7 +50,7 @@ def db_rows(data_dir, sql, args=()):
 
 
 def through_app(stack, n):
-    session = owner_session(stack.web_url)
+    session = owner_session(stack)
     began = time.perf_counter()
     for i in range(n):
         assert session.post(f"{stack.web_url}/api/upload", files={"file": (f"{i}.pdf", pdf(i))}).status_code == 202
@@ -84,7 +84,7 @@ def main():
             directs.append(direct_calls(stack.gateway_url, args.jobs))
             apps.append(through_app(stack, args.jobs))
             ratios.append(directs[-1] / apps[-1])
-        session = owner_session(stack.web_url)
+        session = owner_session(stack)
         time.sleep(args.idle)
         after_idle = pickup(stack, session)
         samples = []

@@ -29,10 +29,20 @@ class Stack:
         self.web_urls = []
         self.procs = {}  # name -> Popen, while it runs
         self.commands = {}  # name -> (argv, health URL, extra env): how it was started, to start it again
+        self._app = None
 
     @property
     def web_url(self):
         return self.web_urls[0]
+
+    def app(self):
+        """An app on this stack's database (in this process), to make accounts without the sign-in form."""
+        if self._app is None:
+            from webapp import create_app
+            self._app = create_app({"DATA_DIR": self.env["DATA_DIR"], "DATABASE_URL": self.env.get("DATABASE_URL", ""),
+                                    "SECRET_KEY": self.env["SECRET_KEY"], "HUEY_MEMORY": True, "TESTING": True,
+                                    "MIGRATE": False})
+        return self._app
 
     def flask(self, *args):
         """Run a `flask` CLI command against this stack's database and files."""
@@ -79,6 +89,10 @@ class Stack:
 
     def stop_all(self):
         """Stop every process at once (each may take a few seconds), then wait for them all."""
+        if self._app is not None:
+            from webapp.db import db
+            with self._app.app_context():
+                db.engine.dispose()
         for proc in self.procs.values():
             # gunicorn's graceful TERM would wait out open event streams; QUIT stops it at once
             proc.send_signal(signal.SIGQUIT if "gunicorn" in proc.args else signal.SIGTERM)
@@ -136,11 +150,12 @@ def running_stack(gateway_url=None, gateway_delay=None, webs=1, workers=1, data_
         yield stack
 
 
-def owner_session(web_url):
-    """A requests session with its own owner and CSRF header set."""
+def owner_session(stack, admin=False):
+    """A requests session as a new user of the stack, with a personal API token, as a script would use it."""
+    from tests.people import with_token
     session = requests.Session()
-    token = session.get(f"{web_url}/api/session", timeout=10).json()["csrf_token"]
-    session.headers["X-CSRF-Token"] = token
+    session.user, token = with_token(stack.app(), admin=admin)
+    session.headers["Authorization"] = f"Bearer {token}"
     return session
 
 

@@ -227,6 +227,8 @@ def test_the_first_run_set_up_link_makes_the_first_admin_once(app):
     path = link[link.index("/setup/"):]
     browser = app.test_client()
     form = {"email": "boss@example.com", "password": PASSWORD, "confirm": PASSWORD, "csrf_token": csrf_of(browser, path)}
+    for mistake in ({"password": "short", "confirm": "short"}, {"email": "not an address"}):
+        assert browser.post(path, data={**form, **mistake}).status_code == 400  # said, and the link is not spent
     assert browser.post(path, data=form).status_code == 303
     assert browser.get("/api/session").get_json()["user"]["admin"] is True
     again = app.test_client()

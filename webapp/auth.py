@@ -6,7 +6,8 @@ from flask_limiter.util import get_remote_address
 from flask_login import current_user
 
 from . import codes
-from .accounts import INVITE, RESET, SETUP, AccountError, ApiToken, OneTimeLink, User, authenticate, normalize_email
+from .accounts import (INVITE, RESET, SETUP, AccountError, ApiToken, OneTimeLink, User, authenticate, check_password,
+                       normalize_email)
 from .db import db
 from .errors import ApiError
 from .identity import safe_next, sign_in, sign_out
@@ -75,6 +76,7 @@ def _password_form(template_args, on_submit):
     if password != request.form.get("confirm", ""):
         return render_template("password.html", error="The two passwords differ.", **template_args), 400
     try:
+        check_password(password)  # before on_submit spends the link: a short password must not cost it
         user = on_submit(request.form.get("email", template_args.get("email") or ""), password)
     except AccountError as error:
         return render_template("password.html", error=str(error), **template_args), 400
@@ -92,6 +94,7 @@ def setup(secret):
         return render_template("error.html", error=ApiError(codes.EXPIRED, 410, LINK_DEAD)), 410
 
     def create(email, password):
+        email = normalize_email(email)  # a typo in the address must not spend the link either
         if not link.use():
             return None
         return User.create(email, password, admin=True)
@@ -109,6 +112,8 @@ def link(secret):
         args = {"title": "Join pdfqueue", "intro": f"Choose a password for {found.email}.", "email": found.email}
 
         def spend(_email, password):
+            if User.by_email(found.email) is not None:
+                raise AccountError(f"{found.email} already has an account; sign in instead.")
             return User.create(found.email, password, admin=found.admin) if found.use() else None
     else:
         user = db.session.get(User, found.user_id) if found.user_id else None

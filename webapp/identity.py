@@ -61,8 +61,11 @@ def is_admin():
 
 
 def owner_scope(args):
-    """Whose jobs this request sees: mine, or everyone's (None) when an admin asks with ?owner=all."""
-    return None if args.get("owner") == "all" and is_admin() else current_owner()
+    """Whose jobs this request sees: mine; for an admin, everyone's (None) with ?owner=all, or ?owner=<user id>'s."""
+    asked = args.get("owner")
+    if asked and is_admin():
+        return None if asked == "all" else asked
+    return current_owner()
 
 
 def sign_in(user):

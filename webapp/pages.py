@@ -5,12 +5,15 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from sqlalchemy import select
 from xml.etree.ElementTree import ParseError, indent, tostring
 
 from . import api, breaker, codes, events, htmx
 from .clock import isoformat, parse_iso, utcnow
 from .errors import ApiError
-from .identity import current_owner
+from .accounts import User
+from .db import db
+from .identity import current_owner, is_admin, owner_scope
 from .models import Job, JobRemoval, Status
 
 bp = Blueprint("pages", __name__)
@@ -51,15 +54,43 @@ def upload_form():
     return redirect(url_for("pages.queue_page"), code=303)
 
 
+# The queue page's status filter: its name in ?status=, and the statuses it shows.
+FILTERS = {"": (), "active": (Status.QUEUED, Status.PROCESSING), "complete": (Status.COMPLETE,),
+           "failed": (Status.FAILED,)}
+
+
+def queue_view(args):
+    """What the queue page shows, from its query: whose jobs (owner_scope), which statuses, and the query to
+    carry along to its partials and its event stream (so each shows the same view)."""
+    owner = owner_scope(args)
+    status = args.get("status", "") if args.get("status", "") in FILTERS else ""
+    query = {key: value for key, value in (("owner", args.get("owner") if is_admin() else None),
+                                           ("status", status)) if value}
+    return {"owner": owner, "owner_column": owner != current_owner(), "status": status,
+            "statuses": FILTERS[status], "query": query}
+
+
+def row_context(view, jobs):
+    """What the row partial needs besides the job: the view, and in an admin's view whose each job is."""
+    emails = User.emails(job.owner for job in jobs) if view["owner_column"] else {}
+    return {"view": view, "owner_emails": emails}
+
+
 @bp.get("/queue")
 def queue_page():
-    """Show my jobs, newest first, a page at a time, with the totals box above."""
-    owner = current_owner()
-    args = {"limit": PAGE_SIZE, "cursor": request.args.get("cursor", "")}
-    jobs, next_cursor, server_time = api.list_jobs(owner, args)
-    context = {"jobs": jobs, "first_page": not args["cursor"], "server_time": isoformat(server_time),
-               "next_url": next_cursor and url_for("pages.queue_page", cursor=next_cursor),
-               **totals_context(owner)}
+    """Show my jobs (an admin: everyone's, or one person's), newest first, a page at a time, with the totals."""
+    view = queue_view(request.args)
+    args = {"limit": PAGE_SIZE, "cursor": request.args.get("cursor", ""), "status": ",".join(view["statuses"])}
+    jobs, next_cursor, server_time = api.list_jobs(view["owner"], args)
+    people = db.session.execute(select(User.id, User.email).order_by(User.email)).all() if is_admin() else []
+    heading = "Queue"
+    if view["owner"] is None:
+        heading = "Everyone's queue"
+    elif view["owner_column"]:
+        heading = f"Queue of {User.emails([view['owner']]).get(view['owner'], view['owner'])}"
+    context = {"jobs": jobs, "first_page": not args["cursor"], "server_time": isoformat(server_time), "heading": heading,
+               "next_url": next_cursor and url_for("pages.queue_page", cursor=next_cursor, **view["query"]),
+               "filters": FILTERS, "people": people, **row_context(view, jobs), **totals_context(view["owner"])}
     if htmx.is_htmx():
         return render_template("partials/_jobs.html", **context)
     return render_template("queue.html", **context)
@@ -68,7 +99,7 @@ def queue_page():
 @bp.get("/queue/rows")
 def rows_partial():
     """Answer the dashboard's poll: rows changed since ?since=, totals, the next poller; 286 once nothing is active."""
-    owner = current_owner()
+    view = queue_view(request.args)
     try:
         since = parse_iso(request.args.get("since", ""))
     except ValueError:
@@ -76,19 +107,20 @@ def rows_partial():
     server_time = utcnow() - events.OVERLAP
     # By updated_at (its own index), not list_jobs' created_at order, which scans all my jobs to filter. Oldest
     # first: rows put on top of the table one after the other then end newest first.
-    jobs = sorted(Job.changed_since(owner, since)[-POLL_LIMIT:], key=lambda job: (job.created_at, job.id))
-    removed = [job_id for job_id, _ in JobRemoval.since(owner, since)]
-    context = totals_context(owner)
+    jobs = sorted(Job.changed_since(view["owner"], since)[-POLL_LIMIT:], key=lambda job: (job.created_at, job.id))
+    removed = [job_id for job_id, _ in JobRemoval.since(view["owner"], since)]
+    context = totals_context(view["owner"])
     active = context["totals"]["active"]
     html = render_template("partials/_poll.html", jobs=jobs, removed_ids=removed, since=since,
-                           cursor=isoformat(server_time), state="polling" if active else "idle", **context)
+                           cursor=isoformat(server_time), state="polling" if active else "idle",
+                           **row_context(view, jobs), **context)
     return html, 200 if active else htmx.STOP_POLLING
 
 
 @bp.get("/queue/totals")
 def totals_partial():
     """The totals box alone."""
-    return render_template("partials/_totals.html", **totals_context(current_owner()))
+    return render_template("partials/_totals.html", **totals_context(queue_view(request.args)["owner"]))
 
 
 @bp.get("/review/<job_id>")

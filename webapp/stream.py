@@ -12,9 +12,8 @@ from flask import Blueprint, Response, render_template, request, stream_with_con
 from . import events
 from .clock import isoformat, parse_iso, utcnow
 from .db import db
-from .identity import current_owner
 from .models import Job, JobRemoval
-from .pages import totals_context
+from .pages import queue_view, row_context, totals_context
 
 bp = Blueprint("stream", __name__, url_prefix="/api")
 
@@ -47,15 +46,17 @@ def resume_point():
     return utcnow()
 
 
-def read_changes(owner, since, dashboard):
-    """The owner's changes since since, each (key, time, message body), plus the totals body (or None).
+def read_changes(owner, since, view=None):
+    """The owner's (None: everyone's) changes since since, each (key, time, message body), plus the totals body.
 
-    A job's key is its id; a removal's is ("removed", id). The dashboard's bodies are the markup its polling
-    gets too, all out of band: htmx swaps them as they come."""
+    A job's key is its id; a removal's is ("removed", id). With a view (pages.queue_view: the dashboard's) the
+    bodies are the markup its polling gets too, all out of band: htmx swaps them as they come; else job JSON."""
     jobs = Job.changed_since(owner, since)
+    dashboard = view is not None
     if dashboard:
-        changes = [(job.id, job.updated_at, sse("row", render_template("partials/_row_oob.html", job=job, since=since)))
-                   for job in jobs]
+        rows = row_context(view, jobs)
+        changes = [(job.id, job.updated_at,
+                    sse("row", render_template("partials/_row_oob.html", job=job, since=since, **rows))) for job in jobs]
     else:
         changes = [(job.id, job.updated_at, sse("job", json.dumps(job.to_dict()))) for job in jobs]
     removals = JobRemoval.since(owner, since)
@@ -73,10 +74,10 @@ def render_removal(job_id, dashboard):
 
 
 class Stream:
-    """One client's event stream: what it has sent, and how to say the next thing."""
+    """One client's event stream: what it has sent, and how to say the next thing (view: the dashboard's, or None)."""
 
-    def __init__(self, subscription, cursor, dashboard):
-        self.subscription, self.cursor, self.dashboard = subscription, cursor, dashboard
+    def __init__(self, subscription, cursor, view):
+        self.subscription, self.cursor, self.view = subscription, cursor, view
         self.sent = {}  # key -> time, kept for the overlap window
 
     def changes(self):
@@ -84,8 +85,9 @@ class Stream:
         since = self.cursor - events.OVERLAP
         owner = self.subscription.owner
         # Streams of one owner notified together mostly share a cursor: read and render once for all of them.
-        changes, totals = self.subscription.shared((since, self.dashboard),
-                                                   lambda: read_changes(owner, since, self.dashboard))
+        view = self.view
+        key = (since, view and (view["status"], view["owner_column"]))
+        changes, totals = self.subscription.shared(key, lambda: read_changes(owner, since, view))
         messages = []
         for key, at, body in changes:
             if self.sent.get(key) == at:
@@ -105,14 +107,14 @@ class Stream:
 
 @bp.get("/events")
 def events_stream():
-    """Stream changes to my jobs as Server-Sent Events (?html=1: dashboard rows and totals)."""
-    owner = current_owner()
+    """Stream changes to my jobs (an admin's ?owner=: others') as Server-Sent Events (?html=1: dashboard rows)."""
+    view = queue_view(request.args)
     cursor, dashboard = resume_point(), request.args.get("html") == "1"
     db.session.remove()  # hold no connection while the stream idles
 
     def generate():
-        with events.subscribe(owner) as subscription:
-            stream = Stream(subscription, cursor, dashboard)
+        with events.subscribe(view["owner"]) as subscription:
+            stream = Stream(subscription, cursor, view if dashboard else None)
             try:
                 yield sse(comment="ping") + f"retry: {RETRY_MS}\n\n"
                 while True:

@@ -52,14 +52,29 @@ def chromium():
         browser.close()
 
 
+def let_in(context, stack, admin=False):
+    """Sign the browser context in to stack as a new user (a session cookie, as /login would set); the user."""
+    from tests.people import signed_in
+    user, cookie = signed_in(stack.app(), admin=admin)
+    context.add_cookies([{"name": "session", "value": cookie, "url": stack.web_url}])
+    return user
+
+
 @pytest.fixture
-def page(chromium):
-    """A fresh browser context (so a fresh owner) and its page."""
+def fresh_page(chromium):
+    """A fresh browser context, signed in nowhere, and its page."""
     context = chromium.new_context(accept_downloads=True, viewport={"width": 1360, "height": 900})
     context.set_default_timeout(15000)
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture
+def page(fresh_page, stack):
+    """A fresh browser context signed in to the session's stack as a new user (so a fresh owner), and its page."""
+    fresh_page.user = let_in(fresh_page.context, stack)
+    return fresh_page
 
 
 @pytest.fixture(scope="session")

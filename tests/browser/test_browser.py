@@ -8,7 +8,7 @@ import defusedxml.ElementTree as SafeET
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import SHARE_TTL_SECONDS, browser_stack
+from tests.browser.conftest import SHARE_TTL_SECONDS, browser_stack, let_in
 from tests.conftest import pdf_bytes
 from tests.stack import ROOT
 from tests.invoicegen import make_invoice
@@ -205,11 +205,13 @@ def test_files_the_browser_can_tell_are_wrong_are_flagged_before_sending(page, s
     assert sent == []
 
 
-def test_gateway_down_banner(page, tmp_path):
+def test_gateway_down_banner(fresh_page, tmp_path):
     from gateway.testing import free_port
 
+    page = fresh_page
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the worker's calls fail, the breaker opens
     with browser_stack(tmp_path / "down", gateway_url=dead, BREAKER_THRESHOLD=1) as down:
+        let_in(page.context, down)
         upload_via_api(page, down.web_url, invoices(1, seed=400))
         page.goto(f"{down.web_url}/queue")
         banner = page.locator("#gateway-banner")

@@ -226,7 +226,7 @@ def multipart(payload, name):
 def test_worker_sigkill_mid_job(fake, start_stack):
     fake.delay = 2.0
     stack = start_stack(gateway_url=fake.url, WORKER_CONCURRENCY=2, GATEWAY_TIMEOUT=10)
-    ids = upload_ids(stack, owner_session(stack.web_url), [pdf(n) for n in range(4)])
+    ids = upload_ids(stack, owner_session(stack), [pdf(n) for n in range(4)])
     wait_for(lambda: fake.in_flight >= 2, 20)
     processing = [row["id"] for row in jobs(stack, "status = 'processing'")]
     pid = stack.procs["worker"].pid
@@ -254,7 +254,7 @@ def test_worker_sigkill_mid_job(fake, start_stack):
 def test_gateway_stopped_for_a_minute_then_restarted(start_stack):
     invoices = iter(make_invoice(n_lines=3, seed=seed)[0] for seed in range(1000, 1100))
     stack = start_stack(BREAKER_THRESHOLD=2, GATEWAY_TIMEOUT=20)
-    session = owner_session(stack.web_url)
+    session = owner_session(stack)
     ids = upload_ids(stack, session, [next(invoices)])
     with check:
         assert settle(stack, 30) and jobs(stack, "status = 'complete'"), "before: a job converts through our gateway"
@@ -295,7 +295,7 @@ def test_gateway_answering_500_then_hanging_past_its_timeout(fake, start_stack):
     base = FAST["RETRY_BASE_SECONDS"]
     # The breaker stays out of this drill (threshold 100): it is the retries that are under test here.
     stack = start_stack(gateway_url=fake.url, BREAKER_THRESHOLD=100)
-    session = owner_session(stack.web_url)
+    session = owner_session(stack)
     fake.status = 500
     injected("the gateway answers every /process with 500; 2 uploads")
     ids = upload_ids(stack, session, [pdf("500-a"), pdf("500-b")])
@@ -343,16 +343,15 @@ def test_web_restarted_while_uploads_stream_in(fake, start_stack):
     outcomes = []  # (sha256, status code or exception name, job id or None, phase)
     phase = ["before"]
     stop = threading.Event()
-    session = owner_session(stack.web_url)
-    cookies, token = session.cookies.get_dict(), session.headers["X-CSRF-Token"]
+    authorization = owner_session(stack).headers["Authorization"]
 
     def send(payload, seconds):
         body, content_type = multipart(payload, "stream.pdf")
         sha = hashlib.sha256(payload).hexdigest()
         try:
             response = requests.post(f"{stack.web_url}/api/upload", data=SlowBody(body, seconds) if seconds else body,
-                                     headers={"Content-Type": content_type, "X-CSRF-Token": token},
-                                     cookies=cookies, timeout=60)
+                                     headers={"Content-Type": content_type, "Authorization": authorization},
+                                     timeout=60)
             job_id = response.json()["jobs"][0]["id"] if response.status_code == 202 else None
             outcomes.append((sha, response.status_code, job_id, phase[0]))
         except (requests.RequestException, ValueError) as exc:
@@ -432,7 +431,7 @@ def fill(path):
 def test_disk_full_under_uploads_and_results(private_mounts, fake, start_stack):
     stack = start_stack(gateway_url=fake.url)
     with tmpfs(stack.data_dir / "uploads", "4m"), tmpfs(stack.data_dir / "results", "4m"):
-        session = owner_session(stack.web_url)
+        session = owner_session(stack)
         filler = fill(stack.data_dir / "uploads")
         injected(f"uploads/ is a 4 MB tmpfs, filled up ({filler.stat().st_size // 1024} KiB filler); "
                  "a 1 MB upload and a 20 KB one")
@@ -477,9 +476,9 @@ def test_disk_full_under_uploads_and_results(private_mounts, fake, start_stack):
 def test_a_hundred_concurrent_uploads_while_the_worker_writes(fake, start_stack):
     fake.delay = 0.02
     stack = start_stack(gateway_url=fake.url)
-    ids = upload_ids(stack, owner_session(stack.web_url), [pdf(f"busy-{n}") for n in range(30)])
+    ids = upload_ids(stack, owner_session(stack), [pdf(f"busy-{n}") for n in range(30)])
     wait_for(lambda: jobs(stack, "status = 'complete'"), 20)
-    sessions = [owner_session(stack.web_url) for _ in range(100)]
+    sessions = [owner_session(stack) for _ in range(100)]
     start = threading.Barrier(100)
 
     def one(n):
@@ -506,14 +505,13 @@ def test_a_hundred_concurrent_uploads_while_the_worker_writes(fake, start_stack)
 
 def test_the_same_file_uploaded_by_twenty_threads_at_once(fake, start_stack):
     stack = start_stack(gateway_url=fake.url)
-    owner = owner_session(stack.web_url)
+    owner = owner_session(stack)
     payload = pdf("same", 200_000)
     start = threading.Barrier(20)
 
     def one(_):
-        session = requests.Session()  # a Session per thread, all carrying the one owner's cookie
-        session.cookies.update(owner.cookies)
-        session.headers["X-CSRF-Token"] = owner.headers["X-CSRF-Token"]
+        session = requests.Session()  # a Session per thread, all carrying the one owner's token
+        session.headers["Authorization"] = owner.headers["Authorization"]
         start.wait()
         return upload(session, stack.web_url, payload, "same.pdf")
 
@@ -562,7 +560,7 @@ def test_a_pdf_bomb_at_the_gateway(start_stack):
             f"and converts the next invoice — {converted.status_code}, {len(converted.content)} bytes of XML"
 
     injected("two such bombs (differing by a byte) uploaded through the app by one owner, then an invoice")
-    session = owner_session(stack.web_url)
+    session = owner_session(stack)
     ids, states = upload_ids(stack, session, [bomb, bomb + b"\n% 2\n"]), set()
 
     def settled():

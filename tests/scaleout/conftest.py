@@ -1,6 +1,7 @@
 """A scaled-out pdfqueue on loopback (tests/stack.py): real redis-server and PostgreSQL, two web processes
 (gunicorn, one worker each, different ports) and two worker processes sharing SECRET_KEY, REDIS_URL,
 DATABASE_URL and DATA_DIR, with the fake gateway counting /process calls per correlation id."""
+import re
 import time
 
 import pytest
@@ -50,12 +51,25 @@ def stack(gateway, tmp_path_factory):
 
 
 class Owner:
-    """One browser or script: its session cookie and CSRF token work on every web process (same SECRET_KEY)."""
+    """One person in a browser, signed in through /login on the first web process: the session cookie and its CSRF
+    token work on every web process (same SECRET_KEY, sessions in the shared database)."""
+
+    PASSWORD = "scaled out and long enough"
 
     def __init__(self, stack):
+        from tests.people import new_email
+        from webapp.accounts import User
         self.stack = stack
+        self.email = new_email("scaleout")
+        with stack.app().app_context():
+            User.create(self.email, self.PASSWORD)
         self.http = requests.Session()
-        self.token = self.http.get(f"{stack.web_url}/api/session", timeout=5).json()["csrf_token"]
+        login = f"{stack.web_url}/login"
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', self.http.get(login, timeout=5).text).group(1)
+        signed = self.http.post(login, data={"email": self.email, "password": self.PASSWORD, "csrf_token": csrf},
+                                allow_redirects=False, timeout=10)
+        assert signed.status_code == 303, signed.text
+        self.token = self.http.get(f"{stack.web_urls[-1]}/api/session", timeout=5).json()["csrf_token"]
 
     def upload(self, web, content, name):
         return self.http.post(f"{self.stack.web_urls[web]}/api/upload", files={"file": (name, content, "application/pdf")},

@@ -126,3 +126,15 @@ def test_every_viewer_on_every_web_process_sees_every_change(stack, owner_factor
             messages.append(json.loads(message["data"]))
     published.close()
     assert messages, "no change was published on Redis"
+
+
+def test_a_session_made_on_one_web_process_works_on_the_other_and_ends_on_both(stack, owner_factory):
+    owner = owner_factory()  # signed in through /login on the first web process
+    first, second = stack.web_urls
+    assert owner.http.get(f"{second}/api/session", timeout=5).json()["user"]["email"] == owner.email
+    copied = dict(owner.http.cookies)
+    assert owner.http.post(f"{second}/logout", headers={"X-CSRF-Token": owner.token}, allow_redirects=False,
+                           timeout=5).status_code == 303
+    replay = requests.Session()
+    replay.cookies.update(copied)
+    assert replay.get(f"{first}/api/jobs", timeout=5).status_code == 401  # signed out on the other process too
