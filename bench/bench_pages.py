@@ -68,7 +68,7 @@ def plans(db_path, owner):
                        "WHERE owner = ?", (owner,)),
         "active count": ("SELECT count(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'processing')", (owner,)),
         "change poll": ("SELECT owner, max(updated_at) FROM jobs WHERE updated_at > ? GROUP BY owner "
-                        "UNION ALL SELECT owner, max(removed_at) FROM job_removals WHERE removed_at > ? GROUP BY owner",
+                        "UNION ALL SELECT owner, removed_at FROM job_removals WHERE removed_at > ?",
                         (since, since)),
     }
     with sqlite3.connect(db_path) as conn:

@@ -84,13 +84,15 @@ class Stream:
         """Messages for whatever changed since the cursor (minus what was already sent)."""
         since = self.cursor - events.OVERLAP
         owner = self.subscription.owner
-        # Streams of one owner notified together mostly share a cursor: read and render once for all of them.
-        view = self.view
-        key = (since, view and (view["status"], view["owner_column"]))
-        changes, totals = self.subscription.shared(key, lambda: read_changes(owner, since, view))
+        # Read and render once for all of this owner's streams that are notified together. Their cursors agree
+        # once each has sent a change; streams just opened each have their own, so the read starts at the whole
+        # second before since, shared by every cursor in that second, and each stream drops what precedes its own.
+        shared_since, view = since.replace(microsecond=0), self.view
+        changes, totals = self.subscription.shared((shared_since, view and (view["status"], view["owner_column"])),
+                                                   lambda: read_changes(owner, shared_since, view))
         messages = []
         for key, at, body in changes:
-            if self.sent.get(key) == at:
+            if at <= since or self.sent.get(key) == at:
                 continue
             self.sent[key] = at
             self.cursor = max(self.cursor, at)
