@@ -6,6 +6,7 @@ SHA-256 is stored: a leaked database gives no way in, and a high-entropy secret 
 is a row, so signing out ends it for good (a copied cookie stops working), and disabling a user ends every
 session and token of theirs at once (both are checked against the user on every request).
 """
+import functools
 import hashlib
 import secrets
 from datetime import datetime, timedelta
@@ -22,8 +23,6 @@ from .db import db, write_transaction
 from .models import Job, new_id
 
 hasher = PasswordHasher()
-# Verified against when the email is unknown, so that an unknown address costs what a wrong password does.
-_DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
 TOKEN_PREFIX = "pdfq_"
 MIN_PASSWORD = 10
 SETUP, INVITE, RESET = "setup", "invite", "reset"
@@ -138,15 +137,25 @@ class User(UserMixin, db.Model):
                 session.execute(delete(UserSession).where(UserSession.user_id == self.id))
 
 
+@functools.cache
+def _dummy_hash():
+    """A hash to verify against when the email is unknown, so that it costs what a wrong password does.
+
+    Made on first need: an argon2 hash takes its 64 MiB and a few tenths of a second, which no process
+    should spend at start (the worker never signs anyone in)."""
+    return hasher.hash(secrets.token_urlsafe(16))
+
+
 def authenticate(email, password):
     """The active user with this email and password, or None; the same work whichever way it fails."""
     user = User.by_email(email)
-    stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
+    known = user is not None and user.password_hash
+    stored = user.password_hash if known else _dummy_hash()
     try:
         hasher.verify(stored, password or "")
     except (VerificationError, InvalidHashError):
         return None
-    if user is None or stored is _DUMMY_HASH or user.disabled:
+    if not known or user.disabled:
         return None
     if hasher.check_needs_rehash(stored):  # the parameters changed since it was set: store it the new way
         with write_transaction() as session:
