@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import (BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, case, delete,
-                        func, insert, select, update)
+                        func, insert, select, text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -78,6 +78,9 @@ class Job(db.Model):
         Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # the dashboard's totals
         Index("ix_jobs_updated", "updated_at"),  # the change poll (webapp/events.py)
         Index("ix_jobs_created", "created_at", "id"),  # the admins' view of everyone's jobs, newest first
+        # An owner's kept PDFs, summed against their quota at each upload (webapp/accounts.py storage_used).
+        Index("ix_jobs_owner_kept", "owner", "bytes", sqlite_where=text("upload_path IS NOT NULL"),
+              postgresql_where=text("upload_path IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -16,6 +16,9 @@ def upgrade():
     # Jobs keep jobs.owner as it is: an anonymous browser's id from before accounts matches no user, and its
     # jobs stay visible in the admins' "Everyone" view, which lists everyone's jobs newest first.
     op.create_index('ix_jobs_created', 'jobs', ['created_at', 'id'])
+    # Each upload sums the owner's kept PDFs against their quota: an index of just those rows.
+    op.create_index('ix_jobs_owner_kept', 'jobs', ['owner', 'bytes'], sqlite_where=sa.text('upload_path IS NOT NULL'),
+                    postgresql_where=sa.text('upload_path IS NOT NULL'))
     op.create_table(
         'users',
         sa.Column('id', sa.String(length=32), nullable=False),
@@ -64,6 +67,7 @@ def upgrade():
 
 
 def downgrade():
+    op.drop_index('ix_jobs_owner_kept', table_name='jobs')
     op.drop_index('ix_jobs_created', table_name='jobs')
     op.drop_table('one_time_links')
     op.drop_index('ix_api_tokens_user', table_name='api_tokens')
