@@ -25,6 +25,7 @@ from huey.signals import SIGNAL_INTERRUPTED
 from sqlalchemy import func, select
 
 from webapp import breaker, codes, gateway_client, metrics, retry
+from webapp.accounts import OneTimeLink, UserSession
 from webapp.clock import utcnow
 from webapp.db import db
 from webapp.models import FINISHED, Coordination, Job, JobRemoval, Status
@@ -360,7 +361,8 @@ def wake_due():
 
 
 def apply_retention(now=None):
-    """Delete PDFs and XML past their retention (never an active job's), stray partial files and old removals."""
+    """Delete PDFs and XML past their retention (never an active job's), stray partial files, old removals, and
+    sign-in sessions and one-time links that can no longer be used."""
     config = current_app.config
     now = now or utcnow()
     data_dir = Path(config["DATA_DIR"])
@@ -387,6 +389,8 @@ def apply_retention(now=None):
                 partial.unlink(missing_ok=True)
                 removed["partial"] += 1
     JobRemoval.forget_before(now - REMOVALS_KEPT)
+    removed["sessions"] = UserSession.forget_before(now - timedelta(days=config["SESSION_DAYS"]))
+    removed["links"] = OneTimeLink.forget_expired(now)
     logger.info("retention applied", extra={"removed": removed})
     return removed
 

@@ -417,3 +417,18 @@ def test_sessions_are_rows_whose_digest_only_is_stored(app, member):
     with app.app_context():
         digests = [s.key_digest for s in UserSession.query.all()]
     assert len(digests) == 1 and browser.get_cookie("session").value.find(digests[0]) == -1
+
+
+def test_retention_forgets_sessions_past_their_days_and_links_past_their_time(app, member):
+    import tasks
+    from datetime import timedelta
+
+    from webapp.accounts import INVITE, OneTimeLink
+    from webapp.clock import utcnow
+    browser = app.test_client()
+    sign_in(browser, member.email)
+    with app.app_context():
+        OneTimeLink.create(INVITE, timedelta(days=1), email="later@example.com")
+        removed = tasks.apply_retention(now=utcnow() + timedelta(days=app.config["SESSION_DAYS"] + 2))
+        assert (removed["sessions"], removed["links"]) == (1, 1)
+        assert UserSession.query.count() == 0 and OneTimeLink.query.count() == 0

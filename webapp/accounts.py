@@ -189,6 +189,12 @@ class UserSession(db.Model):
             session.execute(delete(cls).where(cls.key_digest == digest(key)))
 
     @classmethod
+    def forget_before(cls, before):
+        """Drop sessions started before before (past SESSION_DAYS, so no cookie can use them); how many."""
+        with write_transaction() as session:
+            return session.execute(delete(cls).where(cls.created_at < before)).rowcount
+
+    @classmethod
     def user(cls, key, max_age):
         """The active user this session key belongs to, or None (ended, too old, unknown, or disabled)."""
         user = db.session.execute(
@@ -298,9 +304,10 @@ class OneTimeLink(db.Model):
                                    ).rowcount == 1
 
     @classmethod
-    def forget_expired(cls):
+    def forget_expired(cls, now=None):
+        """Drop links past their time; how many."""
         with write_transaction() as session:
-            return session.execute(delete(cls).where(cls.expires_at <= utcnow())).rowcount
+            return session.execute(delete(cls).where(cls.expires_at <= (now or utcnow()))).rowcount
 
 
 def storage_used(owner):
