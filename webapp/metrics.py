@@ -61,29 +61,65 @@ def _label_key(labels):
 
 
 FLUSH_SECONDS = 1.0
-_pending = {}  # (name, label key) -> amount not yet written
-_pending_lock = threading.Lock()
-_flusher = {"pid": None}
+
+
+class Buffer:
+    """One app's samples not yet written, and its flusher thread (one per process: restarted after a fork).
+
+    Per app rather than per module, so that samples are written to the database of the app that made them."""
+
+    def __init__(self, app):
+        self.app = app
+        self.pending = {}  # (name, label key) -> amount not yet written
+        self.lock = threading.Lock()  # guards pending
+        self.writing = threading.Lock()  # one write at a time: a scrape's flush waits for a write in flight
+        self.pid = None
+
+    def add(self, samples):
+        with self.lock:
+            for name, labels, amount in samples:
+                key = (name, _label_key(labels))
+                self.pending[key] = self.pending.get(key, 0) + amount
+        if self.pid != os.getpid():  # first sample in this process (or after a fork): start its flusher
+            self.pid = os.getpid()
+            threading.Thread(target=self._run, name="metrics-flush", daemon=True).start()
+            atexit.register(self._flush_in_context)
+
+    def flush(self):
+        with self.writing:
+            with self.lock:
+                batch, self.pending = self.pending, {}
+            if batch:
+                _write(batch)
+
+    def _flush_in_context(self):
+        with self.app.app_context():
+            self.flush()
+            db.session.remove()
+
+    def _run(self):
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            self._flush_in_context()
+
+
+def _buffer():
+    return current_app.extensions["pdfqueue_metrics"]
 
 
 def add(*samples):
     """Add to counters, each sample a (name, labels, amount). Buffered: a background thread writes them in one
     transaction a second, so the job or upload that made them never waits on the database for a counter."""
-    with _pending_lock:
-        for name, labels, amount in samples:
-            key = (name, _label_key(labels))
-            _pending[key] = _pending.get(key, 0) + amount
-    if _flusher["pid"] != os.getpid():  # first sample in this process (or after a fork): start its flusher
-        _start_flusher()
+    _buffer().add(samples)
 
 
 def flush():
-    """Write the buffered samples now (never failing the caller; a lost batch is logged)."""
-    with _pending_lock:
-        batch = dict(_pending)
-        _pending.clear()
-    if not batch:
-        return
+    """Write the buffered samples now, after any write already under way (so a scrape sees every sample so far)."""
+    _buffer().flush()
+
+
+def _write(batch):
+    """Add a batch to the counters in one transaction (never failing the caller; a lost batch is logged)."""
     try:
         with write_transaction() as session:
             insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -93,25 +129,6 @@ def flush():
                                                            set_={"value": MetricCounter.value + amount}))
     except SQLAlchemyError:  # a lost sample must not fail the upload or the conversion that made it
         logger.warning("metrics not recorded: %s", sorted({name for name, _ in batch}), exc_info=True)
-
-
-def _start_flusher():
-    _flusher["pid"] = os.getpid()
-    app = current_app._get_current_object()
-
-    def run():
-        while True:
-            time.sleep(FLUSH_SECONDS)
-            with app.app_context():
-                flush()
-                db.session.remove()
-
-    threading.Thread(target=run, name="metrics-flush", daemon=True).start()
-
-    def at_exit():
-        with app.app_context():
-            flush()
-    atexit.register(at_exit)
 
 
 def observe_gateway(seconds, outcome):
@@ -259,6 +276,7 @@ def metrics():
 
 
 def init_app(app):
-    """Serve /metrics and count rejected uploads."""
+    """Serve /metrics, buffer this app's counters, and count rejected uploads."""
+    app.extensions["pdfqueue_metrics"] = Buffer(app)
     app.register_blueprint(bp)
     app.after_request(record_upload_rejections)
