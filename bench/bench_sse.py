@@ -108,10 +108,10 @@ def run(worker_class, n_streams, n_changes, extra_env):
         from tests.people import signed_in
         worker_app = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench", "HUEY_MEMORY": True, **extra_env})
         _, signed = signed_in(worker_app)  # one person, signed in, watching the queue from many tabs
-        cookie = "session=" + signed
         http = requests.Session()
-        http.headers["Cookie"] = cookie
+        http.cookies.set("session", signed, domain="127.0.0.1", path="/")
         token = http.get(f"{url}/api/session").json()["csrf_token"]
+        cookie = "session=" + http.cookies["session"]  # now carrying the CSRF token too
         job = http.post(f"{url}/api/upload", headers={"X-CSRF-Token": token},
                         files={"file": ("bench.pdf", b"%PDF-1.4\n% bench\n%%EOF\n")}).json()["jobs"][0]
 
