@@ -55,7 +55,8 @@ def wake(job_id):
 
 @huey.task()
 def process_job(job_id):
-    """Convert this job if it is still queued and due, then keep converting the oldest due job while any waits.
+    """Convert a job if this one is still queued and due, then keep converting while any job is due (the one
+    fair share puts first each time: see Job).
 
     A wake-up turned away because every slot is busy is simply dropped: the thread in that slot
     claims the next due job when it finishes, so a backlog drains in upload order without new wake-ups."""
@@ -66,7 +67,8 @@ def process_job(job_id):
 
 
 def run_job(job_id=None):
-    """Claim this job (without one, the oldest due job), convert it, and record what happened.
+    """Claim the job fair share puts first (if job_id is given, only if that job is still queued and due),
+    convert it, and record what happened.
 
     False if there was nothing for this thread to run."""
     worker = f"{PROCESS_ID}:{threading.get_ident()}"
@@ -97,7 +99,9 @@ def _claim(job_id, worker):
     db.session.commit()
     if status != Status.QUEUED or (next_attempt_at and next_attempt_at > utcnow()):
         return None  # a duplicate or early wake-up: settled by a read, without the write lock
-    return Job.claim(job_id, worker, lease, capacity)
+    # The wake-up says there is work; fair share says which (the woken job, or one that is owed a turn first:
+    # the thread keeps claiming until nothing is due, so the woken job is run all the same).
+    return Job.claim_next(worker, lease, capacity)
 
 
 def _run_claimed(job, worker):

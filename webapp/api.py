@@ -168,6 +168,21 @@ def job_retry(job_id):
     return htmx.trigger(jsonify(job.to_dict()), htmx.QUEUE_ACTIVE), 202
 
 
+@bp.post("/jobs/<job_id>/priority")
+def job_priority(job_id):
+    """Run next: move a queued job to the front of everyone's queue (admins only; see Job.run_next)."""
+    if not is_admin():
+        if Job.owned(current_owner(), job_id) is None:
+            raise not_found()  # another's job is as good as absent
+        raise ApiError(codes.FORBIDDEN, 403, "Only an admin can move a job to the front of the queue.")
+    job = owned_or_404(job_id)
+    if not Job.run_next(job.id):
+        raise ApiError(codes.NOT_QUEUED, 409, f"Only a queued job can be moved to the front: it is {job.status}.")
+    tasks.wake(job.id)
+    db.session.refresh(job)
+    return jsonify(job.to_dict())
+
+
 def download_response(job):
     """Stream a job's XML as an attachment, or say why it cannot be had."""
     if job.status != Status.COMPLETE:

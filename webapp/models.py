@@ -67,6 +67,23 @@ class Job(db.Model):
     - dead-lettered (dead_letter): failed after MAX_ATTEMPTS transient failures rather than at once.
     - expired (result_expired): complete, but retention removed the XML (result_path is null).
     What to do after a failure is the retry policy's to say (webapp/retry.py), not the model's.
+
+    Fair share: which queued job a worker claims next (claim_next). Each job has a place in its owner's queue,
+    queue_key: its upload time; its retry time once it waits out a back-off (so a job is due exactly when its
+    queue_key has passed); the time a person re-queued it; a time before RUN_NEXT_BEFORE once an admin moved it
+    to the front (run_next). Released jobs keep their place. Among the owners with a queued job, each one's
+    head (its lowest queue_key, then id: FIFO within an owner) competes, and the first of the due heads wins:
+
+        1. moved to the front by an admin (the latest such move first);
+        2. its owner has the fewest jobs processing;
+        3. its owner was served least recently (never served first): the latest started_at of their jobs;
+        4. the lowest queue_key, then id.
+
+    So claims go round-robin across the owners with active jobs, and one owner's 500-file drop makes another's
+    single invoice wait for one free slot, not for the 500. The choice is a subquery of the claim's one
+    conditional UPDATE, made under the claims' write lock, so it is exact across workers; it costs a few index
+    seeks per owner with queued jobs (ix_jobs_status_owner_queue, ix_jobs_owner_status, ix_jobs_owner_started),
+    however many jobs are queued.
     """
 
     __tablename__ = "jobs"
@@ -75,6 +92,8 @@ class Job(db.Model):
         Index("ix_jobs_owner_updated", "owner", "updated_at"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_status_owner_queue", "status", "owner", "queue_key", "id"),  # the fair claim (claim_next)
+        Index("ix_jobs_owner_started", "owner", "started_at"),  # when an owner was last served (claim_next)
         Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # the dashboard's totals
         Index("ix_jobs_updated", "updated_at"),  # the change poll (webapp/events.py)
         Index("ix_jobs_created", "created_at", "id"),  # the admins' view of everyone's jobs, newest first
@@ -105,6 +124,7 @@ class Job(db.Model):
     leased_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     dead_letter: Mapped[bool] = mapped_column(Boolean, default=False)
+    queue_key: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # its place in its owner's queue
 
     # -- what follows from the state -----------------------------------------------------------
 
@@ -231,7 +251,7 @@ class Job(db.Model):
         query = select(cls.id).where(cls.status == Status.QUEUED, cls.is_due(now))
         if idle_for is not None:
             query = query.where(cls.updated_at < now - timedelta(seconds=idle_for))
-        ids = db.session.execute(query.order_by(cls.created_at).limit(limit)).scalars().all()
+        ids = db.session.execute(query.order_by(cls.queue_key, cls.id).limit(limit)).scalars().all()
         db.session.commit()
         return ids
 
@@ -279,7 +299,7 @@ class Job(db.Model):
         job = cls(**fields)
         with write_transaction() as session:
             now = utcnow()
-            job.created_at = job.updated_at = now
+            job.created_at = job.updated_at = job.queue_key = now
             session.add(job)
         events.publish(job.owner)
         return job
@@ -308,10 +328,46 @@ class Job(db.Model):
 
     @classmethod
     def claim_next(cls, worker, lease_seconds, capacity):
-        """Claim the oldest queued, due job, if any and if capacity allows (as claim); one statement."""
-        oldest = (select(cls.id).where(cls.status == Status.QUEUED, cls.is_due(utcnow()))
-                  .order_by(cls.created_at).limit(1))
-        return cls.claim(oldest.scalar_subquery(), worker, lease_seconds, capacity)
+        """Claim the queued, due job that fair share puts first (see the class docstring), if any and if capacity
+        allows (as claim); one statement."""
+        return cls.claim(cls.next_choice(utcnow()), worker, lease_seconds, capacity)
+
+    @classmethod
+    def next_choice(cls, now):
+        """SQL (a scalar subquery): the id of the queued job that is due at now and that fair share puts first."""
+        jobs = cls.__table__.alias("owners_of")
+        queued = jobs.c.status == Status.QUEUED
+        # The owners with queued jobs, each found by one index seek past the previous one (a skip-scan), so
+        # 100k queued jobs of a few owners cost a few seeks, not a scan.
+        owners = select(func.min(jobs.c.owner).label("owner")).where(queued).cte("queued_owners", recursive=True)
+        previous = owners.alias("previous")
+        following = select(func.min(jobs.c.owner)).where(queued, jobs.c.owner > previous.c.owner).scalar_subquery()
+        owners = owners.union_all(select(following).where(previous.c.owner.is_not(None)))
+        owner = owners.c.owner
+        head, busy, served = (cls.__table__.alias(name) for name in ("head", "busy", "served"))
+        of_owner_queued = (head.c.status == Status.QUEUED, head.c.owner == owner)
+        heads = select(
+            select(head.c.id).where(*of_owner_queued).order_by(head.c.queue_key, head.c.id).limit(1)
+            .scalar_subquery().label("id"),
+            select(func.min(head.c.queue_key)).where(*of_owner_queued).scalar_subquery().label("key"),
+            select(func.count()).select_from(busy).where(busy.c.owner == owner, busy.c.status == Status.PROCESSING)
+            .scalar_subquery().label("busy"),
+            select(func.max(served.c.started_at)).where(served.c.owner == owner).scalar_subquery().label("served"),
+        ).where(owner.is_not(None)).subquery("heads")
+        return (select(heads.c.id).where(heads.c.key <= now)
+                .order_by(case((heads.c.key < RUN_NEXT_BEFORE, heads.c.key), else_=RUN_NEXT_BEFORE),
+                          heads.c.busy, heads.c.served.is_not(None), heads.c.served, heads.c.key, heads.c.id)
+                .limit(1).scalar_subquery())
+
+    @classmethod
+    def run_next(cls, job_id):
+        """Move a queued job to the front of the whole queue (an admin asked): it is the next one claimed,
+        whoever owns it and whatever its back-off; a later move goes before it. False if it is not queued."""
+        def front(_now):
+            first = db.session.scalar(select(func.min(cls.queue_key)).where(cls.status == Status.QUEUED))
+            return min(first or RUN_NEXT_BEFORE, RUN_NEXT_BEFORE) - timedelta(seconds=1)
+        return cls._transition(job_id, cls.status == Status.QUEUED, serialize=True, queue_key=front,
+                               next_attempt_at=None)
 
     @classmethod
     def renew_lease(cls, job_id, worker, lease_seconds, progress=None):
@@ -346,6 +402,7 @@ class Job(db.Model):
             job_id, cls._leased_by(worker),
             status=Status.QUEUED, error_code=code, error=message[:1000], progress=0,
             next_attempt_at=lambda now: now + timedelta(seconds=delay_seconds),
+            queue_key=lambda now: now + timedelta(seconds=delay_seconds),  # it queues by its retry time
             leased_by=None, lease_expires_at=None,
         )
 
@@ -374,7 +431,7 @@ class Job(db.Model):
         return cls._transition(
             job_id, cls.status == Status.FAILED, cls.upload_path.is_not(None),
             status=Status.QUEUED, attempts=0, progress=0, error_code=None, error=None, dead_letter=False,
-            completed_at=None, started_at=None, next_attempt_at=None,
+            completed_at=None, started_at=None, next_attempt_at=None, queue_key=lambda now: now,
         )
 
     @classmethod
@@ -402,6 +459,9 @@ class Job(db.Model):
         events.publish(row.owner)
         return row.upload_path, row.result_path
 
+
+# Queue keys before this mark jobs an admin moved to the front (Job.run_next); real times are all after it.
+RUN_NEXT_BEFORE = datetime(2000, 1, 1)
 
 # What a worker needs of a job it claimed, returned by the claim itself (no second read).
 CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts)

@@ -67,7 +67,7 @@ def queue_view(args):
     query = {key: value for key, value in (("owner", args.get("owner") if is_admin() else None),
                                            ("status", status)) if value}
     return {"owner": owner, "owner_column": owner != current_owner(), "status": status,
-            "statuses": FILTERS[status], "query": query}
+            "statuses": FILTERS[status], "query": query, "admin": is_admin()}
 
 
 def row_context(view, jobs):

@@ -1,0 +1,153 @@
+"""Fair share: claims go round-robin across owners (FIFO within one), an admin's "Run next" goes first, and a
+retried job queues by its retry time."""
+import time
+
+from sqlalchemy import text
+
+from webapp.clock import utcnow
+from webapp.db import db
+from webapp.models import Job
+
+
+def upload(owner, n, tag=""):
+    return [Job.create(owner=owner, filename=f"{owner}{tag}{i}.pdf", mapping="m", bytes=i, sha256=f"{tag}{i}".zfill(64),
+                       upload_path="uploads/x.pdf").id for i in range(n)]
+
+
+def claims(n, capacity=4, worker="w"):
+    """The owners of the next n jobs claimed, each finished before the next claim once capacity is reached."""
+    owners, running = [], []
+    for _ in range(n):
+        if len(running) == capacity:
+            Job.complete(running.pop(0), worker, "results/x.xml")
+        row = Job.claim_next(worker, 30, capacity)
+        assert row is not None
+        owners.append(db.session.get(Job, row.id).owner)
+        running.append(row.id)
+    return owners
+
+
+def test_a_second_owners_job_is_claimed_at_the_next_free_slot_behind_500_of_the_firsts(app):
+    with app.app_context():
+        upload("alice", 500)
+        (bob,) = upload("bob", 1)
+        owners = claims(5)
+        # Alice's first job takes the first slot; Bob's single file takes the second, not the 501st.
+        assert owners.index("bob") == 1
+        assert db.session.get(Job, bob).status == "processing"
+
+
+def test_claims_go_round_robin_and_fifo_within_an_owner(app):
+    with app.app_context():
+        alice, bob = upload("alice", 6), upload("bob", 6)
+        claimed = []
+        for _ in range(8):  # one slot: the fewest-busy rule ties, so least recently served decides
+            row = Job.claim_next("w", 30, 1)
+            claimed.append(row.id)
+            Job.complete(row.id, "w", "results/x.xml")
+        assert claimed == [alice[0], bob[0], alice[1], bob[1], alice[2], bob[2], alice[3], bob[3]]
+
+
+def test_run_next_moves_a_job_before_everyone_elses(app):
+    with app.app_context():
+        upload("alice", 20)
+        later = upload("bob", 3)
+        assert Job.run_next(later[2])
+        assert Job.claim_next("w", 30, 4).id == later[2]
+        assert Job.run_next(later[1]) and Job.run_next(later[0])
+        assert Job.claim_next("w", 30, 4).id == later[0]  # the latest move first
+        assert Job.claim_next("w", 30, 4).id == later[1]
+        assert not Job.run_next(later[2])  # processing: nothing to move
+
+
+def test_run_next_overrides_a_back_off(app):
+    with app.app_context():
+        (job_id,) = upload("alice", 1)
+        Job.claim(job_id, "w", 30, 4)
+        Job.retry_later(job_id, "w", "GW_5XX", "down", delay_seconds=3600)
+        assert Job.claim_next("w", 30, 4) is None
+        assert Job.run_next(job_id)
+        assert Job.claim_next("w", 30, 4).id == job_id
+
+
+def test_a_retried_job_queues_by_its_retry_time_not_its_upload(app):
+    with app.app_context():
+        (retried,) = upload("alice", 1, tag="r")
+        Job.claim(retried, "w", 30, 4)
+        Job.retry_later(retried, "w", "GW_5XX", "down", delay_seconds=0.3)
+        uploaded_meanwhile = upload("alice", 2)  # uploaded after the first, but before its retry is due
+        time.sleep(0.4)
+        order = []
+        while (row := Job.claim_next("w", 30, 10)) is not None:
+            order.append(row.id)
+        assert order == [*uploaded_meanwhile, retried]
+
+
+def test_the_fair_choice_reads_indexes_only(app):
+    with app.app_context():
+        upload("alice", 3)
+        choice = Job.next_choice(utcnow())
+        sql = str(choice.compile(db.engine, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(row[3] for row in db.session.execute(text(f"EXPLAIN QUERY PLAN SELECT {sql}")))
+        assert "SCAN jobs" not in plan and "SCAN head" not in plan and "SCAN busy" not in plan, plan
+
+
+# -- "Run next": POST /api/jobs/<id>/priority, and its button on /queue -------------------------------
+
+
+def test_run_next_is_for_admins_and_moves_the_job_first(app):
+    from tests.conftest import ApiClient, upload as api_upload
+    alice, bob, admin = ApiClient(app.test_client()), ApiClient(app.test_client()), ApiClient(app.test_client(), True)
+    for n in range(3):
+        api_upload(alice, f"a{n}")
+    job = api_upload(bob, "b")
+    mine = bob.post(f"/api/jobs/{job['id']}/priority")
+    assert mine.status_code == 403 and mine.get_json()["error"]["code"] == "FORBIDDEN"
+    others = alice.post(f"/api/jobs/{job['id']}/priority")
+    assert others.status_code == 404 and others.get_json()["error"]["code"] == "NOT_FOUND"
+    assert admin.post("/api/jobs/nope/priority").status_code == 404
+    no_csrf = admin.raw.post(f"/api/jobs/{job['id']}/priority")
+    assert no_csrf.status_code == 400 and no_csrf.get_json()["error"]["code"] == "CSRF"
+    moved = admin.post(f"/api/jobs/{job['id']}/priority")
+    assert moved.status_code == 200 and moved.get_json()["status"] == "queued"
+    with app.app_context():
+        assert Job.claim_next("w", 30, 4).id == job["id"]
+    again = admin.post(f"/api/jobs/{job['id']}/priority")
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "NOT_QUEUED"
+
+
+def test_the_queue_page_offers_run_next_on_queued_rows_to_admins_only(app):
+    from tests.conftest import ApiClient, upload as api_upload
+    alice, admin = ApiClient(app.test_client()), ApiClient(app.test_client(), True)
+    queued, running = api_upload(alice, "q"), api_upload(alice, "r")
+    with app.app_context():
+        Job.claim(running["id"], "w", 30, 4)
+    assert 'data-action="run-next"' not in alice.get("/queue").get_data(as_text=True)
+    page = admin.get("/queue?owner=all").get_data(as_text=True)
+    assert f'hx-post="/api/jobs/{queued["id"]}/priority"' in page
+    assert f'hx-post="/api/jobs/{running["id"]}/priority"' not in page
+
+
+def test_migration_0006_places_waiting_jobs_by_their_retry_time_and_goes_down_again(tmp_path):
+    from flask_migrate import downgrade, upgrade
+
+    from webapp import create_app
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test", "HUEY_MEMORY": True})
+    with app.app_context():
+        upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        for job_id, retry_at in (("new", "NULL"), ("waiting", "'2026-01-05 00:00:00'")):
+            db.session.execute(text(
+                "INSERT INTO jobs (id, owner, filename, mapping, bytes, sha256, status, progress, attempts,"
+                " correlation_id, created_at, updated_at, dead_letter, next_attempt_at) VALUES"
+                f" ('{job_id}', 'o', 'a.pdf', 'm', 1, '{job_id}', 'queued', 0, 0, 'c', '2026-01-01 00:00:00',"
+                f" '2026-01-01', 0, {retry_at})"))
+        db.session.commit()
+        upgrade(directory=app.config["MIGRATIONS_DIR"])
+        keys = dict(db.session.execute(text("SELECT id, queue_key FROM jobs")).all())
+        assert keys == {"new": "2026-01-01 00:00:00", "waiting": "2026-01-05 00:00:00"}
+        db.session.remove()
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        columns = [row[1] for row in db.session.execute(text("PRAGMA table_info(jobs)"))]
+        assert "queue_key" not in columns and len(columns) > 10
+        db.session.remove()
+        db.engine.dispose()
