@@ -33,7 +33,40 @@ from webapp.queue import bound_app, huey
 
 logger = logging.getLogger("pdfqueue.worker")
 
-PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _boot_id():
+    """This boot of the machine (Linux's random boot id, shortened); "-" where there is none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12] or "-"
+    except OSError:
+        return "-"
+
+
+def _pid_namespace():
+    """The pid namespace this process sees pids in (a container has its own); "-" where unknown."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "-"
+
+
+def _started(pid):
+    """When the process with this pid started (clock ticks since boot), or None if there is no such process.
+
+    Two processes that held the same pid one after the other differ here."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+HOST = socket.gethostname()[:64]
+BOOT, PID_NAMESPACE = _boot_id(), _pid_namespace()
+# Who holds a lease (Job.leased_by is this plus the thread): host, boot, pid namespace, pid and the process's
+# start, so a worker on the same host can tell for sure that the holder is gone (reclaim_orphaned_leases).
+PROCESS_ID = f"{HOST}:{BOOT}:{PID_NAMESPACE}:{os.getpid()}:{_started(os.getpid()) or '-'}"
 HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
 MAINTENANCE = "maintenance"
 RETENTION = "retention"
@@ -298,13 +331,15 @@ def _log(job, from_status, to_status, started=None, error_code=None, **extra):
 
 
 def maintain_once(first=False):
-    """One tick of upkeep; only the process with the maintenance lease does the shared work.
+    """One tick of upkeep: every process reclaims the leases of this host's dead workers; only the process
+    with the maintenance lease does the shared work.
 
     Returns True if this process led the tick."""
     config = current_app.config
     interval = config["MAINTENANCE_SECONDS"]
     Coordination.put(f"worker:{PROCESS_ID}", holder=PROCESS_ID,
                      lease_expires_at=utcnow() + timedelta(seconds=3 * interval))  # this worker's heartbeat
+    reclaim_orphaned_leases()  # every worker, every tick: its first tick runs as it starts
     if not Coordination.take_lead(MAINTENANCE, PROCESS_ID, 3 * interval):
         return False
     reap_lapsed_leases()
@@ -316,6 +351,46 @@ def maintain_once(first=False):
         Coordination.put(RETENTION, due_at=utcnow() + timedelta(days=1))
         apply_retention()
     return True
+
+
+def holder_is_gone(holder):
+    """True if this lease holder (Job.leased_by) was a process of this host that is certainly gone: its pid
+    has no process, or another one (started at another time), or the machine booted since.
+
+    A holder of another host, of another pid namespace on this boot, or in a form not ours is never taken
+    for gone: its lease waits out its time (reap_lapsed_leases)."""
+    try:
+        host, boot, namespace, pid, started, _thread = holder.rsplit(":", 5)
+    except ValueError:
+        return False
+    if host != HOST or BOOT == "-":
+        return False
+    if boot != BOOT:
+        return True  # rebooted since: nothing of that boot runs
+    if namespace != PID_NAMESPACE or PID_NAMESPACE == "-" or not pid.isdigit():
+        return False  # its pids are not ours to look up
+    now_started = _started(int(pid))
+    return now_started is None or (started != "-" and now_started != started)
+
+
+def reclaim_orphaned_leases():
+    """Put back in the queue, at once and without spending an attempt, the jobs whose lease is held by a
+    process of this host that is gone (killed mid-job, say); wake them. How many.
+
+    Each release is conditional on the lease being still the dead holder's, so two workers reclaiming at
+    once release a job once, and it is then claimed like any queued job: never two workers on one job."""
+    rows = db.session.execute(select(Job.id, Job.leased_by, Job.correlation_id).where(
+        Job.status == Status.PROCESSING, Job.leased_by.like(f"{HOST}:%"))).all()
+    db.session.commit()
+    reclaimed = 0
+    for job_id, holder, correlation_id in rows:
+        if holder_is_gone(holder) and Job.release(job_id, holder):
+            logger.warning("job %s reclaimed from a worker that is gone", job_id, extra={
+                "job_id": job_id, "correlation_id": correlation_id, "holder": holder,
+                "from": Status.PROCESSING, "to": Status.QUEUED})
+            wake(job_id)
+            reclaimed += 1
+    return reclaimed
 
 
 def reap_lapsed_leases():
