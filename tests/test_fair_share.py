@@ -1,8 +1,9 @@
 """Fair share: claims go round-robin across owners (FIFO within one), an admin's "Run next" goes first, and a
 retried job queues by its retry time."""
+import threading
 import time
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from webapp.clock import utcnow
 from webapp.db import db
@@ -151,3 +152,35 @@ def test_migration_0006_places_waiting_jobs_by_their_retry_time_and_goes_down_ag
         assert "queue_key" not in columns and len(columns) > 10
         db.session.remove()
         db.engine.dispose()
+
+
+def test_workers_claiming_at_once_take_each_job_once_and_take_turns(app):
+    with app.app_context():
+        upload("alice", 30)
+        upload("bob", 30, tag="b")
+    order, errors = [], []
+
+    def work(name):
+        with app.app_context():
+            try:
+                while (row := Job.claim_next(name, 30, 4)) is not None:
+                    order.append(row.id)
+                    Job.complete(row.id, name, "results/x.xml")
+            except Exception as exc:  # collected and asserted below
+                errors.append(exc)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=work, args=(f"w{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(order) == len(set(order)) == 60
+    with app.app_context():  # in the order of the claims (started_at is taken under the claims' write lock)
+        owners = db.session.execute(select(Job.owner).order_by(Job.started_at)).scalars().all()
+    # Bob uploaded after all of Alice's 30, yet his first job is among the first claims, and so on: in every
+    # ten claims both get some. (Not strict alternation: the rule counts jobs in flight, and a thread that waits
+    # for the write lock to complete its job keeps one of its owner's in flight meanwhile.)
+    assert owners.index("bob") <= 4
+    assert all({"alice", "bob"} <= set(owners[n:n + 10]) for n in range(0, 40, 10)), "".join(o[0] for o in owners)
