@@ -1,11 +1,12 @@
 """The jobs table: a job's vocabulary (its states and what follows from them) and every change it can go
 through, each one conditional UPDATE that publishes itself (events.publish) once committed."""
+import functools
 import secrets
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import (BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, case, delete,
-                        func, insert, select, text, update)
+from sqlalchemy import (BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, bindparam, case,
+                        delete, func, insert, select, text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -287,6 +288,23 @@ class Job(db.Model):
         return row if returning else row is not None
 
     @classmethod
+    def _prepared(cls, statement, serialize=False, **params):
+        """Run one of the prebuilt transitions below (_claim_next_statement…), as _transition would: under the
+        write lock, with `now` taken there (callable params get it too); the changed row, or None.
+
+        The transitions on every job's path (claim, renew, complete) are built once with their values as
+        parameters: building an UPDATE and its cache key costs more CPU than SQLite takes to run it."""
+        with write_transaction() as session:
+            if serialize and session.get_bind().dialect.name != "sqlite":
+                session.execute(select(Coordination.name).where(Coordination.name == "claims").with_for_update())
+            now = utcnow()
+            row = session.execute(statement, {"now": now, **{
+                key: (value(now) if callable(value) else value) for key, value in params.items()}}).first()
+        if row is not None:
+            events.publish(row.owner)
+        return row
+
+    @classmethod
     def _leased_by(cls, worker):
         """SQL: processing under this worker's lease; worker None: under a lease that lapsed (its worker died)."""
         if worker is None:
@@ -330,7 +348,8 @@ class Job(db.Model):
     def claim_next(cls, worker, lease_seconds, capacity):
         """Claim the queued, due job that fair share puts first (see the class docstring), if any and if capacity
         allows (as claim); one statement."""
-        return cls.claim(cls.next_choice(utcnow()), worker, lease_seconds, capacity)
+        return cls._prepared(_claim_next_statement(), serialize=True, worker=worker, capacity=capacity,
+                             lease_until=lambda now: now + timedelta(seconds=lease_seconds))
 
     @classmethod
     def next_choice(cls, now):
@@ -372,19 +391,15 @@ class Job(db.Model):
     @classmethod
     def renew_lease(cls, job_id, worker, lease_seconds, progress=None):
         """Extend this worker's lease (and move progress); False if the job is no longer its own."""
-        values = {"lease_expires_at": lambda now: now + timedelta(seconds=lease_seconds)}
-        if progress is not None:  # only ever forward: "sent", written beside the call, may land after "received"
-            values["progress"] = case((cls.progress < progress, progress), else_=cls.progress)
-        return cls._transition(job_id, cls._leased_by(worker), **values)
+        # Progress only ever moves forward: "sent", written beside the call, may land after "received".
+        return cls._prepared(_renew_statement(), job_id=job_id, worker=worker, progress=progress,
+                             lease_until=lambda now: now + timedelta(seconds=lease_seconds)) is not None
 
     @classmethod
     def complete(cls, job_id, worker, result_path):
         """processing → complete with the stored result."""
-        return cls._transition(
-            job_id, cls._leased_by(worker),
-            status=Status.COMPLETE, result_path=result_path, progress=100, completed_at=lambda now: now,
-            leased_by=None, lease_expires_at=None, error_code=None, error=None,
-        )
+        return cls._prepared(_complete_statement(), job_id=job_id, worker=worker,
+                             result_path=result_path) is not None
 
     @classmethod
     def fail(cls, job_id, worker, code, message, dead_letter=False):
@@ -465,6 +480,52 @@ RUN_NEXT_BEFORE = datetime(2000, 1, 1)
 
 # What a worker needs of a job it claimed, returned by the claim itself (no second read).
 CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts)
+
+
+@functools.cache
+def _claim_next_statement():
+    """Job.claim_next's UPDATE (Job.claim's, on the fair choice), with its values as parameters: now,
+    lease_until, worker, capacity."""
+    jobs = Job.__table__
+    now = bindparam("now", type_=DateTime)
+    processing = select(func.count()).select_from(jobs).where(jobs.c.status == Status.PROCESSING).scalar_subquery()
+    return (update(jobs)
+            .where(jobs.c.id == Job.next_choice(now), jobs.c.status == Status.QUEUED,
+                   processing < bindparam("capacity", type_=Integer), Job.is_due(now))
+            .values(status=Status.PROCESSING, leased_by=bindparam("worker", type_=String),
+                    lease_expires_at=bindparam("lease_until", type_=DateTime), started_at=now, updated_at=now,
+                    next_attempt_at=None, attempts=jobs.c.attempts + 1, progress=10)
+            .returning(Job.id, Job.owner, *CLAIMED))
+
+
+def _held_by_worker(jobs):
+    """SQL: the job (parameter job_id) is processing under the lease of the worker (parameter worker)."""
+    return (jobs.c.id == bindparam("job_id", type_=String), jobs.c.status == Status.PROCESSING,
+            jobs.c.leased_by == bindparam("worker", type_=String))
+
+
+@functools.cache
+def _renew_statement():
+    """Job.renew_lease's UPDATE; parameters now, job_id, worker, lease_until, progress (None: unchanged)."""
+    jobs = Job.__table__
+    progress = bindparam("progress", type_=Integer)
+    return (update(jobs).where(*_held_by_worker(jobs))
+            .values(lease_expires_at=bindparam("lease_until", type_=DateTime), updated_at=bindparam("now", type_=DateTime),
+                    progress=case((progress.is_not(None) & (jobs.c.progress < progress), progress),
+                                  else_=jobs.c.progress))
+            .returning(jobs.c.id, jobs.c.owner))
+
+
+@functools.cache
+def _complete_statement():
+    """Job.complete's UPDATE; parameters now, job_id, worker, result_path."""
+    jobs = Job.__table__
+    now = bindparam("now", type_=DateTime)
+    return (update(jobs).where(*_held_by_worker(jobs))
+            .values(status=Status.COMPLETE, result_path=bindparam("result_path", type_=String), progress=100,
+                    completed_at=now, updated_at=now, leased_by=None, lease_expires_at=None, error_code=None,
+                    error=None)
+            .returning(jobs.c.id, jobs.c.owner))
 
 
 def _seconds_between(start, end):

@@ -1,0 +1,225 @@
+"""What the queue costs in front of our real gateway: throughput ratio with CPU per job, one job's latency, crash
+recovery, and the fair claim's time with 100k jobs queued.
+
+    .venv/bin/python bench/bench_overhead.py [--jobs 40] [--rounds 5] [--latency-samples 7] [--queued 100000]
+
+- Throughput: the same N invoices (15–70 lines) posted straight to the gateway by CONCURRENCY threads, then
+  uploaded through the app (one client, one file a request; done when every job is complete), in alternating
+  rounds; the ratio is direct ÷ app, its median over rounds. CPU ms per job of web, worker and gateway (each a
+  gunicorn master and its workers, or worker.py) from /proc over each app round; the gateway's also over the
+  direct rounds, for comparison.
+- Latency: one invoice at a time on the idle stack; upload → complete (the job's completed_at) minus a direct
+  call for the same file just before; the median of the samples.
+- Crash recovery: worker.py SIGKILLed while the (fake, 2 s) gateway converts a job, started again at once
+  with LEASE_SECONDS=600; seconds from the restart to that job complete.
+- Claim: Job.claim_next against a SQLite database of N queued jobs of 20 owners (one owner holding half),
+  in this process; the median of 200 claims (each released again, not timed).
+"""
+import argparse
+import os
+import signal
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.figures import table  # noqa: E402
+from tests.invoicegen import make_invoice  # noqa: E402
+from tests.stack import children, owner_session, running_stack  # noqa: E402
+
+CONCURRENCY = 4
+MAPPING = "pt_simon_invoice_v1"
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms(pid):
+    """CPU (user + system) of a process and its children now living, with the children they reaped (the
+    gateway forks one per parse), in ms."""
+    total = 0
+    for each in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return total * TICK_MS
+
+
+def cpu_all(stack):
+    return {name: cpu_ms(stack.procs[name].pid) for name in ("web", "worker", "gateway")}
+
+
+def db_rows(stack, sql, args=()):
+    with sqlite3.connect(f"{stack.data_dir}/instance/pdfqueue.db", timeout=15) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def post_direct(gateway_url, pdf, tag):
+    response = requests.post(f"{gateway_url}/process", files={"file": ("a.pdf", pdf, "application/pdf")},
+                             data={"mapping": MAPPING}, headers={"X-Correlation-ID": f"direct-{tag}"}, timeout=60)
+    response.raise_for_status()
+
+
+def direct_round(stack, pdfs):
+    began = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(lambda pair: post_direct(stack.gateway_url, pair[1], pair[0]), enumerate(pdfs)))
+    return time.perf_counter() - began
+
+
+def app_round(stack, session, pdfs):
+    began = time.perf_counter()
+    for n, pdf in enumerate(pdfs):
+        response = session.post(f"{stack.web_url}/api/upload", files={"file": (f"{n}.pdf", pdf, "application/pdf")})
+        assert response.status_code == 202, response.text
+    while db_rows(stack, "SELECT count(*) FROM jobs WHERE status IN ('queued', 'processing')")[0][0]:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - began
+    failed = db_rows(stack, "SELECT count(*) FROM jobs WHERE status = 'failed'")[0][0]
+    assert not failed, f"{failed} jobs failed"
+    return elapsed
+
+
+def throughput(stack, jobs, rounds):
+    session = owner_session(stack)
+    ratios, directs, apps, cpu, gateway_direct = [], [], [], {"web": [], "worker": [], "gateway": []}, []
+    for round_ in range(rounds):
+        # Distinct files each round (the app keeps one job per owner and file); the direct calls post the same ones.
+        pdfs = [make_invoice(n_lines=15 + (n * 37 + round_ * 11) % 56, seed=round_ * 1000 + n)[0] for n in range(jobs)]
+        before = cpu_all(stack)
+        directs.append(direct_round(stack, pdfs))
+        middle = cpu_all(stack)
+        apps.append(app_round(stack, session, pdfs))
+        after = cpu_all(stack)
+        ratios.append(directs[-1] / apps[-1])
+        gateway_direct.append((middle["gateway"] - before["gateway"]) / jobs)
+        for name in cpu:
+            cpu[name].append((after[name] - middle[name]) / jobs)
+    return ratios, directs, apps, {name: statistics.median(values) for name, values in cpu.items()}, \
+        statistics.median(gateway_direct)
+
+
+def utc_now():
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def latency(stack, samples):
+    """(median app − direct in s, median app s, median direct s) for one invoice at a time on the idle stack."""
+    pdf = make_invoice(n_lines=40, seed=424242)[0]
+    app_times, direct_times = [], []
+    for n in range(samples):
+        time.sleep(1.5)  # idle again
+        began = time.perf_counter()
+        post_direct(stack.gateway_url, pdf, f"latency-{n}")
+        direct_times.append(time.perf_counter() - began)
+        time.sleep(1.5)
+        session = owner_session(stack)  # a new owner each time: the same file is a new job for them
+        uploaded = utc_now()
+        response = session.post(f"{stack.web_url}/api/upload", files={"file": ("l.pdf", pdf, "application/pdf")})
+        job_id = response.json()["jobs"][0]["id"]
+        while not (done := db_rows(stack, "SELECT completed_at FROM jobs WHERE id = ?", (job_id,))[0][0]):
+            time.sleep(0.002)
+        app_times.append((datetime.fromisoformat(done) - uploaded).total_seconds())
+    app, direct = statistics.median(app_times), statistics.median(direct_times)
+    return app - direct, app, direct
+
+
+def crash_recovery():
+    """Seconds from restarting a SIGKILLed worker to the job it was converting being complete."""
+    with running_stack(gateway_delay=2.0, LEASE_SECONDS=600, UPLOADS_PER_MINUTE=100000) as stack:
+        session = owner_session(stack)
+        response = session.post(f"{stack.web_url}/api/upload", files={"file": ("k.pdf", b"%PDF-1.4\n% kill me\n")})
+        job_id = response.json()["jobs"][0]["id"]
+        while db_rows(stack, "SELECT status FROM jobs WHERE id = ?", (job_id,))[0][0] != "processing":
+            time.sleep(0.01)
+        time.sleep(0.5)  # mid-call
+        stack.stop("worker", signal.SIGKILL)
+        restarted = time.perf_counter()
+        stack.start_again("worker")
+        while db_rows(stack, "SELECT status FROM jobs WHERE id = ?", (job_id,))[0][0] != "complete":
+            if time.perf_counter() - restarted > 120:
+                return float("inf"), None
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - restarted
+        (attempts,) = db_rows(stack, "SELECT attempts FROM jobs WHERE id = ?", (job_id,))[0]
+        return elapsed, attempts
+
+
+def claim_time(queued):
+    """Median seconds of one Job.claim_next with this many jobs queued (20 owners; one with half of them)."""
+    from flask_migrate import upgrade
+
+    from webapp import create_app
+    from webapp.db import db
+    from webapp.models import Job
+    with tempfile.TemporaryDirectory(prefix="pdfqueue-claim-") as data_dir:
+        app = create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "bench", "HUEY_MEMORY": True})
+        with app.app_context():
+            upgrade(directory=app.config["MIGRATIONS_DIR"])
+            db.session.remove()
+        with sqlite3.connect(f"{data_dir}/instance/pdfqueue.db") as conn:
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
+            now = utc_now()
+            rows = []
+            for n in range(queued):
+                owner = "big" if n % 2 else f"owner{n % 38}"
+                at = now.replace(microsecond=0).isoformat(" ") + f".{n % 1000000:06d}"
+                row = {"id": f"j{n:07d}", "owner": owner, "filename": f"{n}.pdf", "mapping": MAPPING, "bytes": n,
+                       "sha256": f"{n:064d}", "status": "queued", "progress": 0, "attempts": 0,
+                       "correlation_id": f"c{n}", "upload_path": "uploads/x.pdf", "created_at": at, "updated_at": at,
+                       "dead_letter": 0, "queue_key": at}
+                rows.append(tuple(row.get(column) for column in columns))
+            conn.executemany(f"INSERT INTO jobs VALUES ({', '.join('?' * len(columns))})", rows)
+        times = []
+        with app.app_context():
+            for _ in range(200):
+                began = time.perf_counter()
+                row = Job.claim_next("bench", 600, 4)
+                times.append(time.perf_counter() - began)
+                Job.release(row.id, "bench")
+            db.engine.dispose()
+        return statistics.median(times), max(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency-samples", type=int, default=7)
+    parser.add_argument("--queued", type=int, default=100000)
+    args = parser.parse_args()
+    with running_stack(WORKER_CONCURRENCY=CONCURRENCY, UPLOADS_PER_MINUTE=100000, GATEWAY_TIMEOUT=60) as stack:
+        ratios, directs, apps, cpu, gateway_direct = throughput(stack, args.jobs, args.rounds)
+        overhead, app_latency, direct_latency = latency(stack, args.latency_samples)
+    recovered, attempts = crash_recovery()
+    claim, claim_max = claim_time(args.queued)
+    ratio = statistics.median(ratios)
+    table([
+        (f"real-gateway throughput ratio app ÷ direct ({args.jobs} invoices of 15–70 lines, {CONCURRENCY} at a time; "
+         f"median of {args.rounds})", "≥ 0.9",
+         f"{ratio:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}; direct {statistics.median(directs):.2f} s, "
+         f"app {statistics.median(apps):.2f} s)"),
+        ("CPU per job through the app: web / worker / gateway", "—",
+         f"{cpu['web']:.1f} ms / {cpu['worker']:.1f} ms / {cpu['gateway']:.1f} ms "
+         f"(gateway {gateway_direct:.1f} ms when called directly)"),
+        (f"latency of one invoice on an idle stack, upload → complete minus a direct call (median of "
+         f"{args.latency_samples})", "≤ 20 ms",
+         f"{overhead * 1000:.0f} ms (app {app_latency * 1000:.0f} ms, direct {direct_latency * 1000:.0f} ms)"),
+        ("crash recovery: restart of a SIGKILLed worker → its job complete (2 s gateway, LEASE_SECONDS=600)", "≤ 5 s",
+         f"{recovered:.1f} s (attempts {attempts})"),
+        (f"fair claim (Job.claim_next) with {args.queued} jobs queued, 20 owners", "—",
+         f"{claim * 1000:.2f} ms (max {claim_max * 1000:.2f})"),
+    ])
+
+
+if __name__ == "__main__":
+    main()
