@@ -81,8 +81,15 @@ def test_a_hung_gateway_times_out(make_app, fake):
     assert (failed.status, failed.error_code) == ("failed", "GW_TIMEOUT")
 
 
-def test_malformed_xml_from_the_gateway_is_not_kept(worker_app, api, fake):
-    fake.body = b"<Invoice><unclosed></Invoice>"
+@pytest.mark.parametrize("body", [
+    b"<Invoice><unclosed></Invoice>",
+    b"<Invoice><Lines><Line>cut off mid-answ",
+    b"<Invoice/><Invoice/>",
+    b'<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]><Invoice>&b;</Invoice>',
+    b'<!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]><Invoice>&e;</Invoice>',
+])
+def test_malformed_xml_from_the_gateway_is_not_kept(worker_app, api, fake, body):
+    fake.body = body
     job = upload(api)
     run(worker_app, job["id"])
     job = load(worker_app, job["id"])
@@ -403,11 +410,12 @@ def test_progress_moves_forward_through_each_step(worker_app, api, fake, monkeyp
             seen.append(conn.execute("SELECT progress FROM jobs").fetchone()[0])  # the test's one job
 
     monkeypatch.setattr(events, "publish", record)
-    # Each step lasts well past the keeper's STEP_SECONDS: the gateway works 0.3 s, and storing a ~7 MB
-    # answer (parsing it to prove it well-formed) takes a few tenths of a second.
+    # Each step lasts well past the keeper's STEP_SECONDS: the gateway works 0.3 s, and storing the answer
+    # takes 0.3 s (a slow disk's fsync).
+    monkeypatch.setattr(tasks.LeaseKeeper, "STEP_SECONDS", 0.05)
+    fsync = os.fsync
+    monkeypatch.setattr(tasks.os, "fsync", lambda fd: (time.sleep(0.3), fsync(fd)))
     fake.delay = 0.3
-    lines = "".join(f"<Line><Description>item {n}</Description></Line>" for n in range(150_000))
-    fake.body = f"<Invoice><Lines>{lines}</Lines></Invoice>".encode()
     job = upload(api, "steps")
     run(worker_app, job["id"])
     assert seen == [0, 10, 30, 90, 100]  # created, claimed, sent, received, stored
@@ -421,3 +429,21 @@ def test_progress_steps_too_short_to_see_are_not_written(worker_app, api, fake, 
     job = upload(api, "quick")  # the fake gateway answers at once and the answer is tiny
     run(worker_app, job["id"])
     assert len(seen) == 3  # created, claimed, stored: no write for a step nobody could have seen
+
+
+@pytest.mark.parametrize("size", [30_000, 3 * 1024 * 1024])  # sent from memory; streamed
+def test_the_process_request_is_a_multipart_form_any_parser_reads(tmp_path, size):
+    from werkzeug.formparser import parse_form_data
+
+    from webapp import gateway_client
+    pdf = tmp_path / "a.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n" + os.urandom(size))
+    with pdf.open("rb") as opened:
+        body, content_type = gateway_client._multipart(opened, "pt_simon_invoice_v1")
+        data = body if isinstance(body, bytes) else body.read()
+    import io
+    _, form, files = parse_form_data({"REQUEST_METHOD": "POST", "CONTENT_TYPE": content_type,
+                                      "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data)})
+    assert form["mapping"] == "pt_simon_invoice_v1"
+    assert files["file"].filename == "document.pdf" and files["file"].read() == pdf.read_bytes()
+    assert isinstance(body, bytes) == (size <= gateway_client.IN_MEMORY_BYTES)

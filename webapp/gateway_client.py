@@ -1,5 +1,7 @@
 """Talking to the conversion gateway: one pooled HTTP session, streamed uploads, capped answers."""
 import json
+import os
+import secrets
 import threading
 
 import requests
@@ -12,6 +14,7 @@ from .retry import FinalError, TransientError
 CONNECT_TIMEOUT = 5
 HEALTH_TIMEOUT = 3
 CHUNK = 64 * 1024
+IN_MEMORY_BYTES = 1024 * 1024  # a PDF up to this size is sent from memory (see _multipart)
 
 _local = threading.local()
 
@@ -26,6 +29,24 @@ def _session():
     return session
 
 
+def _multipart(pdf, mapping):
+    """The /process request body for the open PDF, and its Content-Type.
+
+    A PDF up to IN_MEMORY_BYTES is sent as one bytes body, built with a join: it costs a fraction of the
+    streaming encoder's CPU, and the request goes out in one write. A larger one is streamed, so the worker's
+    memory does not grow with the file."""
+    size = os.fstat(pdf.fileno()).st_size
+    if size > IN_MEMORY_BYTES:
+        body = MultipartEncoder(fields={"mapping": mapping, "file": ("document.pdf", pdf, "application/pdf")})
+        return body, body.content_type
+    boundary = secrets.token_hex(16)
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="mapping"\r\n\r\n{mapping}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="document.pdf"\r\n'
+            'Content-Type: application/pdf\r\n\r\n')
+    body = b"".join((head.encode(), pdf.read(), f"\r\n--{boundary}--\r\n".encode()))
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
 def _error_message(response):
     try:
         return json.loads(response.content[:64 * 1024])["error"]["message"]
@@ -34,10 +55,10 @@ def _error_message(response):
 
 
 def process(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_bytes, deadline=None, clock=None):
-    """POST the PDF to {base_url}/process and stream the XML into the open file out."""
+    """POST the PDF to {base_url}/process and stream the XML into out (anything with write(bytes))."""
     with open(pdf_path, "rb") as pdf:
-        body = MultipartEncoder(fields={"mapping": mapping, "file": ("document.pdf", pdf, "application/pdf")})
-        headers = {"Content-Type": body.content_type, "Accept": "application/xml", "X-Correlation-ID": correlation_id}
+        body, content_type = _multipart(pdf, mapping)
+        headers = {"Content-Type": content_type, "Accept": "application/xml", "X-Correlation-ID": correlation_id}
         try:
             response = _session().post(f"{base_url}/process", data=body, headers=headers, stream=True,
                                        timeout=(CONNECT_TIMEOUT, read_timeout))
