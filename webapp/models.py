@@ -313,14 +313,16 @@ class Job(db.Model):
 
     @classmethod
     def create(cls, **fields):
-        """(upload) → queued; raise IntegrityError if this owner already has the same file and mapping."""
-        job = cls(**fields)
+        """(upload) → queued; raise IntegrityError if this owner already has the same file and mapping.
+
+        One Core INSERT: the job returned is not in the session (nothing to flush, nothing to reload)."""
+        values = {"id": new_id(), "status": Status.QUEUED, "progress": 0, "attempts": 0, "dead_letter": False,
+                  "correlation_id": secrets.token_hex(8), **fields}
         with write_transaction() as session:
-            now = utcnow()
-            job.created_at = job.updated_at = job.queue_key = now
-            session.add(job)
-        events.publish(job.owner)
-        return job
+            values["created_at"] = values["updated_at"] = values["queue_key"] = utcnow()
+            session.execute(_INSERT_JOB, values)
+        events.publish(values["owner"])
+        return cls(**values)
 
     @classmethod
     def claim(cls, job_id, worker, lease_seconds, capacity):
@@ -474,6 +476,8 @@ class Job(db.Model):
         events.publish(row.owner)
         return row.upload_path, row.result_path
 
+
+_INSERT_JOB = insert(Job.__table__)
 
 # Queue keys before this mark jobs an admin moved to the front (Job.run_next); real times are all after it.
 RUN_NEXT_BEFORE = datetime(2000, 1, 1)
