@@ -3,12 +3,13 @@
 SIGINT stops gracefully: running conversions get WORKER_SHUTDOWN_SECONDS to finish, then their jobs are
 released back to the queue. SIGTERM releases them at once. Either way no attempt is spent.
 """
+import logging
 import threading
 
 from huey.consumer import Consumer, Worker
 
 import tasks
-from webapp import create_app, logs
+from webapp import create_app, doorbell, logs
 from webapp.queue import huey
 
 
@@ -17,13 +18,19 @@ class Watch:
     wait to be handed the watch.
 
     The watcher looks every `fastest` seconds while work flows, backing off by `backoff` per empty look
-    to `slowest` when the queue stays empty (each look costs ~0.3 ms of CPU on a small VM)."""
+    to `slowest` when the queue stays empty (each look costs ~0.3 ms of CPU on a small VM). With a doorbell
+    (webapp/doorbell.py: every enqueue on this host rings it), the watcher looks at once when it rings, and
+    otherwise only every DOORBELL_SLOWEST_SECONDS (a safety net, and Huey's scheduler's delayed retries)."""
 
     PARKED_SECONDS = 1.0  # a parked thread looks anyway this often (the queue's own safety net)
+    DOORBELL_SLOWEST_SECONDS = 1.0
 
-    def __init__(self, fastest, slowest, backoff):
+    def __init__(self, fastest, slowest, backoff, bell=None):
         self.idle = threading.Condition()
         self.watcher = None
+        self.bell = bell
+        if bell is not None:
+            slowest = max(slowest, self.DOORBELL_SLOWEST_SECONDS)
         self.fastest, self.slowest, self.backoff = fastest, max(fastest, slowest), backoff
         self.interval = fastest
 
@@ -31,11 +38,17 @@ class Watch:
         with self.idle:
             if self.watcher is None:
                 self.watcher = worker
-            if self.watcher is worker:
-                self.idle.wait(self.interval)
-                self.interval = min(self.interval * self.backoff, self.slowest)
-            else:
+            if self.watcher is not worker:
                 self.idle.wait(self.PARKED_SECONDS)
+                return
+            interval = self.interval
+            self.interval = min(self.interval * self.backoff, self.slowest)
+            if self.bell is None:
+                self.idle.wait(interval)
+                return
+        if self.bell.wait(interval):  # outside the lock: the others may take or hand over meanwhile
+            with self.idle:
+                self.interval = self.fastest
 
     def took_task(self, worker):
         with self.idle:
@@ -48,6 +61,8 @@ class Watch:
         """Let every waiting thread go (the consumer is stopping)."""
         with self.idle:
             self.idle.notify_all()
+        if self.bell is not None:
+            self.bell.ring()
 
 
 class WatchingWorker(Worker):
@@ -89,10 +104,11 @@ class WatchingConsumer(Consumer):
     worker_class = WatchingWorker
 
     _watch = None
+    bell = None  # set before Consumer.__init__ creates the threads
 
     def _create_worker(self):  # called from Consumer.__init__, once the polling settings are set
         if self._watch is None:
-            self._watch = Watch(self.default_delay, self.max_delay, self.backoff)
+            self._watch = Watch(self.default_delay, self.max_delay, self.backoff, self.bell)
         worker = super()._create_worker()
         worker.watch = self._watch
         return worker
@@ -104,10 +120,22 @@ class WatchingConsumer(Consumer):
         super().stop(graceful)
 
 
+def _doorbell(config):
+    """This process's doorbell when the queue is Huey's SQLite (Redis blocks by itself), or None."""
+    if config.get("REDIS_URL") or config.get("HUEY_MEMORY"):
+        return None
+    try:
+        return doorbell.Doorbell(config["INSTANCE_DIR"])
+    except OSError:  # a socket path over the system's limit, say: the watcher polls as without one
+        logging.getLogger("pdfqueue.worker").warning("no doorbell; the worker polls the queue", exc_info=True)
+        return None
+
+
 def main():
     app = create_app({"MIGRATE": False})
     logs.configure()
     config = app.config
+    WatchingConsumer.bell = _doorbell(config)
     consumer = WatchingConsumer(
         huey,
         workers=config["WORKER_CONCURRENCY"],
@@ -128,6 +156,8 @@ def main():
     finally:
         maintenance.stopped.set()
         maintenance.join(timeout=5)
+        if WatchingConsumer.bell is not None:
+            WatchingConsumer.bell.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,22 @@ from pathlib import Path
 from huey import Huey
 from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
 
+from . import doorbell
+
+
+
+class RingingSqliteStorage(SqliteStorage):
+    """Huey's SQLite storage that rings this host's workers' doorbell (webapp/doorbell.py) after each enqueue."""
+
+    def __init__(self, *args, instance_dir, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instance_dir = instance_dir
+
+    def enqueue(self, data, priority=None):
+        super().enqueue(data, priority)
+        doorbell.ring(self.instance_dir)
+
+
 huey = Huey("pdfqueue", storage_class=MemoryStorage, results=False, utc=True)
 _bound = {}
 logger = logging.getLogger(__name__)
@@ -23,7 +39,8 @@ def init_app(app):
         path = Path(app.config["INSTANCE_DIR"]) / "huey.db"
         # fsync=False: a wake-up lost to a power cut costs nothing (the jobs table keeps the job, and the
         # maintenance loop re-wakes it), and an fsync at every enqueue and dequeue is the queue's largest cost.
-        huey.storage = SqliteStorage("pdfqueue", filename=str(path), timeout=15, fsync=False)
+        huey.storage = RingingSqliteStorage("pdfqueue", filename=str(path), timeout=15, fsync=False,
+                                            instance_dir=app.config["INSTANCE_DIR"])
     _bound["app"] = app
 
 
