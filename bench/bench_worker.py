@@ -3,7 +3,9 @@
     .venv/bin/python bench/bench_worker.py [--idle 60] [--jobs 40] [--samples 30]
 
 The gateway is the fake one (tests/fakegateway.py) answering every call in 0.25 s, so the ratio measures
-what the app adds: upload, queue, claim, lease, storing the XML.
+what the app adds: upload, queue, claim, lease, storing the XML. bench_overhead.py has the same ratio against
+our real gateway, where the app's CPU competes with the conversions'. The worker's CPU while idle is read
+from /proc over the idle wait.
 """
 import argparse
 import sqlite3
@@ -19,6 +21,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_overhead import cpu_ms  # noqa: E402
 from bench.figures import rss_kib, summary, table  # noqa: E402
 from tests.stack import owner_session, running_stack  # noqa: E402
 
@@ -85,7 +88,10 @@ def main():
             apps.append(through_app(stack, args.jobs))
             ratios.append(directs[-1] / apps[-1])
         session = owner_session(stack)
+        time.sleep(1)  # the last round's upkeep done
+        idle_began, idle_cpu = time.perf_counter(), cpu_ms(stack.procs["worker"].pid)
         time.sleep(args.idle)
+        idle_cpu = (cpu_ms(stack.procs["worker"].pid) - idle_cpu) / (time.perf_counter() - idle_began)  # ms a second
         after_idle = pickup(stack, session)
         samples = []
         for _ in range(args.samples):
@@ -102,6 +108,8 @@ def main():
         (f"pickup p50 / p99 ({latency['n']} idle pickups)", "p50 ≤ 50 ms",
          f"{latency['p50'] * 1000:.0f} ms / {latency['p99'] * 1000:.0f} ms (max {latency['max'] * 1000:.0f})"),
         ("worker peak RSS", "≤ 100 MB", f"{worker_rss / 1024:.0f} MB"),
+        (f"worker CPU while idle ({args.idle:.0f} s, upkeep every 5 s included)", "—",
+         f"{idle_cpu:.1f} ms a second ({idle_cpu / 10:.2f} % of a core)"),
     ])
 
 

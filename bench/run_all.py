@@ -29,11 +29,15 @@ QUICK_ARGS = {
     "bench_pages.py": ["--jobs", "10000", "--mine", "1000", "--requests", "50"],
     "bench_sse.py": ["--streams", "100", "--classes", "gevent"],
     "bench_memory.py": ["--invoices", "6"],
+    "bench_overhead.py": ["--jobs", "12", "--rounds", "1", "--latency-samples", "3", "--queued", "10000"],
 }
 # What a figure that misses its target is known to be missing by, from reading the bench's own output.
 GAPS = {
     "bench_worker.py": "the app's round trip (upload, queue wake-up, claim, lease, storing the XML) costs more per "
                        "job than the 0.25 s gateway call alone; see `direct` and `app` in the cell, 40 jobs each",
+    "bench_overhead.py": "on 2 cores the conversions are CPU-bound, so the ratio is about gateway CPU ÷ (gateway + web "
+                         "+ worker CPU) per job (see the CPU row); the box's other load inflates every process's "
+                         "share, and with it the idle latency",
 }
 SERVED_WORKER_CLASS = "gevent"  # gunicorn.conf.py's default
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
