@@ -2,7 +2,8 @@
 
 The jobs table decides and Huey only wakes: a wake-up claims its job with one conditional UPDATE, so a
 duplicate or late wake-up does nothing. A lease, renewed while the gateway works, marks a job as being
-processed. A failed attempt is settled by the retry policy (webapp/retry.py). The maintenance loop (one
+processed. A failed attempt is settled by the retry policy (webapp/retry.py). Every worker takes back at
+once the jobs of dead workers of its own host (reclaim_orphaned_leases). The maintenance loop (one
 leader among worker processes) settles jobs whose lease lapsed, re-wakes queued jobs whose wake-up was
 lost, probes the gateway while the breaker is open, and applies retention once a day.
 """
@@ -31,7 +32,6 @@ from webapp.models import FINISHED, Coordination, Job, JobRemoval, Status
 from webapp.queue import bound_app, huey
 
 logger = logging.getLogger("pdfqueue.worker")
-
 
 
 def _boot_id():

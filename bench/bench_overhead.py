@@ -9,7 +9,7 @@ recovery, and the fair claim's time with 100k jobs queued.
   gunicorn master and its workers, or worker.py) from /proc over each app round; the gateway's also over the
   direct rounds, for comparison.
 - Latency: one invoice at a time on the idle stack; upload → complete (the job's completed_at) minus a direct
-  call for the same file just before; the median of the samples.
+  call for the same file just before; the median of those differences.
 - Crash recovery: worker.py SIGKILLed while the (fake, 2 s) gateway converts a job, started again at once
   with LEASE_SECONDS=600; seconds from the restart to that job complete.
 - Claim: Job.claim_next against a SQLite database of N queued jobs of 20 owners (one owner holding half),
@@ -113,7 +113,7 @@ def utc_now():
 
 
 def latency(stack, samples):
-    """(median app − direct in s, median app s, median direct s) for one invoice at a time on the idle stack."""
+    """(median of app − direct, median app, median direct), seconds, for one invoice at a time on the idle stack."""
     pdf = make_invoice(n_lines=40, seed=424242)[0]
     app_times, direct_times = [], []
     for n in range(samples):
@@ -129,8 +129,10 @@ def latency(stack, samples):
         while not (done := db_rows(stack, "SELECT completed_at FROM jobs WHERE id = ?", (job_id,))[0][0]):
             time.sleep(0.002)
         app_times.append((datetime.fromisoformat(done) - uploaded).total_seconds())
-    app, direct = statistics.median(app_times), statistics.median(direct_times)
-    return app - direct, app, direct
+    # Each sample pairs an upload with a direct call made just before it; the median of the pairs' differences
+    # stands the box's passing load better than the difference of two medians.
+    overhead = statistics.median(app - direct for app, direct in zip(app_times, direct_times))
+    return overhead, statistics.median(app_times), statistics.median(direct_times)
 
 
 def crash_recovery():
@@ -194,7 +196,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--latency-samples", type=int, default=7)
+    parser.add_argument("--latency-samples", type=int, default=15)
     parser.add_argument("--queued", type=int, default=100000)
     args = parser.parse_args()
     with running_stack(WORKER_CONCURRENCY=CONCURRENCY, UPLOADS_PER_MINUTE=100000, GATEWAY_TIMEOUT=60) as stack:
@@ -211,8 +213,8 @@ def main():
         ("CPU per job through the app: web / worker / gateway", "—",
          f"{cpu['web']:.1f} ms / {cpu['worker']:.1f} ms / {cpu['gateway']:.1f} ms "
          f"(gateway {gateway_direct:.1f} ms when called directly)"),
-        (f"latency of one invoice on an idle stack, upload → complete minus a direct call (median of "
-         f"{args.latency_samples})", "≤ 20 ms",
+        (f"latency of one invoice on an idle stack, upload → complete minus a direct call just before (median of "
+         f"{args.latency_samples} pairs)", "≤ 20 ms",
          f"{overhead * 1000:.0f} ms (app {app_latency * 1000:.0f} ms, direct {direct_latency * 1000:.0f} ms)"),
         ("crash recovery: restart of a SIGKILLed worker → its job complete (2 s gateway, LEASE_SECONDS=600)", "≤ 5 s",
          f"{recovered:.1f} s (attempts {attempts})"),
