@@ -105,6 +105,8 @@ class Job(db.Model):
     leased_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     dead_letter: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Signed into each share link of the job; a new one revokes them all (webapp/api.py). Null until first shared.
+    share_nonce: Mapped[str | None] = mapped_column(String(32))
 
     # -- what follows from the state -----------------------------------------------------------
 
@@ -386,6 +388,20 @@ class Job(db.Model):
     def forget_upload(cls, job_id):
         """Retention removed the PDF of a finished job (the caller deletes the file); it can no longer be retried."""
         return cls._transition(job_id, cls.status.in_(FINISHED), upload_path=None)
+
+    @classmethod
+    def share_nonce_of(cls, job_id):
+        """The nonce the job's share links carry, made on first use (racing sharers agree on one)."""
+        with write_transaction() as session:
+            session.execute(update(cls.__table__).where(cls.id == job_id, cls.share_nonce.is_(None))
+                            .values(share_nonce=secrets.token_urlsafe(12)))
+            return session.execute(select(cls.share_nonce).where(cls.id == job_id)).scalar_one()
+
+    @classmethod
+    def revoke_shares(cls, job_id):
+        """Give the job a new share nonce, so that every link handed out so far stops working."""
+        with write_transaction() as session:
+            session.execute(update(cls.__table__).where(cls.id == job_id).values(share_nonce=secrets.token_urlsafe(12)))
 
     @classmethod
     def remove(cls, job_id):
