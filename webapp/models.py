@@ -193,10 +193,14 @@ class Job(db.Model):
         return db.session.scalar(select(func.count()).select_from(cls).where(cls.status.in_(ACTIVE), *cls._of(owner)))
 
     @classmethod
-    def changed_since(cls, owner, since):
-        """The owner's (None: everyone's) jobs whose updated_at is after since, oldest change first (live rows)."""
-        query = select(cls).where(cls.updated_at > since, *cls._of(owner)).order_by(cls.updated_at, cls.id)
-        return db.session.execute(query).scalars().all()
+    def changed_since(cls, owner, since, newest=None):
+        """The owner's (None: everyone's) jobs whose updated_at is after since, oldest change first (live rows);
+        with newest, only that many of the latest changes (a LIMIT in SQL, whatever since is)."""
+        query = select(cls).where(cls.updated_at > since, *cls._of(owner))
+        if newest is None:
+            return db.session.execute(query.order_by(cls.updated_at, cls.id)).scalars().all()
+        latest = db.session.execute(query.order_by(cls.updated_at.desc(), cls.id.desc()).limit(newest)).scalars().all()
+        return latest[::-1]
 
     @classmethod
     def totals(cls, owner):
@@ -442,11 +446,14 @@ class JobRemoval(db.Model):
     removed_at: Mapped[datetime] = mapped_column(DateTime)
 
     @classmethod
-    def since(cls, owner, since):
-        """(job id, removed_at) of the owner's (None: everyone's) jobs removed after since, oldest first."""
+    def since(cls, owner, since, newest=None):
+        """(job id, removed_at) of the owner's (None: everyone's) jobs removed after since, oldest first; with
+        newest, only that many of the latest."""
         owned = () if owner is None else (cls.owner == owner,)
-        return db.session.execute(select(cls.job_id, cls.removed_at).where(cls.removed_at > since, *owned)
-                                  .order_by(cls.removed_at)).all()
+        query = select(cls.job_id, cls.removed_at).where(cls.removed_at > since, *owned)
+        if newest is None:
+            return db.session.execute(query.order_by(cls.removed_at)).all()
+        return db.session.execute(query.order_by(cls.removed_at.desc()).limit(newest)).all()[::-1]
 
     @classmethod
     def forget_before(cls, before):
