@@ -365,3 +365,68 @@ def test_a_since_far_in_the_past_is_bounded_in_sql(app, client):
     changed = [s for s in statements if "FROM jobs" in s and "updated_at >" in s and "count(" not in s.lower()]
     removals = [s for s in statements if "FROM job_removals" in s]
     assert changed and all("LIMIT" in s for s in changed) and removals and all("LIMIT" in s for s in removals)
+
+
+# -- 5. poison files ----------------------------------------------------------------------------
+
+
+def test_an_over_limits_answer_fails_the_job_after_one_call(worker_app, api, fake):
+    from tests.conftest import load
+    fake.status, fake.error_code = 503, "OVER_LIMITS"
+    job = upload(api, "bomb")
+    for _ in range(3):  # however often the worker comes back to it
+        run(worker_app, job["id"])
+    stored = load(worker_app, job["id"])
+    assert (stored.status, stored.error_code, stored.dead_letter) == ("failed", "GW_OVER_LIMITS", False)
+    assert "will not be retried" in stored.error and "fake gateway says 503" in stored.error
+    assert fake.total_calls() == 1 and fake.health_checks == 0  # no breaker bookkeeping: the gateway is up
+    with worker_app.app_context():
+        from webapp import breaker
+        assert breaker.state() == "closed"
+
+
+def test_the_gateway_answers_healthz_while_its_only_worker_parses_a_bomb():
+    import threading
+    import requests
+    from gateway.testing import running_gateway
+    from tests.invoicegen import make_flate_bomb_pdf
+    bomb = make_flate_bomb_pdf(gib=4)
+    # Memory enough that the bomb runs until its wall-time cap, which is long.
+    env = {"GATEWAY_WORKERS": "1", "GATEWAY_PARSE_MEMORY_MB": "4096", "GATEWAY_PARSE_CPU_S": "4",
+           "GATEWAY_PARSE_TIMEOUT_S": "4"}
+    with running_gateway(env) as url:
+        answers = []
+        parsing = threading.Thread(target=lambda: answers.append(requests.post(
+            f"{url}/process", files={"file": ("a.pdf", bomb, "application/pdf")},
+            data={"mapping": "pt_simon_invoice_v1"}, timeout=60)))
+        parsing.start()
+        time.sleep(1)  # the bomb is in its child by now
+        health = requests.get(f"{url}/healthz", timeout=30)
+        assert health.status_code == 200 and parsing.is_alive()  # answered while the parse still ran
+        parsing.join()
+    assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "OVER_LIMITS"
+
+
+# -- 6. the gateway client caps error bodies ----------------------------------------------------
+
+
+def test_the_gateway_clients_error_answer_is_read_only_so_far():
+    import requests
+    from webapp import gateway_client
+
+    class Endless(io.RawIOBase):
+        read_so_far = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            Endless.read_so_far += len(buffer)
+            buffer[:] = b"x" * len(buffer)
+            return len(buffer)
+
+    response = requests.Response()
+    response.status_code, response.raw = 503, io.BufferedReader(Endless())
+    code, message = gateway_client._error(response)
+    assert (code, message) == ("", "the gateway answered 503")
+    assert Endless.read_so_far <= gateway_client.ERROR_BODY_BYTES + 2 * gateway_client.CHUNK
