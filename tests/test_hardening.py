@@ -430,3 +430,93 @@ def test_the_gateway_clients_error_answer_is_read_only_so_far():
     code, message = gateway_client._error(response)
     assert (code, message) == ("", "the gateway answered 503")
     assert Endless.read_so_far <= gateway_client.ERROR_BODY_BYTES + 2 * gateway_client.CHUNK
+
+
+# -- 9. display names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, shown", [
+    ("invoice\u202efdp.exe", "invoicefdp.exe"),  # RIGHT-TO-LEFT OVERRIDE: would read "invoiceexe.pdf"
+    ("fat\u200bura\u200d.pdf", "fatura.pdf"),  # zero-width space and joiner
+    ("\ufeff\u2066a\u2069.pdf", "a.pdf"),  # byte-order mark, isolates
+    ("\u200b\u200e", "upload.pdf"),  # nothing visible left
+])
+def test_format_characters_are_stripped_from_shown_and_download_names(worker_app, api, given, shown):
+    response = api.upload((pdf_bytes(given), given))
+    job = response.get_json()["jobs"][0]
+    assert job["filename"] == shown
+    run(worker_app, job["id"])
+    disposition = api.get(f"/api/jobs/{job['id']}/download").headers["Content-Disposition"]
+    assert not any(c in disposition for c in ("\u202e", "\u200b", "%E2%80%AE", "%E2%80%8B", "%E2%80%8D"))
+
+
+def test_the_migration_strips_format_characters_from_names_kept_before(tmp_path):
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import text
+    from webapp.db import db
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": KEY, "HUEY_MEMORY": True})
+    with app.app_context():
+        upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        db.session.execute(text(
+            "INSERT INTO jobs (id, owner, filename, mapping, bytes, sha256, status, progress, attempts, correlation_id,"
+            " created_at, updated_at, dead_letter) VALUES ('j', 'o', :name, 'm', 1, 's', 'complete', 100, 1, 'c',"
+            " '2026-01-01', '2026-01-01', 0)"), {"name": "a\u202egpj.pdf"})
+        db.session.commit()
+        upgrade(directory=app.config["MIGRATIONS_DIR"])
+        assert db.session.execute(text("SELECT filename, share_nonce FROM jobs")).one() == ("agpj.pdf", None)
+        db.session.remove()
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        assert "share_nonce" not in {row[1] for row in db.session.execute(text("PRAGMA table_info(jobs)"))}
+        db.session.remove()
+        db.engine.dispose()
+
+
+# -- 10. /metrics and /api/healthz --------------------------------------------------------------
+
+
+def test_metrics_answer_only_with_the_metrics_token(make_app):
+    app = make_app(METRICS_TOKEN="the-metrics-token")
+    anonymous = app.test_client()
+    assert anonymous.get("/metrics").status_code == 401
+    assert anonymous.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert anonymous.get("/metrics", headers={"Authorization": "Bearer the-metrics-token"}).status_code == 200
+    signed_in = ApiClient(app.test_client())  # a session is not Prometheus
+    assert signed_in.get("/metrics").status_code == 401
+
+
+def test_without_token_or_port_metrics_are_off(make_app):
+    assert make_app(METRICS_TOKEN="").test_client().get("/metrics").status_code == 404
+
+
+def test_the_metrics_port_serves_metrics_and_nothing_else(make_app, serve):
+    import requests
+    from gateway.testing import free_port
+    port = free_port()
+    app = make_app(METRICS_TOKEN="", METRICS_PORT=port)
+    from werkzeug.serving import make_server
+    import threading
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    main = serve(app)  # the same app on another port: the public one
+    try:
+        assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/api/healthz", timeout=5).status_code == 404
+        assert requests.get(f"http://127.0.0.1:{port}/login", timeout=5).status_code == 404
+        assert requests.get(f"{main}/metrics", timeout=5, headers={"Host": f"127.0.0.1:{port}"}).status_code == 404
+    finally:
+        server.shutdown()
+
+
+def test_the_web_gunicorn_binds_the_metrics_port_when_asked():
+    code = "import runpy; print(runpy.run_path('gunicorn.conf.py')['bind'])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PORT": "8000", "METRICS_PORT": "9108"})
+    assert done.stdout.strip() == "['127.0.0.1:8000', '127.0.0.1:9108']"
+
+
+def test_public_health_callers_see_only_the_status(app, client):
+    public = app.test_client().get("/api/healthz")
+    assert public.get_json() == {"status": "ok"}
+    assert set(client.get("/api/healthz").get_json()) > {"status", "db", "gateway", "worker"}  # signed in
+    monitor = app.test_client().get("/api/healthz", headers={"Authorization": "Bearer test-metrics-token"})
+    assert "breaker" in monitor.get_json()

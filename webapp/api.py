@@ -22,6 +22,7 @@ from .errors import ApiError, not_found
 from .accounts import User
 from .identity import current_owner, is_admin, owner_scope
 from .limits import upload_limits
+from . import metrics
 from .metrics import worker_heartbeat
 from .models import Job, Status
 
@@ -178,7 +179,8 @@ def download_response(job):
     path = Path(current_app.config["DATA_DIR"]) / job.result_path if job.has_result else None
     if path is None or not path.exists():
         raise ApiError(codes.EXPIRED, 410, "The result was removed by retention; upload the PDF again.")
-    name = (job.filename.rsplit(".", 1)[0] if "." in job.filename else job.filename) + ".xml"
+    shown = uploads.display_name(job.filename)  # a name kept before format characters were stripped, too
+    name = (shown.rsplit(".", 1)[0] if "." in shown else shown) + ".xml"
     # send_file writes Content-Disposition with an ASCII fallback and the RFC 5987 filename*.
     return send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
                      conditional=False, etag=False, max_age=0)
@@ -238,7 +240,8 @@ def shared_download(token):
 
 @bp.get("/healthz")
 def healthz():
-    """Report liveness and the state of the database, the queue, the gateway, its breaker and the workers."""
+    """Report liveness; to a signed-in user or METRICS_TOKEN also the state of the database, the queue, the
+    gateway, its breaker and the workers."""
     report = {"status": "ok", "db": "ok", "queue": "ok", "gateway": "unknown", "breaker": "unknown", "worker": "unknown"}
     try:
         db.session.execute(text("SELECT 1"))
@@ -257,4 +260,7 @@ def healthz():
     healthy = report["db"] == "ok" and report["queue"] == "ok"
     if not healthy:
         report["status"] = "degraded"
+    public = current_app.config["AUTH"] != "none" and not current_user.is_authenticated
+    if public and not (metrics.has_metrics_token() or metrics.on_metrics_port()):
+        report = {"status": report["status"]}  # the world learns whether we are up, not what we run on
     return jsonify(report), 200 if healthy else 503

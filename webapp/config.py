@@ -64,6 +64,7 @@ def from_env():
         "STREAMS_PER_ADDRESS": _int("STREAMS_PER_ADDRESS", 30),
         "STREAM_MAX_SECONDS": float(os.environ.get("STREAM_MAX_SECONDS", 3600)),
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or "",
+        "METRICS_PORT": _int("METRICS_PORT", 0),  # 0: no metrics listener of its own
     }
 
 

@@ -161,6 +161,9 @@ def _user_of_request(req):
     scheme, _, credentials = req.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         g.bearer = True
+        metrics_token = current_app.config.get("METRICS_TOKEN")
+        if metrics_token and secrets.compare_digest(credentials.strip().encode(), metrics_token.encode()):
+            return None  # Prometheus: no user, and no database read (it must see a database that is down)
         return ApiToken.user(credentials.strip())
     if current_app.config["AUTH"] == PROXY:
         email = req.headers.get(current_app.config["REMOTE_USER_HEADER"], "").strip()

@@ -110,9 +110,12 @@ def discard_incoming(_exc=None):
 
 
 def display_name(raw):
-    """The file name as given, made safe to show: no control characters, not absurdly long."""
+    """The file name as given, made safe to show: no control characters, no format characters (Unicode
+    category Cf: bidi overrides that make "fdp.exe" read "exe.pdf", zero-width ones that hide a difference), not
+    absurdly long."""
     name = unicodedata.normalize("NFC", raw or "")
-    name = _CONTROL.sub("", name.encode("utf-8", "replace").decode("utf-8", "replace")).strip()
+    name = _CONTROL.sub("", name.encode("utf-8", "replace").decode("utf-8", "replace"))
+    name = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
     return name[:MAX_FILENAME] or "upload.pdf"
 
 
