@@ -25,6 +25,11 @@ class Status(StrEnum):
 
 ACTIVE = (Status.QUEUED, Status.PROCESSING)
 FINISHED = (Status.COMPLETE, Status.FAILED)
+# The filters of lists (the API's ?status=, the queue page's): a name for each group of statuses; "all" is none.
+STATUS_GROUPS = {"all": (), "active": ACTIVE, "complete": (Status.COMPLETE,), "failed": (Status.FAILED,),
+                 "queued": (Status.QUEUED,), "processing": (Status.PROCESSING,)}
+# An active job past this is "taking longer than usual" in its row (a conversion takes seconds).
+SLOW_AFTER = timedelta(minutes=5)
 
 
 def new_id():
@@ -144,6 +149,22 @@ class Job(db.Model):
         return self.status == Status.FAILED and self.upload_path is not None
 
     @property
+    def active_since(self):
+        """When it last became active: its attempt's start, else (queued, never started since a create or a
+        person's retry) its last change; None once finished."""
+        if not self.active:
+            return None
+        return self.started_at or self.updated_at
+
+    def slow(self, now=None):
+        """Active for longer than SLOW_AFTER: its row says it is taking longer than usual."""
+        return self.active and (now or utcnow()) - self.active_since > SLOW_AFTER
+
+    def matches(self, q):
+        """True if the file name contains q, ignoring case (the Python twin of Job.name_contains)."""
+        return not q or q.casefold() in self.filename.casefold()
+
+    @property
     def duration_seconds(self):
         """How long its last processing took, once finished; None before."""
         if self.started_at is None or self.completed_at is None or not self.finished:
@@ -186,6 +207,12 @@ class Job(db.Model):
         return () if owner is None else (cls.owner == owner,)
 
     @classmethod
+    def name_contains(cls, q):
+        """SQL: the file name contains q, ignoring case (%, _ and \\ in q are literal)."""
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return cls.filename.ilike(f"%{escaped}%", escape="\\")
+
+    @classmethod
     def active_count(cls, owner):
         """How many of the owner's (owner None: everyone's) jobs are active."""
         return db.session.scalar(select(func.count()).select_from(cls).where(cls.status.in_(ACTIVE), *cls._of(owner)))
@@ -197,8 +224,9 @@ class Job(db.Model):
         return db.session.execute(query).scalars().all()
 
     @classmethod
-    def totals(cls, owner):
-        """The owner's (None: everyone's) counts by state and average processing time, for the totals box."""
+    def totals(cls, owner, q=None):
+        """The owner's (None: everyone's) counts by state and average processing time, for the totals box
+        and the filters' counts; with q, of the jobs whose file name contains it."""
         total, complete, failed, active, average = db.session.execute(
             select(
                 func.count(),
@@ -206,9 +234,17 @@ class Job(db.Model):
                 func.count().filter(cls.status == Status.FAILED),
                 func.count().filter(cls.status.in_(ACTIVE)),
                 func.avg(case((cls.status == Status.COMPLETE, _seconds_between(cls.started_at, cls.completed_at)))),
-            ).where(*cls._of(owner))
+            ).where(*cls._of(owner), *((cls.name_contains(q),) if q else ()))
         ).one()
         return {"total": total, "complete": complete, "failed": failed, "active": active, "average_seconds": average}
+
+    @classmethod
+    def finished_since(cls, owner, since):
+        """(status, started_at, completed_at) of the owner's (None: everyone's) jobs finished after since (the
+        queue's chart). Read through the owner-status index, whose columns hold all three."""
+        return db.session.execute(
+            select(cls.status, cls.started_at, cls.completed_at)
+            .where(*cls._of(owner), cls.status.in_(FINISHED), cls.completed_at > since)).all()
 
     @classmethod
     def owners_changed_after(cls, cursor):
