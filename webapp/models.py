@@ -78,7 +78,8 @@ class Job(db.Model):
     __table_args__ = (
         UniqueConstraint("owner", "sha256", "mapping", "bytes", name="uq_jobs_owner_file"),
         Index("ix_jobs_owner_updated", "owner", "updated_at"),
-        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        # An owner's jobs newest first; filename and status let a search or a status filter skip rows in the index.
+        Index("ix_jobs_owner_created", "owner", "created_at", "id", "filename", "status"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # the dashboard's totals
         Index("ix_jobs_updated", "updated_at"),  # the change poll (webapp/events.py)
@@ -224,9 +225,8 @@ class Job(db.Model):
         return db.session.execute(query).scalars().all()
 
     @classmethod
-    def totals(cls, owner, q=None):
-        """The owner's (None: everyone's) counts by state and average processing time, for the totals box
-        and the filters' counts; with q, of the jobs whose file name contains it."""
+    def totals(cls, owner):
+        """The owner's (None: everyone's) counts by state and average processing time, for the totals box."""
         total, complete, failed, active, average = db.session.execute(
             select(
                 func.count(),
@@ -234,17 +234,29 @@ class Job(db.Model):
                 func.count().filter(cls.status == Status.FAILED),
                 func.count().filter(cls.status.in_(ACTIVE)),
                 func.avg(case((cls.status == Status.COMPLETE, _seconds_between(cls.started_at, cls.completed_at)))),
-            ).where(*cls._of(owner), *((cls.name_contains(q),) if q else ()))
+            ).where(*cls._of(owner))
         ).one()
         return {"total": total, "complete": complete, "failed": failed, "active": active, "average_seconds": average}
 
     @classmethod
+    def counts(cls, owner, q=None):
+        """The owner's (None: everyone's) jobs counted per filter of the queue (all, active, complete, failed); with
+        q, of those whose file name contains it. Counted from the owner's newest-first index alone."""
+        total, active, complete, failed = db.session.execute(
+            select(func.count(), func.count().filter(cls.status.in_(ACTIVE)),
+                   func.count().filter(cls.status == Status.COMPLETE), func.count().filter(cls.status == Status.FAILED))
+            .where(*cls._of(owner), *((cls.name_contains(q),) if q else ()))
+        ).one()
+        return {"total": total, "active": active, "complete": complete, "failed": failed}
+
+    @classmethod
     def finished_since(cls, owner, since):
         """(status, started_at, completed_at) of the owner's (None: everyone's) jobs finished after since (the
-        queue's chart). Read through the owner-status index, whose columns hold all three."""
+        queue's chart). A job's updated_at is never before its completed_at, so the owner's index on updated_at
+        narrows the read to the jobs changed since then."""
         return db.session.execute(
             select(cls.status, cls.started_at, cls.completed_at)
-            .where(*cls._of(owner), cls.status.in_(FINISHED), cls.completed_at > since)).all()
+            .where(*cls._of(owner), cls.updated_at > since, cls.status.in_(FINISHED), cls.completed_at > since)).all()
 
     @classmethod
     def owners_changed_after(cls, cursor):

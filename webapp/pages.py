@@ -27,7 +27,7 @@ def totals_context(owner, q=""):
     """The owner's totals, the counts of each filter (under the search q), the last day's chart and the gateway's
     state: everything the totals partial shows, sent again with each change."""
     totals = Job.totals(owner)
-    return {"totals": totals, "counts": Job.totals(owner, q) if q else totals, "chart": chart.last_day(owner),
+    return {"totals": totals, "counts": Job.counts(owner, q) if q else totals, "chart": chart.last_day(owner),
             "gateway": breaker.gateway_state()}
 
 
