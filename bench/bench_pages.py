@@ -71,8 +71,8 @@ def plans(db_path, owner):
                        "ORDER BY created_at DESC, id DESC LIMIT 51", (owner,)),
         "failed page": ("SELECT * FROM jobs WHERE owner = ? AND status IN ('failed') "
                         "ORDER BY created_at DESC, id DESC LIMIT 51", (owner,)),
-        "chart (24 h)": ("SELECT status, started_at, completed_at FROM jobs WHERE owner = ? AND status IN "
-                         "('complete', 'failed') AND completed_at > ?", (owner, since)),
+        "chart (24 h)": ("SELECT status, started_at, completed_at FROM jobs WHERE owner = ? AND updated_at > ? AND "
+                         "status IN ('complete', 'failed') AND completed_at > ?", (owner, since, since)),
         "active count": ("SELECT count(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'processing')", (owner,)),
         "change poll": ("SELECT owner, max(updated_at) FROM jobs WHERE updated_at > ? GROUP BY owner "
                         "UNION ALL SELECT owner, removed_at FROM job_removals WHERE removed_at > ?",

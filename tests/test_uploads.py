@@ -231,4 +231,4 @@ def test_the_upload_window_can_be_shortened(make_app):
     assert [client.upload((pdf_bytes(f"s{n}"), f"{n}.pdf")).status_code for n in range(3)] == [202, 202, 429]
     response = client.upload((pdf_bytes("s9"), "9.pdf"))
     assert response.get_json()["error"]["message"] == "Too many uploads (2 per 1 second); wait and try again."
-    assert int(response.headers["Retry-After"]) == 1
+    assert int(response.headers["Retry-After"]) in (0, 1)  # Flask-Limiter rounds the last second down

@@ -52,7 +52,7 @@
     var section = document.getElementById("uploads");
     var summary = document.getElementById("upload-summary");
     var maxBytes = Number(form.dataset.maxMb) * 1024 * 1024;
-    var waiting = [], inFlight = 0, resumeAt = 0, countdown = null;
+    var waiting = [], inFlight = 0, resumeAt = 0, countdown = null, dropped = 0;
     var batch = newBatch();
 
     function newBatch() { return { accepted: 0, duplicates: 0, rejected: [] }; }
@@ -110,7 +110,7 @@
           batch.rejected.push({ name: file.name, reason: problem });
           return;
         }
-        waiting.push({ file: file, row: row });
+        waiting.push({ file: file, row: row, order: dropped++ });
       });
       pump();
     }
@@ -206,9 +206,11 @@
           }
         } else if (xhr.status === 429) {
           // Over the per-user limit: this file waits (first in line) until the window lets one more in.
-          var after = Number(xhr.getResponseHeader("Retry-After")) || 5;
+          var header = xhr.getResponseHeader("Retry-After"), after = header === null ? NaN : Number(header);
+          after = isFinite(after) ? Math.max(after, 1) : 5; // "0": a slot frees within the second
           resumeAt = Math.max(resumeAt, Date.now() + after * 1000);
           waiting.unshift(item);
+          waiting.sort(function (a, b) { return a.order - b.order; }); // two refused at once keep their order
         } else {
           var text = errorMessage(xhr);
           row.finish("rejected", text);
@@ -554,12 +556,13 @@
       var read = function (name) { var dd = document.querySelector("#totals .total-" + name + " dd"); return dd ? Number(dd.textContent) : 0; };
       return { active: read("active"), complete: read("complete"), failed: read("failed") };
     }
-    var before = totals();
+    var before = totals(), start = before; // start: the totals when the batch began
     document.body.addEventListener("htmx:oobAfterSwap", function (evt) {
       if (evt.detail.target.id !== "totals-box") return;
       var now = totals();
+      if (before.active === 0 && now.active > 0) start = before;
       if (before.active > 0 && now.active === 0 && document.hidden && on()) {
-        var done = now.complete - before.complete, failed = now.failed - before.failed;
+        var done = now.complete - start.complete, failed = now.failed - start.failed;
         new Notification("pdfqueue: the batch is finished", {
           body: done + " complete, " + failed + " failed", tag: "pdfqueue-batch",
         });
