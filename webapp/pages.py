@@ -14,7 +14,7 @@ from .errors import ApiError
 from .accounts import User
 from .db import db
 from .identity import current_owner, is_admin, owner_scope
-from .models import SLOW_AFTER, Job, JobRemoval, Status
+from .models import SLOW_AFTER, STATUS_GROUPS, Job, JobRemoval, Status
 
 bp = Blueprint("pages", __name__)
 
@@ -59,8 +59,7 @@ def upload_form():
 
 
 # The queue page's status filter: its name in ?status=, and the statuses it shows.
-FILTERS = {"": (), "active": (Status.QUEUED, Status.PROCESSING), "complete": (Status.COMPLETE,),
-           "failed": (Status.FAILED,)}
+FILTERS = {"": (), **{name: STATUS_GROUPS[name] for name in ("active", "complete", "failed")}}
 
 
 def queue_view(args):
