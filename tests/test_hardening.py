@@ -362,7 +362,7 @@ def test_a_since_far_in_the_past_is_bounded_in_sql(app, client):
             assert client.get("/queue/rows?since=1970-01-01T00:00:00Z").status_code in (200, 286)
         finally:
             event.remove(engine, "before_cursor_execute", listener)
-    changed = [s for s in statements if "FROM jobs" in s and "updated_at >" in s and "count(" not in s.lower()]
+    changed = [s for s in statements if "FROM jobs" in s and "ORDER BY jobs.updated_at" in s]  # Job.changed_since
     removals = [s for s in statements if "FROM job_removals" in s]
     assert changed and all("LIMIT" in s for s in changed) and removals and all("LIMIT" in s for s in removals)
 
@@ -539,3 +539,23 @@ def test_upgrades_started_together_on_a_fresh_data_dir_all_succeed(tmp_path):
         results = _upgrade_together(tmp_path / f"data-{attempt}", count=3)
         assert [code for code, _ in results] == [0, 0, 0], results
     assert (tmp_path / "data-0" / "instance" / "pdfqueue.db.migrate-lock").exists()
+
+
+# -- after the merge with main: bulk work and the archive ---------------------------------------
+
+
+def test_bulk_is_limited_per_address_too_ipv6_by_its_64(make_app):
+    app = make_app()
+    statuses = []
+    for person in range(5):  # each under the per-user 30 a minute; together over the address's 120
+        flask_client = app.test_client()
+        flask_client.environ_base["REMOTE_ADDR"] = f"2001:db8:7:7::{person + 1:x}"
+        client = ApiClient(flask_client)
+        statuses += [client.post("/api/jobs/bulk", json={"action": "retry", "ids": ["nope"]}).status_code
+                     for _ in range(25)]
+    assert 429 not in statuses[:120] and set(statuses[120:]) == {429}
+
+
+def test_archive_entry_names_lose_format_characters():
+    from webapp import bulk
+    assert bulk.entry_name("fatura\u202efdp.pdf", set()) == "faturafdp.xml"

@@ -2,7 +2,7 @@
 format characters (bidi overrides, zero-width), as uploads now strip them.
 
 Revision ID: 0008_share_nonce
-Revises: 0005
+Revises: 0007a_queue_filters
 """
 import unicodedata
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0008_share_nonce'
-down_revision = '0005'
+down_revision = '0007a_queue_filters'
 branch_labels = None
 depends_on = None
 
