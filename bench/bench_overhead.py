@@ -164,7 +164,7 @@ def claim_time(queued):
     from webapp.db import db
     from webapp.models import Job
     with tempfile.TemporaryDirectory(prefix="pdfqueue-claim-") as data_dir:
-        app = create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "bench", "HUEY_MEMORY": True})
+        app = create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True})
         with app.app_context():
             upgrade(directory=app.config["MIGRATIONS_DIR"])
             db.session.remove()

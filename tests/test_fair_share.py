@@ -133,9 +133,9 @@ def test_migration_0006_places_waiting_jobs_by_their_retry_time_and_goes_down_ag
     from flask_migrate import downgrade, upgrade
 
     from webapp import create_app
-    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test", "HUEY_MEMORY": True})
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True})
     with app.app_context():
-        upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0008_share_nonce")
         for job_id, retry_at in (("new", "NULL"), ("waiting", "'2026-01-05 00:00:00'")):
             db.session.execute(text(
                 "INSERT INTO jobs (id, owner, filename, mapping, bytes, sha256, status, progress, attempts,"
@@ -147,7 +147,7 @@ def test_migration_0006_places_waiting_jobs_by_their_retry_time_and_goes_down_ag
         keys = dict(db.session.execute(text("SELECT id, queue_key FROM jobs")).all())
         assert keys == {"new": "2026-01-01 00:00:00", "waiting": "2026-01-05 00:00:00"}
         db.session.remove()
-        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0008_share_nonce")
         columns = [row[1] for row in db.session.execute(text("PRAGMA table_info(jobs)"))]
         assert "queue_key" not in columns and len(columns) > 10
         db.session.remove()

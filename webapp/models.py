@@ -26,6 +26,11 @@ class Status(StrEnum):
 
 ACTIVE = (Status.QUEUED, Status.PROCESSING)
 FINISHED = (Status.COMPLETE, Status.FAILED)
+# The filters of lists (the API's ?status=, the queue page's): a name for each group of statuses; "all" is none.
+STATUS_GROUPS = {"all": (), "active": ACTIVE, "complete": (Status.COMPLETE,), "failed": (Status.FAILED,),
+                 "queued": (Status.QUEUED,), "processing": (Status.PROCESSING,)}
+# An active job past this is "taking longer than usual" in its row (a conversion takes seconds).
+SLOW_AFTER = timedelta(minutes=5)
 
 
 def new_id():
@@ -91,7 +96,8 @@ class Job(db.Model):
     __table_args__ = (
         UniqueConstraint("owner", "sha256", "mapping", "bytes", name="uq_jobs_owner_file"),
         Index("ix_jobs_owner_updated", "owner", "updated_at"),
-        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        # An owner's jobs newest first; filename and status let a search or a status filter skip rows in the index.
+        Index("ix_jobs_owner_created", "owner", "created_at", "id", "filename", "status"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_status_owner_queue", "status", "owner", "queue_key", "id"),  # the fair claim (claim_next)
         Index("ix_jobs_owner_started", "owner", "started_at"),  # when an owner was last served (claim_next)
@@ -126,6 +132,8 @@ class Job(db.Model):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     dead_letter: Mapped[bool] = mapped_column(Boolean, default=False)
     queue_key: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # its place in its owner's queue
+    # Signed into each share link of the job; a new one revokes them all (webapp/api.py). Null until first shared.
+    share_nonce: Mapped[str | None] = mapped_column(String(32))
 
     # -- what follows from the state -----------------------------------------------------------
 
@@ -163,6 +171,22 @@ class Job(db.Model):
     def retryable(self):
         """Failed with its PDF still kept, so a person may queue it again (Job.requeue)."""
         return self.status == Status.FAILED and self.upload_path is not None
+
+    @property
+    def active_since(self):
+        """When it last became active: its attempt's start, else (queued, never started since a create or a
+        person's retry) its last change; None once finished."""
+        if not self.active:
+            return None
+        return self.started_at or self.updated_at
+
+    def slow(self, now=None):
+        """Active for longer than SLOW_AFTER: its row says it is taking longer than usual."""
+        return self.active and (now or utcnow()) - self.active_since > SLOW_AFTER
+
+    def matches(self, q):
+        """True if the file name contains q, ignoring case (the Python twin of Job.name_contains)."""
+        return not q or q.casefold() in self.filename.casefold()
 
     @property
     def duration_seconds(self):
@@ -207,15 +231,25 @@ class Job(db.Model):
         return () if owner is None else (cls.owner == owner,)
 
     @classmethod
+    def name_contains(cls, q):
+        """SQL: the file name contains q, ignoring case (%, _ and \\ in q are literal)."""
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return cls.filename.ilike(f"%{escaped}%", escape="\\")
+
+    @classmethod
     def active_count(cls, owner):
         """How many of the owner's (owner None: everyone's) jobs are active."""
         return db.session.scalar(select(func.count()).select_from(cls).where(cls.status.in_(ACTIVE), *cls._of(owner)))
 
     @classmethod
-    def changed_since(cls, owner, since):
-        """The owner's (None: everyone's) jobs whose updated_at is after since, oldest change first (live rows)."""
-        query = select(cls).where(cls.updated_at > since, *cls._of(owner)).order_by(cls.updated_at, cls.id)
-        return db.session.execute(query).scalars().all()
+    def changed_since(cls, owner, since, newest=None):
+        """The owner's (None: everyone's) jobs whose updated_at is after since, oldest change first (live rows);
+        with newest, only that many of the latest changes (a LIMIT in SQL, whatever since is)."""
+        query = select(cls).where(cls.updated_at > since, *cls._of(owner))
+        if newest is None:
+            return db.session.execute(query.order_by(cls.updated_at, cls.id)).scalars().all()
+        latest = db.session.execute(query.order_by(cls.updated_at.desc(), cls.id.desc()).limit(newest)).scalars().all()
+        return latest[::-1]
 
     @classmethod
     def totals(cls, owner):
@@ -230,6 +264,26 @@ class Job(db.Model):
             ).where(*cls._of(owner))
         ).one()
         return {"total": total, "complete": complete, "failed": failed, "active": active, "average_seconds": average}
+
+    @classmethod
+    def counts(cls, owner, q=None):
+        """The owner's (None: everyone's) jobs counted per filter of the queue (all, active, complete, failed); with
+        q, of those whose file name contains it. Counted from the owner's newest-first index alone."""
+        total, active, complete, failed = db.session.execute(
+            select(func.count(), func.count().filter(cls.status.in_(ACTIVE)),
+                   func.count().filter(cls.status == Status.COMPLETE), func.count().filter(cls.status == Status.FAILED))
+            .where(*cls._of(owner), *((cls.name_contains(q),) if q else ()))
+        ).one()
+        return {"total": total, "active": active, "complete": complete, "failed": failed}
+
+    @classmethod
+    def finished_since(cls, owner, since):
+        """(status, started_at, completed_at) of the owner's (None: everyone's) jobs finished after since (the
+        queue's chart). A job's updated_at is never before its completed_at, so the owner's index on updated_at
+        narrows the read to the jobs changed since then."""
+        return db.session.execute(
+            select(cls.status, cls.started_at, cls.completed_at)
+            .where(*cls._of(owner), cls.updated_at > since, cls.status.in_(FINISHED), cls.completed_at > since)).all()
 
     @classmethod
     def owners_changed_after(cls, cursor):
@@ -462,6 +516,20 @@ class Job(db.Model):
         return cls._transition(job_id, cls.status.in_(FINISHED), upload_path=None)
 
     @classmethod
+    def share_nonce_of(cls, job_id):
+        """The nonce the job's share links carry, made on first use (racing sharers agree on one)."""
+        with write_transaction() as session:
+            session.execute(update(cls.__table__).where(cls.id == job_id, cls.share_nonce.is_(None))
+                            .values(share_nonce=secrets.token_urlsafe(12)))
+            return session.execute(select(cls.share_nonce).where(cls.id == job_id)).scalar_one()
+
+    @classmethod
+    def revoke_shares(cls, job_id):
+        """Give the job a new share nonce, so that every link handed out so far stops working."""
+        with write_transaction() as session:
+            session.execute(update(cls.__table__).where(cls.id == job_id).values(share_nonce=secrets.token_urlsafe(12)))
+
+    @classmethod
     def remove(cls, job_id):
         """Delete the job, leaving a removal behind for live pages; its (upload_path, result_path), or None.
 
@@ -551,11 +619,14 @@ class JobRemoval(db.Model):
     removed_at: Mapped[datetime] = mapped_column(DateTime)
 
     @classmethod
-    def since(cls, owner, since):
-        """(job id, removed_at) of the owner's (None: everyone's) jobs removed after since, oldest first."""
+    def since(cls, owner, since, newest=None):
+        """(job id, removed_at) of the owner's (None: everyone's) jobs removed after since, oldest first; with
+        newest, only that many of the latest."""
         owned = () if owner is None else (cls.owner == owner,)
-        return db.session.execute(select(cls.job_id, cls.removed_at).where(cls.removed_at > since, *owned)
-                                  .order_by(cls.removed_at)).all()
+        query = select(cls.job_id, cls.removed_at).where(cls.removed_at > since, *owned)
+        if newest is None:
+            return db.session.execute(query.order_by(cls.removed_at)).all()
+        return db.session.execute(query.order_by(cls.removed_at.desc()).limit(newest)).all()[::-1]
 
     @classmethod
     def forget_before(cls, before):

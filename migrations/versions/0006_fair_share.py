@@ -1,13 +1,13 @@
 """fair share: each job's place in its owner's queue (jobs.queue_key), and the indexes the fair claim reads
 
 Revision ID: 0006_fair_share
-Revises: 0005
+Revises: 0008_share_nonce
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0006_fair_share'
-down_revision = '0005'
+down_revision = '0008_share_nonce'
 branch_labels = None
 depends_on = None
 
