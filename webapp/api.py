@@ -21,7 +21,7 @@ from .accounts import User
 from .identity import current_owner, is_admin, owner_scope
 from .limits import upload_limits
 from .metrics import worker_heartbeat
-from .models import Job, Status
+from .models import Job, JobEvent, Status
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -185,6 +185,27 @@ def download_response(job):
 def job_download(job_id):
     """Download my job's XML result."""
     return download_response(owned_or_404(job_id))
+
+
+@bp.get("/jobs/<job_id>/pdf")
+def job_pdf(job_id):
+    """Show my job's source PDF inline (the review page draws it); 410 once retention removed it."""
+    job = owned_or_404(job_id)
+    path = Path(current_app.config["DATA_DIR"]) / job.upload_path if job.upload_path else None
+    if path is None or not path.exists():
+        raise ApiError(codes.EXPIRED, 410, "The PDF was removed by retention; upload it again to see it.")
+    # Inline, so the browser shows it rather than saving it; Range requests let a reader fetch what it draws.
+    response = send_file(path, mimetype="application/pdf", as_attachment=False, download_name=job.filename,
+                         conditional=True, etag=True, max_age=0)
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id):
+    """List my job's history, oldest first: each attempt, error, hold, retry and transition with its time."""
+    job = owned_or_404(job_id)
+    return jsonify(events=[event.to_dict() for event in JobEvent.of(job.id)])
 
 
 def share_serializer():

@@ -4,8 +4,8 @@ import secrets
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import (BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, case, delete,
-                        func, insert, select, text, update)
+from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, case,
+                        delete, func, insert, select, text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -58,7 +58,9 @@ class Job(db.Model):
         requeue        failed          → queued       a person asked; attempts reset
         expire_result  complete        → complete     retention removed the XML
         forget_upload  complete/failed → (same)       retention removed the PDF
-        remove         any             → (deleted)    a JobRemoval tells open pages
+        remove         any             → (deleted)    a JobRemoval tells open pages; its events go with it
+
+    Each of them but renew_lease also writes the job's history (JobEvent), one row in the same transaction.
 
     Sub-states are flags on a status, never statuses of their own (the properties below say them):
     - held: queued with error_code CIRCUIT_OPEN; the breaker keeps it waiting and nothing is spent.
@@ -246,11 +248,13 @@ class Job(db.Model):
     # -- transitions ---------------------------------------------------------------------------
 
     @classmethod
-    def _transition(cls, job_id, *where, serialize=False, returning=(), **values):
+    def _transition(cls, job_id, *where, event=None, ends_attempt=False, serialize=False, returning=(), **values):
         """Apply values to the job only if it still matches where; True if it did.
 
         job_id may be a subquery choosing the job; with returning (columns), the changed job's values
-        come back as a row (None if nothing changed)."""
+        come back as a row (None if nothing changed). With event (an EventKind), the change also goes into the
+        job's history: one INSERT of what the UPDATE returned, in its transaction; ends_attempt says the change
+        settles an attempt (processing → …), so the event has the attempt's duration."""
         with write_transaction() as session:
             if serialize and session.get_bind().dialect.name != "sqlite":
                 # Claims count processing jobs; serialize them where the database does not (SQLite does).
@@ -261,7 +265,10 @@ class Job(db.Model):
             # A Core UPDATE of the table: callers re-read what they need, and the ORM's bookkeeping for an
             # ORM-enabled UPDATE (syncing loaded objects) costs more than the statement itself.
             stmt = update(cls.__table__).where(cls.id == job_id, *where).values(**values)
-            row = session.execute(stmt.returning(cls.id, cls.owner, *returning)).first()
+            columns = _distinct((cls.id, cls.owner, *(JobEvent.READS if event else ()), *returning))
+            row = session.execute(stmt.returning(*columns)).first()
+            if row is not None and event:
+                session.execute(insert(JobEvent.__table__).values(JobEvent.values(event, row, now, ends_attempt)))
         if row is not None:
             events.publish(row.owner)
         return row if returning else row is not None
@@ -281,6 +288,9 @@ class Job(db.Model):
             now = utcnow()
             job.created_at = job.updated_at = now
             session.add(job)
+            session.flush()  # the job's row before its first event's
+            session.execute(insert(JobEvent.__table__).values(
+                job_id=job.id, at=now, kind=EventKind.CREATED, status=Status.QUEUED, attempt=0))
         events.publish(job.owner)
         return job
 
@@ -295,6 +305,7 @@ class Job(db.Model):
             cls.status == Status.QUEUED,
             processing < capacity,
             cls.is_due(utcnow()),
+            event=EventKind.ATTEMPT,
             serialize=True,
             returning=CLAIMED,
             status=Status.PROCESSING,
@@ -325,7 +336,7 @@ class Job(db.Model):
     def complete(cls, job_id, worker, result_path):
         """processing → complete with the stored result."""
         return cls._transition(
-            job_id, cls._leased_by(worker),
+            job_id, cls._leased_by(worker), event=EventKind.COMPLETE, ends_attempt=True,
             status=Status.COMPLETE, result_path=result_path, progress=100, completed_at=lambda now: now,
             leased_by=None, lease_expires_at=None, error_code=None, error=None,
         )
@@ -334,7 +345,7 @@ class Job(db.Model):
     def fail(cls, job_id, worker, code, message, dead_letter=False):
         """processing → failed, for good (until a person retries it); worker None: its lease lapsed."""
         return cls._transition(
-            job_id, cls._leased_by(worker),
+            job_id, cls._leased_by(worker), event=EventKind.FAILED, ends_attempt=True,
             status=Status.FAILED, error_code=code, error=message[:1000], dead_letter=dead_letter,
             completed_at=lambda now: now, leased_by=None, lease_expires_at=None,
         )
@@ -343,7 +354,7 @@ class Job(db.Model):
     def retry_later(cls, job_id, worker, code, message, delay_seconds):
         """processing → queued, due after delay_seconds; the attempt stays spent. worker None: its lease lapsed."""
         return cls._transition(
-            job_id, cls._leased_by(worker),
+            job_id, cls._leased_by(worker), event=EventKind.RETRY, ends_attempt=True,
             status=Status.QUEUED, error_code=code, error=message[:1000], progress=0,
             next_attempt_at=lambda now: now + timedelta(seconds=delay_seconds),
             leased_by=None, lease_expires_at=None,
@@ -358,6 +369,7 @@ class Job(db.Model):
             job_id = select(Job.id).where(cls._leased_by(worker)).limit(1).scalar_subquery()
         return cls._transition(
             job_id, cls._leased_by(worker), returning=returning,
+            event=EventKind.HELD if code == codes.CIRCUIT_OPEN else EventKind.RELEASED, ends_attempt=True,
             status=Status.QUEUED, attempts=cls.attempts - 1, progress=0, error_code=code, error=message,
             leased_by=None, lease_expires_at=None,
         )
@@ -366,13 +378,13 @@ class Job(db.Model):
     def hold(cls, job_id, message):
         """Mark a queued job as held by the open breaker (once; it stays queued, nothing is spent)."""
         return cls._transition(job_id, cls.status == Status.QUEUED, cls.error_code.is_distinct_from(codes.CIRCUIT_OPEN),
-                               error_code=codes.CIRCUIT_OPEN, error=message)
+                               event=EventKind.HELD, error_code=codes.CIRCUIT_OPEN, error=message)
 
     @classmethod
     def requeue(cls, job_id):
         """failed → queued from the kept PDF, attempts reset (a person asked for it)."""
         return cls._transition(
-            job_id, cls.status == Status.FAILED, cls.upload_path.is_not(None),
+            job_id, cls.status == Status.FAILED, cls.upload_path.is_not(None), event=EventKind.REQUEUED,
             status=Status.QUEUED, attempts=0, progress=0, error_code=None, error=None, dead_letter=False,
             completed_at=None, started_at=None, next_attempt_at=None,
         )
@@ -380,12 +392,12 @@ class Job(db.Model):
     @classmethod
     def expire_result(cls, job_id):
         """complete → expired: retention removed the XML (the caller deletes the file)."""
-        return cls._transition(job_id, cls.status == Status.COMPLETE, result_path=None)
+        return cls._transition(job_id, cls.status == Status.COMPLETE, event=EventKind.RESULT_EXPIRED, result_path=None)
 
     @classmethod
     def forget_upload(cls, job_id):
         """Retention removed the PDF of a finished job (the caller deletes the file); it can no longer be retried."""
-        return cls._transition(job_id, cls.status.in_(FINISHED), upload_path=None)
+        return cls._transition(job_id, cls.status.in_(FINISHED), event=EventKind.UPLOAD_EXPIRED, upload_path=None)
 
     @classmethod
     def remove(cls, job_id):
@@ -405,6 +417,80 @@ class Job(db.Model):
 
 # What a worker needs of a job it claimed, returned by the claim itself (no second read).
 CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts)
+
+
+def _distinct(columns):
+    """The columns without repeats (by identity: a column's == builds SQL), in order."""
+    kept = []
+    for column in columns:
+        if not any(column is seen for seen in kept):
+            kept.append(column)
+    return kept
+
+
+class EventKind(StrEnum):
+    """What a JobEvent records: the transition that wrote it."""
+
+    CREATED = "created"                # (upload) → queued
+    ATTEMPT = "attempt"                # queued → processing: an attempt starts
+    COMPLETE = "complete"              # processing → complete
+    FAILED = "failed"                  # processing → failed, for good
+    RETRY = "retry_scheduled"          # processing → queued after a transient error, due at due_at
+    HELD = "held"                      # held by the open breaker (mid-attempt: the attempt given back)
+    RELEASED = "released"              # processing → queued, the attempt given back (the worker stopped)
+    REQUEUED = "requeued"              # failed → queued: a person asked
+    RESULT_EXPIRED = "result_expired"  # retention removed the XML
+    UPLOAD_EXPIRED = "upload_expired"  # retention removed the PDF
+
+
+class JobEvent(db.Model):
+    """One step of a job's history, written by the transition that made it, in its transaction (Job._transition).
+
+    Rows go with their job (ON DELETE CASCADE), whoever deletes it."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(DateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # the job's status after it
+    attempt: Mapped[int] = mapped_column(Integer)  # the attempt it concerns (outside one: the attempts spent)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)  # an ended attempt's, from its claim
+    due_at: Mapped[datetime | None] = mapped_column(DateTime)  # a scheduled retry's
+
+    # What a transition's UPDATE returns for its event (no read of its own).
+    READS = (Job.status, Job.attempts, Job.error_code, Job.error, Job.started_at, Job.next_attempt_at)
+
+    @classmethod
+    def values(cls, kind, row, now, ends_attempt=False):
+        """The event's columns, from the changed job's row (READS) at time now.
+
+        ends_attempt: the change settled an attempt, whose duration runs from its claim (started_at) to now;
+        one given back (held, released) no longer counts in the job's attempts, but the event still names it."""
+        duration = None
+        if ends_attempt and row.started_at is not None:
+            duration = round((now - row.started_at).total_seconds() * 1000)
+        given_back = ends_attempt and kind in (EventKind.HELD, EventKind.RELEASED)
+        says_why = kind in (EventKind.FAILED, EventKind.RETRY, EventKind.HELD, EventKind.RELEASED)
+        return {"job_id": row.id, "at": now, "kind": kind, "status": row.status,
+                "attempt": row.attempts + (1 if given_back else 0),
+                "error_code": row.error_code if says_why else None, "message": row.error if says_why else None,
+                "duration_ms": duration, "due_at": row.next_attempt_at if kind == EventKind.RETRY else None}
+
+    @classmethod
+    def of(cls, job_id):
+        """The job's history, oldest first."""
+        return db.session.execute(select(cls).where(cls.job_id == job_id).order_by(cls.id)).scalars().all()
+
+    def to_dict(self):
+        """The event as GET /api/jobs/<id>/events shows it."""
+        return {"at": isoformat(self.at), "kind": self.kind, "status": self.status, "attempt": self.attempt,
+                "error_code": self.error_code, "message": self.message, "duration_ms": self.duration_ms,
+                "due_at": isoformat(self.due_at)}
 
 
 def _seconds_between(start, end):

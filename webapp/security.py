@@ -1,10 +1,12 @@
 """Security headers on every response, no CORS, and ProxyFix behind one trusted reverse proxy."""
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-# Scripts and styles come only from our own static files: no inline script, no eval, no framing.
+# Scripts and styles come only from our own static files: no inline script, no eval, no framing. The review
+# page's pdf.js runs its parser in a module worker of our own origin (worker-src), and needs no eval.
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
     "script-src 'self'",
+    "worker-src 'self'",
     "style-src 'self'",
     "img-src 'self' data:",
     "connect-src 'self'",
