@@ -246,6 +246,8 @@ def test_the_pdf_is_served_inline_as_a_pdf(client):
     assert answer.mimetype == "application/pdf" and answer.headers["X-Content-Type-Options"] == "nosniff"
     assert answer.headers["Content-Disposition"].startswith("inline;") and "inline.pdf" in answer.headers["Content-Disposition"]
     assert "private" in answer.headers["Cache-Control"]
+    policy = answer.headers["Content-Security-Policy"]  # the browser's own viewer may show it; no script may run
+    assert "object-src 'self'" in policy and "default-src 'none'" in policy and "script-src" not in policy
     ranged = client.get(f"/api/jobs/{job['id']}/pdf", headers={"Range": "bytes=0-4"})
     assert ranged.status_code == 206 and ranged.data == b"%PDF-"
 

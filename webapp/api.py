@@ -13,7 +13,7 @@ from sqlalchemy import select, text, tuple_
 
 import tasks
 
-from . import breaker, codes, events, htmx, queue, uploads
+from . import breaker, codes, events, htmx, queue, security, uploads
 from .clock import isoformat, parse_iso, utcnow
 from .db import db
 from .errors import ApiError, not_found
@@ -198,6 +198,7 @@ def job_pdf(job_id):
     response = send_file(path, mimetype="application/pdf", as_attachment=False, download_name=job.filename,
                          conditional=True, etag=True, max_age=0)
     response.headers["Cache-Control"] = "private, no-cache"
+    response.headers["Content-Security-Policy"] = security.PDF_DOCUMENT_POLICY
     return response
 
 
