@@ -446,13 +446,13 @@ class EventKind(StrEnum):
 class JobEvent(db.Model):
     """One step of a job's history, written by the transition that made it, in its transaction (Job._transition).
 
-    Rows go with their job (ON DELETE CASCADE), whoever deletes it."""
+    Rows go with their job (ON DELETE CASCADE), whoever deletes it, and follow its id should it ever change."""
 
     __tablename__ = "job_events"
     __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE", onupdate="CASCADE"))
     at: Mapped[datetime] = mapped_column(DateTime)
     kind: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))  # the job's status after it

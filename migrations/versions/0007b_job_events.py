@@ -26,7 +26,7 @@ def upgrade():
         sa.Column('message', sa.Text(), nullable=True),
         sa.Column('duration_ms', sa.Integer(), nullable=True),
         sa.Column('due_at', sa.DateTime(), nullable=True),
-        sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE', onupdate='CASCADE'),
         sa.PrimaryKeyConstraint('id'),
     )
     op.create_index('ix_job_events_job', 'job_events', ['job_id', 'id'])
