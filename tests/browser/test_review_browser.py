@@ -43,12 +43,16 @@ def axe_violations(page):
 
 
 def canvas_ink(page, selector):
-    """The share of the canvas's pixels that are not white (0 for a blank canvas)."""
+    """(share of painted pixels, share of dark ones) on the canvas: (0, 0) for one never drawn (transparent)."""
     return page.locator(selector).evaluate("""canvas => {
         const {data} = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-        let inked = 0;
-        for (let i = 0; i < data.length; i += 4) if (data[i] < 200 || data[i + 1] < 200 || data[i + 2] < 200) inked++;
-        return inked / (data.length / 4);
+        let painted = 0, dark = 0;
+        for (let i = 0; i < data.length; i += 4) {
+            if (data[i + 3] === 0) continue;
+            painted++;
+            if (data[i] < 160 && data[i + 1] < 160 && data[i + 2] < 160) dark++;
+        }
+        return [painted / (data.length / 4), dark / (data.length / 4)];
     }""")
 
 
@@ -87,7 +91,8 @@ def test_the_review_page_reads_checks_and_draws_the_invoice(page, stack, artifac
     canvas = page.locator('#pdf-viewer canvas[data-page="1"]')
     expect(canvas).to_have_attribute("data-drawn", "true")
     expect(canvas).to_have_attribute("aria-label", re.compile(r"^Page 1 of \d+ of slipped\.pdf$"))
-    assert canvas_ink(page, '#pdf-viewer canvas[data-page="1"]') > 0.002, "the first page was drawn blank"
+    painted, dark = canvas_ink(page, '#pdf-viewer canvas[data-page="1"]')
+    assert painted == 1 and 0.002 < dark < 0.5, (painted, dark)  # a white page with text on it
     expect(page.locator("#history li")).to_have_count(3)
     expect(page.locator("#history")).to_contain_text("Attempt 1 converted it")
     page.screenshot(path=str(artifacts / "review.png"), full_page=True)
@@ -100,6 +105,12 @@ def test_the_review_page_reads_checks_and_draws_the_invoice(page, stack, artifac
     expect(page.locator("#next-job")).to_have_count(0)
     page.keyboard.press("k")
     page.wait_for_url(f"**/review/{jobs['slipped.pdf']['id']}")
+    page.get_by_label("keys k and j").uncheck()  # single-key shortcuts can be turned off, and stay off
+    page.reload()
+    page.keyboard.press("j")
+    page.wait_for_timeout(300)
+    assert page.url.endswith(f"/review/{jobs['slipped.pdf']['id']}")
+    page.get_by_label("keys k and j").check()
     page.goto(f"{stack.web_url}/queue?status=failed")
     page.get_by_role("link", name="Review unreadable.pdf").click()
     expect(page.locator("#history")).to_contain_text("failed for good")

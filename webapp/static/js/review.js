@@ -102,9 +102,17 @@ async function show() {
 
 if (viewer) show();
 
-// Next / previous job in the queue's view: j and k, as the page's links say (aria-keyshortcuts).
+// Next / previous job in the queue's view: j and k, as the page's links say (aria-keyshortcuts). Single-key
+// shortcuts can be turned off (WCAG 2.1.4), and the choice is kept for the next page.
+const SHORTCUTS = "pdfqueue.shortcuts";
+const toggle = document.getElementById("shortcuts");
+if (toggle) {
+  toggle.checked = localStorage.getItem(SHORTCUTS) !== "off";
+  toggle.addEventListener("change", () => localStorage.setItem(SHORTCUTS, toggle.checked ? "on" : "off"));
+}
 document.addEventListener("keydown", (evt) => {
   if (evt.defaultPrevented || evt.altKey || evt.ctrlKey || evt.metaKey || evt.shiftKey) return;
+  if (toggle && !toggle.checked) return;
   const target = evt.target;
   if (target.closest && target.closest("input, textarea, select, [contenteditable]")) return;
   const link = document.querySelector('a[data-key="' + evt.key + '"]');
