@@ -5,6 +5,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from markupsafe import Markup, escape
 from sqlalchemy import select, tuple_
 from xml.etree.ElementTree import ParseError, indent, tostring
 
@@ -235,6 +236,25 @@ def seconds(value):
 @bp.app_template_filter("when")
 def when(value):
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+MISSING = Markup('<span class="missing">missing</span>')
+MARKS = {True: Markup('<span class="mark mark-ok" aria-hidden="true">✓</span><span class="visually-hidden">Passes:</span>'),
+         False: Markup('<span class="mark mark-bad" aria-hidden="true">✗</span><span class="visually-hidden">Fails:</span>'),
+         None: Markup('<span class="mark mark-unknown" aria-hidden="true">?</span>'
+                      '<span class="visually-hidden">Cannot check:</span>')}
+
+
+@bp.app_template_filter("or_missing")
+def or_missing(value):
+    """A field's text, or "missing" marked as such where the gateway found nothing (never a blank)."""
+    return MISSING if value is None else escape(value)
+
+
+@bp.app_template_filter("check_mark")
+def check_mark(ok):
+    """✓, ✗ or ? for a check's outcome (True, False, None), with words for screen readers."""
+    return MARKS[ok]
 
 
 @bp.app_template_filter("one_line")
