@@ -13,7 +13,7 @@ from gateway.convert import convert_pdf
 from gateway.mappings import load_all
 from tests.conftest import ApiClient, load, pdf_bytes, run, upload
 from tests.invoicegen import make_invoice, make_text_pdf
-from webapp import review
+from webapp import pages, review
 from webapp.clock import utcnow
 from webapp.db import db
 from webapp.models import EventKind, Job, JobEvent
@@ -163,6 +163,11 @@ def test_each_transition_writes_one_event(app, job_id):
     assert events[2]["message"] == "gateway said 502" and events[2]["due_at"] is not None
     assert all(e["due_at"] is None for e in events if e["kind"] != "retry_scheduled")
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
+    with app.app_context():
+        lines = [pages.describe_event(e) for e in JobEvent.of(job_id)]
+    assert set(EventKind) <= {e["kind"] for e in events}  # every kind was written above, and each reads as words
+    assert not any(line in set(EventKind) for line in lines), lines
+    assert lines[5] == "Attempt 2 held by the breaker: the gateway is down (the attempt is not counted)"
 
 
 def test_a_transition_is_one_update_and_one_insert_with_no_extra_read(app, job_id):
