@@ -334,6 +334,8 @@ def test_previous_and_next_follow_the_queues_filter(app, client):
     assert f'href="/review/{jobs[0]["id"]}?status=failed"' in html and 'href="/queue?status=failed"' in html
     assert steps(jobs[0], "?status=failed")[:2] == (jobs[2]["id"], None)
     assert 'aria-keyshortcuts="j"' in html
+    assert steps(jobs[1], "?q=N")[:2] == (jobs[2]["id"], jobs[0]["id"])  # the queue's search, ignoring case
+    assert steps(jobs[1], "?q=n1")[:2] == (None, None)
     queue = client.get("/queue?status=failed").get_data(as_text=True)
     assert f'href="/review/{jobs[2]["id"]}?status=failed"' in queue
 
@@ -350,7 +352,7 @@ def test_migration_0007b_adds_and_removes_job_events(tmp_path):
         job_id = Job.create(owner="o", filename="a.pdf", mapping="m", bytes=1, sha256="0" * 64).id
         assert [e.kind for e in JobEvent.of(job_id)] == [EventKind.CREATED]
         db.session.remove()
-        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0007a_queue_filters")
         assert "job_events" not in inspect(db.engine).get_table_names()
         assert db.session.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
         db.session.remove()
