@@ -1,13 +1,13 @@
 """job_events: each job's history (attempts, errors, holds, retries, transitions), written by its transitions
 
 Revision ID: 0007b_job_events
-Revises: 0007a_queue_filters
+Revises: 0008_share_nonce
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0007b_job_events'
-down_revision = '0007a_queue_filters'
+down_revision = '0008_share_nonce'
 branch_labels = None
 depends_on = None
 
