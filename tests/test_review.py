@@ -345,7 +345,8 @@ def test_migration_0007b_adds_and_removes_job_events(tmp_path):
     from sqlalchemy import inspect
 
     from webapp import create_app
-    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test", "HUEY_MEMORY": True})
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop",
+                      "HUEY_MEMORY": True})
     with app.app_context():
         upgrade(directory=app.config["MIGRATIONS_DIR"])
         assert "job_events" in inspect(db.engine).get_table_names()
