@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from . import codes, events
+from . import notify as notify_module
 from .clock import isoformat, utcnow
 from .db import db, write_transaction
 
@@ -246,11 +247,16 @@ class Job(db.Model):
     # -- transitions ---------------------------------------------------------------------------
 
     @classmethod
-    def _transition(cls, job_id, *where, serialize=False, returning=(), **values):
+    def _transition(cls, job_id, *where, serialize=False, returning=(), notify=None, **values):
         """Apply values to the job only if it still matches where; True if it did.
 
         job_id may be a subquery choosing the job; with returning (columns), the changed job's values
-        come back as a row (None if nothing changed)."""
+        come back as a row (None if nothing changed). With notify (an event type, webapp/notify.py), the
+        event goes into the outbox in this same transaction, for each subscription of the owner that wants it."""
+        asked = bool(returning)
+        if notify is not None:
+            returning = (*returning, *(column for column in cls.__table__.c if column.key not in ("id", "owner")))
+        wrote_events = 0
         with write_transaction() as session:
             if serialize and session.get_bind().dialect.name != "sqlite":
                 # Claims count processing jobs; serialize them where the database does not (SQLite does).
@@ -262,9 +268,14 @@ class Job(db.Model):
             # ORM-enabled UPDATE (syncing loaded objects) costs more than the statement itself.
             stmt = update(cls.__table__).where(cls.id == job_id, *where).values(**values)
             row = session.execute(stmt.returning(cls.id, cls.owner, *returning)).first()
+            if notify is not None and row is not None:
+                job = cls(**{column.key: getattr(row, column.key) for column in cls.__table__.c})
+                wrote_events = notify_module.enqueue_for_job(session, row.owner, notify, now, job.to_dict())
         if row is not None:
             events.publish(row.owner)
-        return row if returning else row is not None
+        if wrote_events:
+            notify_module.wrote_events()
+        return row if asked else row is not None
 
     @classmethod
     def _leased_by(cls, worker):
@@ -327,7 +338,7 @@ class Job(db.Model):
         return cls._transition(
             job_id, cls._leased_by(worker),
             status=Status.COMPLETE, result_path=result_path, progress=100, completed_at=lambda now: now,
-            leased_by=None, lease_expires_at=None, error_code=None, error=None,
+            leased_by=None, lease_expires_at=None, error_code=None, error=None, notify=notify_module.JOB_COMPLETE,
         )
 
     @classmethod
@@ -336,7 +347,7 @@ class Job(db.Model):
         return cls._transition(
             job_id, cls._leased_by(worker),
             status=Status.FAILED, error_code=code, error=message[:1000], dead_letter=dead_letter,
-            completed_at=lambda now: now, leased_by=None, lease_expires_at=None,
+            completed_at=lambda now: now, leased_by=None, lease_expires_at=None, notify=notify_module.JOB_FAILED,
         )
 
     @classmethod
