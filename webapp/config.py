@@ -63,6 +63,7 @@ def from_env():
         "WEBHOOK_RETRY_BASE_SECONDS": float(os.environ.get("WEBHOOK_RETRY_BASE_SECONDS", 10)),
         "WEBHOOK_RETRY_MAX_SECONDS": float(os.environ.get("WEBHOOK_RETRY_MAX_SECONDS", 3600)),
         "WEBHOOK_GIVE_UP_HOURS": float(os.environ.get("WEBHOOK_GIVE_UP_HOURS", 24)),
+        "WEBHOOK_LEASE_MARGIN_SECONDS": float(os.environ.get("WEBHOOK_LEASE_MARGIN_SECONDS", 30)),
         "WEBHOOK_POLL_SECONDS": float(os.environ.get("WEBHOOK_POLL_SECONDS", 1)),
         "WEBHOOK_CONCURRENCY": _int("WEBHOOK_CONCURRENCY", 4),
         "SMTP_URL": os.environ.get("SMTP_URL") or "",

@@ -172,7 +172,7 @@ class Sender:
         self.timeout = urllib3.Timeout(connect=config["WEBHOOK_CONNECT_TIMEOUT"], read=config["WEBHOOK_READ_TIMEOUT"])
         # An attempt cannot outlast its timeouts (or SMTP's); the lease covers it with room to record the outcome.
         self.lease_seconds = max(config["WEBHOOK_CONNECT_TIMEOUT"] + config["WEBHOOK_READ_TIMEOUT"],
-                                 3 * config["SMTP_TIMEOUT"]) + 30
+                                 3 * config["SMTP_TIMEOUT"]) + config["WEBHOOK_LEASE_MARGIN_SECONDS"]
         self._pools = {}
         self._lock = threading.Lock()
 
