@@ -27,6 +27,9 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as receivers behind a proxy answer
+            disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK wait
+
             def log_message(self, *args):
                 pass
 

@@ -66,10 +66,17 @@ class Deliverer(threading.Thread):
 
 
 def deliver_due(app, sender, pool=None, limit=BATCH_SIZE):
-    """Claim up to limit due rows and deliver them (on pool's threads, if given); how many were claimed."""
+    """Claim up to limit due rows, deliver them (on pool's threads, if given) and record how each went, all the
+    outcomes in one transaction; how many were claimed.
+
+    Killed before the outcomes are written, the batch is sent again once its leases lapse: at least once."""
     with app.app_context():
         try:
             claimed = claim_due(limit, lease_seconds=sender.lease_seconds)
+            wanted = {row.subscription_id for row in claimed if row.subscription_id}
+            subscriptions = {sub.id: sub for sub in db.session.execute(
+                select(Subscription.id, Subscription.kind, Subscription.url, Subscription.secret)
+                .where(Subscription.id.in_(wanted)))} if wanted else {}
         finally:
             db.session.remove()
     if not claimed:
@@ -78,16 +85,16 @@ def deliver_due(app, sender, pool=None, limit=BATCH_SIZE):
     def one(row):
         with app.app_context():
             try:
-                deliver(row, sender)
+                return attempt(row, subscriptions, sender)
             finally:
                 db.session.remove()
 
-    if pool is None:
-        for row in claimed:
-            one(row)
-    else:
-        for future in [pool.submit(one, row) for row in claimed]:
-            future.result()
+    outcomes = list(map(one, claimed) if pool is None else pool.map(one, claimed))
+    with app.app_context():
+        try:
+            record([outcome for outcome in outcomes if outcome is not None], app.config)
+        finally:
+            db.session.remove()
     return len(claimed)
 
 
@@ -105,49 +112,54 @@ def claim_due(limit, lease_seconds):
         return session.execute(stmt).all()
 
 
-def deliver(row, sender):
-    """Make one attempt at a claimed row and record how it went."""
-    config = current_app.config
-    subscription = db.session.get(Subscription, row.subscription_id) if row.subscription_id else None
+def attempt(row, subscriptions, sender):
+    """Make one attempt at a claimed row: (row, kind, status line, outcome) for record(), or None if its webhook
+    was deleted meanwhile (its rows went with it)."""
+    subscription = subscriptions.get(row.subscription_id)
     if row.subscription_id and subscription is None:
-        return  # the webhook was deleted meanwhile (its rows went with it)
+        return None
     kind = subscription.kind if subscription is not None else EMAIL
     try:
         if kind == EMAIL:
-            status, delivered = send_email_event(row, subscription, sender)
+            status, outcome = send_email_event(row, subscription, sender)
         else:
-            status, delivered = sender.post(subscription.url, subscription.secret, row.id, row.payload)
+            status, outcome = sender.post(subscription.url, subscription.secret, row.id, row.payload)
     except notify.NotifyError as error:
-        status, delivered = f"refused: {error.message}", False
+        status, outcome = f"refused: {error.message}", False
     except (urllib3.exceptions.HTTPError, OSError, smtplib.SMTPException) as error:
-        status, delivered = describe(error), False
-    record(row, kind, status, delivered, config)
+        status, outcome = describe(error), False
+    return row, kind, status, outcome
 
 
-def record(row, kind, status, outcome, config):
-    """Store an attempt's outcome: delivered (True), skipped (the string "skipped") or failed (False: retry or give up)."""
+def record(outcomes, config):
+    """Store attempts' outcomes in one transaction, each delivered (True), skipped (the string "skipped") or
+    failed (False: retried after a back-off, or given up WEBHOOK_GIVE_UP_HOURS after the event)."""
     now = utcnow()
-    values = {"last_status": status[:255], "last_attempt_at": now, "lease_expires_at": None}
-    if outcome is True:
-        values.update(state=notify.DELIVERED, delivered_at=now)
-        counted = "delivered"
-    elif outcome == "skipped":
-        values.update(state=notify.SKIPPED)
-        counted = "skipped"
-    elif now - row.created_at >= timedelta(hours=config["WEBHOOK_GIVE_UP_HOURS"]):
-        values.update(state=notify.FAILED)
-        counted = "gave_up"
-        logger.warning("gave up delivering %s %s after %s attempts: %s", row.type, row.id, row.attempts, status,
-                       extra={"event_id": row.id, "job_id": row.job_id, "attempts": row.attempts})
-    else:
-        values.update(next_attempt_at=now + timedelta(seconds=notify.next_delay(row.attempts, config)))
-        counted = "retried"
-        logger.info("delivery of %s %s failed (%s); retrying", row.type, row.id, status,
-                    extra={"event_id": row.id, "job_id": row.job_id, "attempts": row.attempts})
+    samples = []
     with write_transaction() as session:
-        session.execute(update(OutboxEvent.__table__).where(OutboxEvent.id == row.id, OutboxEvent.state == PENDING)
-                        .values(**values))
-    metrics.add((metrics.NOTIFICATIONS, {"kind": kind, "outcome": counted}, 1))
+        for row, kind, status, outcome in outcomes:
+            values = {"last_status": status[:255], "last_attempt_at": now, "lease_expires_at": None}
+            if outcome is True:
+                values.update(state=notify.DELIVERED, delivered_at=now)
+                counted = "delivered"
+            elif outcome == "skipped":
+                values.update(state=notify.SKIPPED)
+                counted = "skipped"
+            elif now - row.created_at >= timedelta(hours=config["WEBHOOK_GIVE_UP_HOURS"]):
+                values.update(state=notify.FAILED)
+                counted = "gave_up"
+                logger.warning("gave up delivering %s %s after %s attempts: %s", row.type, row.id, row.attempts,
+                               status, extra={"event_id": row.id, "job_id": row.job_id, "attempts": row.attempts})
+            else:
+                values.update(next_attempt_at=now + timedelta(seconds=notify.next_delay(row.attempts, config)))
+                counted = "retried"
+                logger.info("delivery of %s %s failed (%s); retrying", row.type, row.id, status,
+                            extra={"event_id": row.id, "job_id": row.job_id, "attempts": row.attempts})
+            session.execute(update(OutboxEvent.__table__)
+                            .where(OutboxEvent.id == row.id, OutboxEvent.state == PENDING).values(**values))
+            samples.append((metrics.NOTIFICATIONS, {"kind": kind, "outcome": counted}, 1))
+    if samples:
+        metrics.add(*samples)
 
 
 def describe(error):
