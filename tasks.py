@@ -30,6 +30,7 @@ from webapp.accounts import OneTimeLink, UserSession
 from webapp.clock import utcnow
 from webapp.db import db
 from webapp.models import FINISHED, Coordination, Job, JobRemoval, Status
+from webapp.notify import OutboxEvent
 from webapp.queue import bound_app, huey
 
 logger = logging.getLogger("pdfqueue.worker")
@@ -40,6 +41,7 @@ MAINTENANCE = "maintenance"
 RETENTION = "retention"
 FAILURE_DIGEST = "failure_digest"
 REMOVALS_KEPT = timedelta(days=1)  # a page away longer than this reloads anyway
+NOTIFICATIONS_KEPT = timedelta(days=30)  # settled deliveries shown on the settings page this long
 _leaseholders = set()  # lease holders (one per thread) now running a job: released if the consumer is interrupted
 stopping = threading.Event()  # set by worker.py's consumer as it stops: a thread draining the backlog ends there
 
@@ -374,8 +376,8 @@ def wake_due():
 
 
 def apply_retention(now=None):
-    """Delete PDFs and XML past their retention (never an active job's), stray partial files, old removals, and
-    sign-in sessions and one-time links that can no longer be used."""
+    """Delete PDFs and XML past their retention (never an active job's), stray partial files, old removals,
+    sign-in sessions and one-time links that can no longer be used, and settled notifications past 30 days."""
     config = current_app.config
     now = now or utcnow()
     data_dir = Path(config["DATA_DIR"])
@@ -404,6 +406,7 @@ def apply_retention(now=None):
     JobRemoval.forget_before(now - REMOVALS_KEPT)
     removed["sessions"] = UserSession.forget_before(now - timedelta(days=config["SESSION_DAYS"]))
     removed["links"] = OneTimeLink.forget_expired(now)
+    removed["notifications"] = OutboxEvent.forget_before(now - NOTIFICATIONS_KEPT)
     logger.info("retention applied", extra={"removed": removed})
     return removed
 

@@ -256,6 +256,21 @@ def test_after_24_hours_of_failing_an_event_is_given_up_visibly(notify_app, api,
         .get_json()["deliveries"][0]["state"] == "failed"
 
 
+def test_retention_forgets_settled_events_after_30_days_but_never_a_pending_one(notify_app, api, receiver):
+    import tasks
+    hook(api, receiver.url + "/h")
+    finish(notify_app, api.user.id)
+    finish(notify_app, api.user.id)
+    with notify_app.app_context():
+        with db.engine.begin() as connection:
+            connection.execute(update(OutboxEvent.__table__).values(created_at=utcnow() - timedelta(days=31)))
+            first = connection.execute(select(OutboxEvent.id).limit(1)).scalar()
+            connection.execute(update(OutboxEvent.__table__).where(OutboxEvent.id == first).values(state="delivered"))
+        assert tasks.apply_retention()["notifications"] == 1
+        db.session.remove()
+    assert [row.state for row in outbox(notify_app)] == ["pending"]
+
+
 def test_a_redirect_is_not_followed(notify_app, api, receiver):
     elsewhere = Receiver().start()
     try:

@@ -184,6 +184,12 @@ class OutboxEvent(db.Model):
                 "last_state": last.state if last else None}
 
     @classmethod
+    def forget_before(cls, before):
+        """Drop settled events (delivered, given up, skipped) that happened before before; how many."""
+        with write_transaction() as session:
+            return session.execute(delete(cls).where(cls.state != PENDING, cls.created_at < before)).rowcount
+
+    @classmethod
     def pending_count(cls):
         return db.session.scalar(select(func.count()).select_from(cls).where(cls.state == PENDING))
 
