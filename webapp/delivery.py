@@ -7,8 +7,9 @@ or retried after a back-off with jitter, until WEBHOOK_GIVE_UP_HOURS after the e
 leaves its rows leased: once the lease lapses, any deliverer sends them again, under the same webhook-id
 (at least once; receivers de-duplicate by that id).
 
-A webhook is sent to the address its host resolved to when it was checked (notify.pinned_address), over a
-connection pinned to that address (TLS still verifies the host name); no redirect is followed.
+Each webhook delivery resolves its host once, checks every address (notify.pinned_address) and connects to
+that very address (TLS still verifies the host name), so a name re-pointed after the check (DNS rebinding)
+gets nowhere; no redirect is followed.
 """
 import logging
 import smtplib

@@ -232,9 +232,10 @@ class DatabaseCollector:
         pending = GaugeMetricFamily("pdfqueue_notifications_pending",
                                     "Outbox events not yet delivered (webhooks, emails), by kind.", labels=["kind"])
         kinds = dict(session.execute(
-            select(func.coalesce(Subscription.kind, "email"), func.count())
+            select(Subscription.kind, func.count())
             .select_from(OutboxEvent).outerjoin(Subscription, Subscription.id == OutboxEvent.subscription_id)
-            .where(OutboxEvent.state == PENDING).group_by(func.coalesce(Subscription.kind, "email"))).all())
+            .where(OutboxEvent.state == PENDING).group_by(Subscription.kind)).all())
+        kinds["email"] = kinds.get("email", 0) + kinds.pop(None, 0)  # the admins' digests belong to no subscription
         for kind in ("webhook", "email"):
             pending.add_metric([kind], kinds.get(kind, 0))
         yield pending

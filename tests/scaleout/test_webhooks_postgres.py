@@ -38,5 +38,7 @@ def test_two_deliverers_on_postgres_deliver_every_event_once(pg_app):
         rows = outbox(pg_app)
         assert {row.job_id for row in rows} == jobs and all(row.state == "delivered" for row in rows)
         assert len(receiver.received) == len(rows) == len(receiver.ids())  # no event sent twice
+        scrape = api.get("/metrics").get_data(as_text=True)
+        assert 'pdfqueue_notifications_pending{kind="webhook"} 0.0' in scrape
     finally:
         receiver.stop()
