@@ -12,6 +12,7 @@ delivery (see pinned_address): https only, or a host the operator listed in WEBH
 loopback, link-local and private addresses only if listed.
 """
 import base64
+import functools
 import json
 import ipaddress
 import random
@@ -21,7 +22,8 @@ import threading
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, delete, func, insert, literal, select, union_all
+from sqlalchemy import (DateTime, ForeignKey, Index, Integer, String, Text, bindparam, delete, func, insert,
+                        literal_column, select, union_all)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from . import codes
@@ -194,26 +196,46 @@ class OutboxEvent(db.Model):
         return db.session.scalar(select(func.count()).select_from(cls).where(cls.state == PENDING))
 
 
+def subscribed(owner):
+    """SQL: true if the owner (a column of the statement at hand) has any subscription; on the subscriptions index."""
+    return (select(literal_column("1")).where(Subscription.user_id == owner)
+            .correlate_except(Subscription.__table__).exists())
+
+
 def enqueue_for_job(session, owner, event, now, job):
     """In the caller's transaction: an outbox row per subscription of the owner that wants this job event.
 
-    One INSERT … SELECT on the subscriptions index: an owner with none costs that statement and nothing else.
+    One INSERT … SELECT on the subscriptions index (the transition calls it only for an owner who has any).
     A finished job is also a candidate end of a batch, for owners who chose that email. How many rows."""
     prefix = f"msg_{secrets.token_urlsafe(12)}_"  # random per transition, so ids stay unique when a job fails again
-    sub = Subscription
+    params = {"prefix": prefix, "owner": owner, "job_id": job["id"], "now": now,
+              "event_suffix": ":" + event, "event_type": event, "event_like": f"% {event} %",
+              "event_payload": payload_text(event, now, job),
+              "batch_suffix": ":" + BATCH_FINISHED, "batch_type": BATCH_FINISHED, "batch_like": f"% {BATCH_FINISHED} %",
+              "batch_payload": payload_text(BATCH_FINISHED, now, job)}
+    # On the transition's connection, past the ORM: building and running an ORM statement costs more than the
+    # statement itself, on every complete and fail.
+    return session.connection().execute(_insert_for_job(), params).rowcount
 
-    def rows(type_, kind=None):
-        wants = sub.events.like(f"% {type_} %")
-        where = [sub.user_id == owner, wants] + ([sub.kind == kind] if kind else [])
-        return select(literal(prefix) + sub.id + literal(":" + type_), sub.id, literal(owner), literal(type_),
-                      literal(job["id"]), literal(payload_text(type_, now, job)),
-                      literal(PENDING), literal(0), literal(now), literal(now)).where(*where)
 
-    chosen = union_all(rows(event), rows(BATCH_FINISHED, EMAIL))
+@functools.cache
+def _insert_for_job():
+    """The INSERT … SELECT of enqueue_for_job, built once (its values are bound parameters)."""
+    sub = Subscription.__table__.c
+
+    def rows(tag, *where):
+        return select(bindparam("prefix", type_=String) + sub.id + bindparam(f"{tag}_suffix", type_=String), sub.id,
+                      bindparam("owner", type_=String), bindparam(f"{tag}_type", type_=String),
+                      bindparam("job_id", type_=String), bindparam(f"{tag}_payload", type_=Text),
+                      literal_column(f"'{PENDING}'"), literal_column("0"), bindparam("now", type_=DateTime),
+                      bindparam("now", type_=DateTime)
+                      ).where(sub.user_id == bindparam("owner", type_=String),
+                              sub.events.like(bindparam(f"{tag}_like", type_=String)), *where)
+
+    chosen = union_all(rows("event"), rows("batch", sub.kind == literal_column(f"'{EMAIL}'")))
     columns = ("id", "subscription_id", "owner", "type", "job_id", "payload", "state", "attempts", "created_at",
                "next_attempt_at")
-    stmt = insert(OutboxEvent.__table__).from_select(columns, chosen)
-    return session.execute(stmt).rowcount
+    return insert(OutboxEvent.__table__).from_select(columns, chosen)
 
 
 def payload_text(type_, now, data):
