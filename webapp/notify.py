@@ -13,8 +13,8 @@ loopback, link-local and private addresses only if listed.
 """
 import base64
 import functools
-import json
 import ipaddress
+import json
 import random
 import secrets
 import socket
