@@ -486,7 +486,7 @@ def test_migration_0009_up_and_down(tmp_path):
         notify.Subscription.choose_email(user_id, ["job.failed"])
         assert notify.Subscription.email_of(user_id) == ["job.failed"]
         db.session.remove()
-        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0007a_queue_filters")
         tables = {row[0] for row in db.session.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
         assert "outbox" not in tables and "subscriptions" not in tables and "users" in tables
         db.session.remove()

@@ -1,13 +1,13 @@
 """webhooks: users' subscriptions (webhooks, email choices) and the outbox of events to deliver
 
 Revision ID: 0009_webhooks
-Revises: 0005
+Revises: 0007a_queue_filters
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0009_webhooks'
-down_revision = '0005'
+down_revision = '0007a_queue_filters'
 branch_labels = None
 depends_on = None
 
