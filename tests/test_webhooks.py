@@ -28,6 +28,7 @@ from webapp.notify import OutboxEvent
 FAST = {"WEBHOOK_ALLOWED_HOSTS": ["127.0.0.1", "hooks.test"], "WEBHOOK_RETRY_BASE_SECONDS": 0.05,
         "WEBHOOK_RETRY_MAX_SECONDS": 0.2, "WEBHOOK_CONNECT_TIMEOUT": 1, "WEBHOOK_READ_TIMEOUT": 2,
         "WEBHOOK_POLL_SECONDS": 0.1, "SMTP_TIMEOUT": 5}
+METRICS = {"Authorization": "Bearer test-metrics-token"}  # tests/conftest.py's METRICS_TOKEN
 PUBLIC = "93.184.215.14"  # an address on the public internet (never called: the tests resolve to it, then refuse)
 
 
@@ -250,7 +251,7 @@ def test_after_24_hours_of_failing_an_event_is_given_up_visibly(notify_app, api,
     assert delivery.deliver_due(notify_app, delivery.Sender(notify_app.config)) == 1
     (row,) = outbox(notify_app)
     assert (row.state, row.last_status) == ("failed", "500")
-    body = api.get("/metrics").get_data(as_text=True)
+    body = api.get("/metrics", headers=METRICS).get_data(as_text=True)
     assert 'pdfqueue_notifications_total{kind="webhook",outcome="gave_up"} 1.0' in body
     assert api.get(f"/api/webhooks/{api.get('/api/webhooks').get_json()['webhooks'][0]['id']}/deliveries") \
         .get_json()["deliveries"][0]["state"] == "failed"
@@ -288,9 +289,9 @@ def test_deliveries_and_the_pending_gauge_are_in_metrics(notify_app, api, receiv
     hook(api, receiver.url + "/h")
     finish(notify_app, api.user.id)
     finish(notify_app, api.user.id)
-    assert 'pdfqueue_notifications_pending{kind="webhook"} 2.0' in api.get("/metrics").get_data(as_text=True)
+    assert 'pdfqueue_notifications_pending{kind="webhook"} 2.0' in api.get("/metrics", headers=METRICS).get_data(as_text=True)
     delivery.deliver_due(notify_app, delivery.Sender(notify_app.config))
-    body = api.get("/metrics").get_data(as_text=True)
+    body = api.get("/metrics", headers=METRICS).get_data(as_text=True)
     assert 'pdfqueue_notifications_total{kind="webhook",outcome="delivered"} 2.0' in body
     assert 'pdfqueue_notifications_pending{kind="webhook"} 0.0' in body
 
@@ -479,14 +480,15 @@ def test_migration_0009_up_and_down(tmp_path):
     from flask_migrate import downgrade, upgrade
 
     from webapp import create_app
-    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test", "HUEY_MEMORY": True})
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop",
+                      "HUEY_MEMORY": True})
     with app.app_context():
         upgrade(directory=app.config["MIGRATIONS_DIR"])
         user_id = User.create("m@example.com").id
         notify.Subscription.choose_email(user_id, ["job.failed"])
         assert notify.Subscription.email_of(user_id) == ["job.failed"]
         db.session.remove()
-        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0007a_queue_filters")
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0008_share_nonce")
         tables = {row[0] for row in db.session.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
         assert "outbox" not in tables and "subscriptions" not in tables and "users" in tables
         db.session.remove()

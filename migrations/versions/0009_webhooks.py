@@ -1,13 +1,13 @@
 """webhooks: users' subscriptions (webhooks, email choices) and the outbox of events to deliver
 
 Revision ID: 0009_webhooks
-Revises: 0007a_queue_filters
+Revises: 0008_share_nonce
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0009_webhooks'
-down_revision = '0007a_queue_filters'
+down_revision = '0008_share_nonce'
 branch_labels = None
 depends_on = None
 

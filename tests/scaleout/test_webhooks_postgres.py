@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import ApiClient
 from tests.receiver import Receiver
 from tests.services import postgres_cluster
-from tests.test_webhooks import FAST, finish, hook, outbox
+from tests.test_webhooks import FAST, METRICS, finish, hook, outbox
 from webapp import delivery, metrics
 from webapp.db import db
 
@@ -38,7 +38,7 @@ def test_two_deliverers_on_postgres_deliver_every_event_once(pg_app):
         rows = outbox(pg_app)
         assert {row.job_id for row in rows} == jobs and all(row.state == "delivered" for row in rows)
         assert len(receiver.received) == len(rows) == len(receiver.ids())  # no event sent twice
-        scrape = api.get("/metrics").get_data(as_text=True)
+        scrape = api.get("/metrics", headers=METRICS).get_data(as_text=True)
         assert 'pdfqueue_notifications_pending{kind="webhook"} 0.0' in scrape
     finally:
         receiver.stop()
