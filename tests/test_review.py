@@ -353,7 +353,7 @@ def test_migration_0007b_adds_and_removes_job_events(tmp_path):
         job_id = Job.create(owner="o", filename="a.pdf", mapping="m", bytes=1, sha256="0" * 64).id
         assert [e.kind for e in JobEvent.of(job_id)] == [EventKind.CREATED]
         db.session.remove()
-        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0008_share_nonce")
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0009_webhooks")
         assert "job_events" not in inspect(db.engine).get_table_names()
         assert db.session.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
         db.session.remove()

@@ -1,13 +1,13 @@
 """job_events: each job's history (attempts, errors, holds, retries, transitions), written by its transitions
 
 Revision ID: 0007b_job_events
-Revises: 0008_share_nonce
+Revises: 0009_webhooks
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0007b_job_events'
-down_revision = '0008_share_nonce'
+down_revision = '0009_webhooks'
 branch_labels = None
 depends_on = None
 
