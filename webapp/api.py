@@ -2,6 +2,7 @@
 import base64
 import binascii
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,16 +25,26 @@ from .metrics import worker_heartbeat
 from .models import Job, Status
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+logger = logging.getLogger("pdfqueue.web")
 
 DEFAULT_PAGE, MAX_PAGE = 50, 200
 
 
 def owned_or_404(job_id):
     """My job with this id (an admin: anyone's), or a 404 (another owner's job is as good as absent)."""
-    job = Job.owned(None if is_admin() else current_owner(), job_id)
+    owner = None if is_admin() else current_owner()
+    job = Job.owned(owner, job_id)
     if job is None:
-        raise not_found()
+        refused("owner", job_id, owner)
     return job
+
+
+def refused(why, job_id, owner):
+    """Answer 404 for a job this caller may not have, logging who asked (ids only: never a file name)."""
+    exists = owner is not None and db.session.get(Job, job_id) is not None
+    logger.warning("job %s refused: %s", job_id, "another owner's" if exists else "no such job", extra={
+        "job_id": job_id, "owner": owner, "refused": why, "exists": exists, "path": request.path})
+    raise not_found()
 
 
 def with_owners(jobs, owner):
@@ -177,8 +188,12 @@ def download_response(job):
         raise ApiError(codes.EXPIRED, 410, "The result was removed by retention; upload the PDF again.")
     name = (job.filename.rsplit(".", 1)[0] if "." in job.filename else job.filename) + ".xml"
     # send_file writes Content-Disposition with an ASCII fallback and the RFC 5987 filename*.
-    return send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
-                     conditional=False, etag=False, max_age=0)
+    response = send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
+                         conditional=False, etag=False, max_age=0)
+    if current_app.config["RETENTION_XML_AFTER_DOWNLOAD"] and Job.expire_result(job.id):
+        # send_file holds the file open, so the answer streams whole though its name is gone already.
+        path.unlink(missing_ok=True)
+    return response
 
 
 @bp.get("/jobs/<job_id>/download")
@@ -217,7 +232,7 @@ def shared_download(token):
         raise not_found()
     job = Job.owned(claims["owner"], claims["job"])
     if job is None:
-        raise not_found()
+        refused("share link", claims["job"], claims["owner"])
     return download_response(job)
 
 
