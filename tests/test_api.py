@@ -104,3 +104,23 @@ def test_healthz_says_degraded_when_the_database_is_gone(app, client):
         db.engine.dispose()
     response = client.get("/api/healthz")
     assert response.status_code == 503 and response.get_json()["db"] == "down"
+
+
+def test_a_refused_job_is_logged_with_ids_and_no_file_name(client, other_client, caplog):
+    job = upload(client, "secret-name")
+    caplog.set_level("INFO", logger="pdfqueue.web")
+    assert other_client.get(f"/api/jobs/{job['id']}/download").status_code == 404
+    refusals = [r for r in caplog.records if r.name == "pdfqueue.web" and getattr(r, "refused", None)]
+    assert len(refusals) == 1 and refusals[0].job_id == job["id"] and refusals[0].exists is True
+    assert refusals[0].owner == other_client.get("/api/session").get_json()["owner"]
+    assert "secret-name" not in repr(refusals[0].__dict__)
+
+
+def test_an_upload_logs_a_queued_line(client, caplog):
+    caplog.set_level("INFO", logger="pdfqueue.web")
+    job = upload(client, "logged")
+    queued = [r for r in caplog.records if r.name == "pdfqueue.web" and r.getMessage() == f"job {job['id']} queued"]
+    assert len(queued) == 1
+    line = queued[0]
+    assert (line.job_id, line.correlation_id, line.bytes, line.mapping) == \
+        (job["id"], job["correlation_id"], job["bytes"], job["mapping"])

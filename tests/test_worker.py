@@ -519,3 +519,25 @@ def test_a_gateway_413_is_recorded_as_too_large(worker_app, api, fake):
     run(worker_app, job["id"])
     failed = load(worker_app, job["id"])
     assert (failed.status, failed.error_code, failed.attempts) == ("failed", "TOO_LARGE", 1)
+
+
+def test_with_retention_after_download_a_result_goes_at_its_first_download(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, RETENTION_XML_AFTER_DOWNLOAD=True, BREAKER_DISTINCT_JOBS=0)
+    api = ApiClient(app.test_client())
+    owned, shared = upload(api, "once"), upload(api, "shared")
+    for job in (owned, shared):
+        run(app, job["id"])
+    first = api.get(f"/api/jobs/{owned['id']}/download")
+    assert first.status_code == 200 and f"FT {owned['correlation_id']}" in first.get_data(as_text=True)
+    assert api.get(f"/api/jobs/{owned['id']}/download").get_json()["error"]["code"] == "EXPIRED"
+    assert api.get(f"/api/jobs/{owned['id']}").get_json()["result_expired"] is True
+    link = api.post(f"/api/jobs/{shared['id']}/share").get_json()["url"]
+    anyone = app.test_client()
+    assert anyone.get(link).status_code == 200 and anyone.get(link).status_code == 410
+    assert list(Path(app.config["RESULT_DIR"]).iterdir()) == []
+
+
+def test_results_stay_after_a_download_by_default(worker_app, api):
+    job = upload(api)
+    run(worker_app, job["id"])
+    assert [api.get(f"/api/jobs/{job['id']}/download").status_code for _ in range(2)] == [200, 200]
