@@ -293,8 +293,9 @@ def test_gateway_stopped_for_a_minute_then_restarted(start_stack):
 
 def test_gateway_answering_500_then_hanging_past_its_timeout(fake, start_stack):
     base = FAST["RETRY_BASE_SECONDS"]
-    # The breaker stays out of this drill (threshold 100): it is the retries that are under test here.
-    stack = start_stack(gateway_url=fake.url, BREAKER_THRESHOLD=100)
+    # The breaker stays out of this drill (threshold 100, no distinct-jobs rate: these are four distinct failing
+    # jobs): it is the retries that are under test here.
+    stack = start_stack(gateway_url=fake.url, BREAKER_THRESHOLD=100, BREAKER_DISTINCT_JOBS=0)
     session = owner_session(stack)
     fake.status = 500
     injected("the gateway answers every /process with 500; 2 uploads")
