@@ -42,8 +42,10 @@ def owned_or_404(job_id):
 def refused(why, job_id, owner):
     """Answer 404 for a job this caller may not have, logging who asked (ids only: never a file name)."""
     exists = owner is not None and db.session.get(Job, job_id) is not None
-    logger.warning("job %s refused: %s", job_id, "another owner's" if exists else "no such job", extra={
-        "job_id": job_id, "owner": owner, "refused": why, "exists": exists, "path": request.path})
+    # Another owner's job is worth a look (a guessed or leaked id); an unknown one is usually a stale page.
+    logger.log(logging.WARNING if exists else logging.INFO, "job %s refused: %s", job_id,
+               "another owner's" if exists else "no such job",
+               extra={"job_id": job_id, "owner": owner, "refused": why, "exists": exists, "path": request.path})
     raise not_found()
 
 

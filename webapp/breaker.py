@@ -78,7 +78,7 @@ def record_job_failure(job_id):
     config = current_app.config
     distinct, window = config["BREAKER_DISTINCT_JOBS"], config["BREAKER_WINDOW_SECONDS"]
     if distinct <= 0:
-        return is_open()
+        return False
     Coordination.ensure(NAME, state=CLOSED, count=0)
     with write_transaction() as session:
         row = session.execute(select(Coordination).where(Coordination.name == NAME).with_for_update()).scalar_one()
