@@ -122,3 +122,18 @@ def test_postgresql_is_backed_up_with_pg_dump_and_restored_with_pg_restore(make_
         for app in (live, target):
             with app.app_context():
                 db.engine.dispose()
+
+
+def test_restore_refuses_while_a_web_process_answers_on_its_port(live, make_app, tmp_path):
+    from werkzeug.serving import make_server
+    invoke(live, "backup", str(tmp_path / "backup"))
+    server = make_server("127.0.0.1", 0, live, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = make_app(DATA_DIR=str(tmp_path / "restored"), HOST="127.0.0.1", PORT=server.server_port)
+        assert "a pdfqueue web process answers" in invoke(target, "restore", str(tmp_path / "backup"), "--yes", ok=False)
+    finally:
+        server.shutdown()
+        thread.join()
+    invoke(target, "restore", str(tmp_path / "backup"), "--yes")
