@@ -124,3 +124,33 @@ def test_an_upload_logs_a_queued_line(client, caplog):
     line = queued[0]
     assert (line.job_id, line.correlation_id, line.bytes, line.mapping) == \
         (job["id"], job["correlation_id"], job["bytes"], job["mapping"])
+
+
+def test_search_by_file_name_ignores_case_and_takes_wildcards_literally(client):
+    ids = {name: upload(client, name)["id"] for name in ("Fatura-Março", "fatura_abril", "recibo", "fatura%x")}
+    found = lambda query: sorted(j["filename"] for j in client.get(f"/api/jobs?{query}").get_json()["jobs"])  # noqa: E731
+    assert found("q=FATURA") == ["Fatura-Março.pdf", "fatura%x.pdf", "fatura_abril.pdf"]
+    assert found("q=a_a") == ["fatura_abril.pdf"] and found("q=a%25") == ["fatura%x.pdf"]  # _ and % are not wildcards
+    assert found("q=%20recibo%20") == ["recibo.pdf"]  # trimmed
+    assert len(ids) == 4
+
+
+def test_status_groups_and_search_combine_with_the_cursor(app, client):
+    jobs = [upload(client, f"g{n}") for n in range(5)]
+    with app.app_context():
+        for job in jobs[:3]:
+            assert Job.claim(job["id"], "w1", 30, capacity=10)
+        assert Job.fail(jobs[0]["id"], "w1", "GW_4XX", "refused")
+    active = lambda query: [j["id"] for j in client.get(f"/api/jobs?{query}").get_json()["jobs"]]  # noqa: E731
+    assert active("status=active") == [job["id"] for job in jobs[1:][::-1]]
+    assert active("status=all") == [job["id"] for job in jobs[::-1]]
+    assert active("status=failed,processing") == [jobs[2]["id"], jobs[1]["id"], jobs[0]["id"]]
+    body = client.get("/api/jobs?status=active&q=g&limit=2").get_json()
+    second = client.get(f"/api/jobs?status=active&q=g&limit=2&cursor={body['next_cursor']}").get_json()
+    assert [j["id"] for j in body["jobs"] + second["jobs"]] == [job["id"] for job in jobs[1:][::-1]]
+    assert second["next_cursor"] is None
+
+
+def test_a_search_too_long_is_400(client):
+    response = client.get("/api/jobs?q=" + "x" * 201)
+    assert response.status_code == 400 and "'q'" in response.get_json()["error"]["message"]

@@ -210,7 +210,7 @@ def test_a_dashboard_row_goes_on_top_only_for_a_job_made_after_the_cursor(app, c
     with app.test_request_context():
         assert Job.claim(job["id"], "w1", 30, capacity=4)
         owner = db.session.get(Job, job["id"]).owner
-        view = {"owner": owner, "owner_column": False, "status": "", "statuses": (), "query": {}}  # my own queue
+        view = {"owner": owner, "owner_column": False, "status": "", "statuses": (), "q": "", "query": {}}  # my own queue
         [(_, _, newer)], _ = stream_module.read_changes(owner, made - timedelta(seconds=1), view)
         [(_, _, known)], _ = stream_module.read_changes(owner, made, view)
     assert newer.startswith(f'event: row\ndata: <template><tbody hx-swap-oob="afterbegin:#job-rows"><tr id="job-{job["id"]}" ')

@@ -175,3 +175,27 @@ def test_migration_0004_keeps_what_the_dropped_columns_said(tmp_path):
             == "2026-01-02 00:00:00"
         db.session.remove()
         db.engine.dispose()
+
+
+def test_migration_0007a_widens_the_owners_newest_first_index_and_back(tmp_path):
+    from flask_migrate import downgrade, upgrade
+
+    from webapp import create_app
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test", "HUEY_MEMORY": True})
+    columns = lambda: [row[2] for row in db.session.execute(text("PRAGMA index_info('ix_jobs_owner_created')"))]  # noqa: E731
+    with app.app_context():
+        upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        db.session.execute(text(
+            "INSERT INTO jobs (id, owner, filename, mapping, bytes, sha256, status, progress, attempts, correlation_id,"
+            " created_at, updated_at, dead_letter) VALUES ('j', 'o', 'a.pdf', 'm', 1, 's', 'queued', 0, 0, 'c',"
+            " '2026-01-01', '2026-01-01', 0)"))
+        db.session.commit()
+        upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0007a_queue_filters")
+        assert columns() == ["owner", "created_at", "id", "filename", "status"]
+        assert Job.counts("o", "A.P") == {"total": 1, "active": 1, "complete": 0, "failed": 0}
+        db.session.remove()
+        downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")
+        assert columns() == ["owner", "created_at", "id"]
+        assert db.session.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+        db.session.remove()
+        db.engine.dispose()

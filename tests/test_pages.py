@@ -264,3 +264,98 @@ def test_filesize(value, expected):
 @pytest.mark.parametrize("value, expected", [(None, "—"), (0.25, "250 ms"), (4.25, "4.2 s"), (75, "1 min 15 s")])
 def test_seconds(value, expected):
     assert pages.seconds(value) == expected
+
+
+def test_queue_search_counts_each_filter_under_it_and_carries_it_along(app, client, monkeypatch):
+    monkeypatch.setattr(pages, "PAGE_SIZE", 2)
+    march = [upload(client, f"march-{n}") for n in range(3)]
+    upload(client, "april-0")
+    finish(app, march[0]["id"])
+    finish(app, march[1]["id"], "failed")
+    html = client.get("/queue?q=MARCH").get_data(as_text=True)
+    assert row_ids(html) == [march[2]["id"], march[1]["id"]]
+    counts = dict(re.findall(r'<span id="count-(\w+)" class="count">(\d+)</span>', html))
+    assert counts == {"all": "3", "active": "1", "complete": "1", "failed": "1"}
+    assert '<input id="q-filter" type="search" name="q" value="MARCH"' in html
+    assert 'href="/queue?q=MARCH&amp;status=failed"' in html  # the status filters keep the search
+    older = re.search(r'href="(/queue\?[^"]*cursor=[^"]+)">Older', html).group(1).replace("&amp;", "&")
+    assert "q=MARCH" in older and row_ids(client.get(older).get_data(as_text=True)) == [march[0]["id"]]
+    assert "last_id=" in html and "&amp;q=MARCH" in re.search(r'sse-connect="([^"]+)"', html).group(1)
+    html = client.get("/queue?q=MARCH&status=failed").get_data(as_text=True)
+    assert row_ids(html) == [march[1]["id"]]
+    assert '<input type="hidden" name="status" value="failed">' in html  # a new search keeps the status
+
+
+def test_live_rows_respect_the_search(app, client):
+    match, other = upload(client, "march-live"), upload(client, "april-live")
+    with app.app_context():
+        for job in (match, other):
+            assert Job.claim(job["id"], "w1", 30, capacity=4)
+    html = client.get(f"/queue/rows?q=march&since={other['created_at']}", headers=HX).get_data(as_text=True)
+    assert sorted(oob_rows(html)) == sorted([("replace", match["id"]), ("delete", other["id"])])
+    counts = dict(re.findall(r'<span id="count-(\w+)" class="count" hx-swap-oob="true">(\d+)</span>', html))
+    assert counts == {"all": "1", "active": "1", "complete": "0", "failed": "0"}
+
+
+def test_an_active_job_past_five_minutes_is_taking_longer_than_usual(app, client):
+    slow, fresh, stuck = upload(client, "slow"), upload(client, "fresh"), upload(client, "stuck")
+    with app.app_context():
+        from webapp.db import db
+        assert Job.claim(slow["id"], "w1", 30, capacity=4) and Job.claim(fresh["id"], "w1", 30, capacity=4)
+        db.session.get(Job, slow["id"]).started_at -= timedelta(minutes=6)
+        db.session.get(Job, stuck["id"]).updated_at -= timedelta(minutes=5, seconds=1)  # queued, never started
+        db.session.commit()
+    html = client.get("/queue").get_data(as_text=True)
+    note = "taking longer than usual"
+    assert note in row_html(html, slow["id"]) and note in row_html(html, stuck["id"])
+    assert note not in row_html(html, fresh["id"])
+    assert 'data-slow-after="300"' in html and "data-active-since=" in row_html(html, fresh["id"])
+    with app.app_context():
+        assert Job.fail(fresh["id"], "w1", "GW_4XX", "refused")
+    assert "data-active-since" not in row_html(client.get("/queue").get_data(as_text=True), fresh["id"])
+
+
+def test_the_chart_counts_the_last_day_per_hour(app, client):
+    from webapp import chart
+    from webapp.clock import utcnow
+    jobs = [upload(client, f"c{n}") for n in range(4)]
+    for job, status in zip(jobs, ("complete", "complete", "failed", "complete")):
+        finish(app, job["id"], status)
+    now = utcnow()
+    with app.app_context():
+        from webapp.db import db
+        old = db.session.get(Job, jobs[3]["id"])  # finished two days ago: not in the chart
+        old.completed_at = now - timedelta(days=2)
+        two_hours_ago = db.session.get(Job, jobs[1]["id"])
+        two_hours_ago.completed_at = now - timedelta(hours=2)
+        two_hours_ago.started_at = two_hours_ago.completed_at - timedelta(seconds=8)
+        db.session.commit()
+        drawn = chart.last_day(client.get("/api/session").get_json()["owner"], now)
+    counts = [(hour.complete, hour.failed) for hour in drawn["hours"]]
+    assert counts[-1] == (1, 1) and counts[-3] == (1, 0) and sum(map(sum, counts)) == 3
+    assert drawn["hours"][-3].average_seconds == pytest.approx(8, abs=0.01)
+    assert drawn["finished"] == 3 and drawn["failed"] == 1 and len(drawn["bars"]) == 24
+    html = client.get("/queue").get_data(as_text=True)
+    svg = html[html.index('<svg class="chart-svg"'): html.index("</svg>")]
+    assert "Last 24 hours: 3 jobs finished, 1 of them failed" in svg
+    assert len(re.findall(r'<g class="hour"', svg)) == 24 and svg.count('class="bar-failed"') == 1
+    assert svg.count('class="bar-complete"') == 2 and '<polyline class="line-seconds"' in svg
+    assert "<script" not in svg and "style=" not in svg  # the CSP allows neither inline script nor style
+    assert '<figure class="chart card" id="chart">' in client.get("/queue/totals").get_data(as_text=True)
+
+
+def test_queue_offers_selection_and_bulk_actions(client):
+    job = upload(client, "pick")
+    html = client.get("/queue?status=failed&q=pi").get_data(as_text=True)
+    bar = re.search(r'<div id="bulk"[^>]*>', html).group(0)
+    assert 'data-archive-url="/api/jobs/archive"' in bar and 'data-bulk-url="/api/jobs/bulk"' in bar
+    assert 'data-count-id="count-failed"' in bar and "&#34;q&#34;: &#34;pi&#34;" in bar
+    html = client.get("/queue").get_data(as_text=True)
+    assert f'<input type="checkbox" class="select-job" value="{job["id"]}" aria-label="Select pick.pdf">' in html
+    assert 'id="select-page" aria-label="Select every job on this page"' in html
+
+
+def test_upload_page_takes_a_folder_too(client):
+    html = client.get("/").get_data(as_text=True)
+    assert '<input id="folder-input" type="file" webkitdirectory multiple hidden' in html
+    assert 'id="folder-button"' in html

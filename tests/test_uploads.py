@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests import people
-from tests.conftest import pdf_bytes
+from tests.conftest import ApiClient, pdf_bytes
 from webapp import uploads
 
 
@@ -209,3 +209,26 @@ def test_a_non_utf8_file_name_is_kept_as_readable_text(app, client):
     assert response.status_code == 202 and job["filename"].startswith("fatura") and job["filename"].endswith(".pdf")
     job["filename"].encode("utf-8")
     assert stored_files(app) == [f"{job['id']}.pdf"]
+
+
+def test_retry_after_says_when_the_oldest_file_of_the_window_expires(make_app, monkeypatch):
+    import time as clock
+    app = make_app(UPLOADS_PER_MINUTE=2)
+    client = ApiClient(app.test_client())
+    assert client.upload((pdf_bytes("w1"), "1.pdf")).status_code == 202
+    real_time = clock.time
+    monkeypatch.setattr(clock, "time", lambda: real_time() + 20)  # the limiter and the handler both read it
+    assert client.upload((pdf_bytes("w2"), "2.pdf")).status_code == 202
+    response = client.upload((pdf_bytes("w3"), "3.pdf"))
+    assert response.status_code == 429
+    # The first file leaves the moving window 60 s after it came, 20 s ago: not a whole window from now.
+    assert 35 <= int(response.headers["Retry-After"]) <= 41, response.headers["Retry-After"]
+
+
+def test_the_upload_window_can_be_shortened(make_app):
+    app = make_app(UPLOADS_PER_MINUTE=2, UPLOAD_WINDOW_SECONDS=1)
+    client = ApiClient(app.test_client())
+    assert [client.upload((pdf_bytes(f"s{n}"), f"{n}.pdf")).status_code for n in range(3)] == [202, 202, 429]
+    response = client.upload((pdf_bytes("s9"), "9.pdf"))
+    assert response.get_json()["error"]["message"] == "Too many uploads (2 per 1 second); wait and try again."
+    assert int(response.headers["Retry-After"]) in (0, 1)  # Flask-Limiter rounds the last second down

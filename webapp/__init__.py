@@ -17,8 +17,8 @@ def create_app(test_config=None):
     for key in ("INSTANCE_DIR", "UPLOAD_DIR", "RESULT_DIR"):
         Path(app.config[key]).mkdir(parents=True, exist_ok=True)
 
-    from . import (admin, api, auth, cli, db, errors, events, identity, limits, logs, metrics, pages, queue, security,
-                   stream, uploads)
+    from . import (admin, api, auth, bulk, cli, db, errors, events, identity, limits, logs, metrics, pages, queue,
+                   security, stream, uploads)
     from .models import Job
 
     logs.init_app(app)
@@ -33,6 +33,7 @@ def create_app(test_config=None):
     admin.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.shared)
+    bulk.init_app(app)
     events.init_app(app, changes_after=Job.owners_changed_after)
     stream.init_app(app)
     pages.init_app(app)

@@ -22,12 +22,13 @@ from .accounts import User
 from .identity import current_owner, is_admin, owner_scope
 from .limits import upload_limits
 from .metrics import worker_heartbeat
-from .models import Job, Status
+from .models import STATUS_GROUPS, Job, Status
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 logger = logging.getLogger("pdfqueue.web")
 
 DEFAULT_PAGE, MAX_PAGE = 50, 200
+MAX_QUERY = 200  # longest file-name search (?q=)
 
 
 def owned_or_404(job_id):
@@ -104,20 +105,34 @@ def _encode_cursor(job):
     return base64.urlsafe_b64encode(json.dumps([isoformat(job.created_at), job.id]).encode()).decode()
 
 
-def list_jobs(owner, args):
-    """The owner's jobs (owner None: everyone's), newest first, filtered and paginated as asked; pages use it too."""
-    query = select(Job) if owner is None else select(Job).where(Job.owner == owner)
+def job_filters(args):
+    """SQL conditions for the filters of GET /api/jobs (since, status, q), shared by the list, the archive and
+    bulk actions; raise a 400 for one that cannot be read."""
+    where = []
     if args.get("since"):
         try:
-            query = query.where(Job.updated_at > parse_iso(args["since"]))
+            where.append(Job.updated_at > parse_iso(args["since"]))
         except ValueError:
             raise ApiError(codes.BAD_REQUEST, 400, "'since' must be an ISO-8601 timestamp.")
     status = args.get("status")
     if status:
         wanted = status.split(",")
-        if not set(wanted) <= set(Status):
-            raise ApiError(codes.BAD_REQUEST, 400, f"'status' must be among: {', '.join(Status)}.")
-        query = query.where(Job.status.in_(wanted))
+        if not set(wanted) <= set(STATUS_GROUPS):
+            raise ApiError(codes.BAD_REQUEST, 400, f"'status' must be among: {', '.join(STATUS_GROUPS)}.")
+        statuses = {member for name in wanted for member in STATUS_GROUPS[name]}
+        if "all" not in wanted:
+            where.append(Job.status.in_(sorted(statuses)))
+    q = (args.get("q") or "").strip()
+    if len(q) > MAX_QUERY:
+        raise ApiError(codes.BAD_REQUEST, 400, f"'q' is at most {MAX_QUERY} characters.")
+    if q:
+        where.append(Job.name_contains(q))
+    return where
+
+
+def list_jobs(owner, args):
+    """The owner's jobs (owner None: everyone's), newest first, filtered and paginated as asked; pages use it too."""
+    query = select(Job).where(*Job._of(owner), *job_filters(args))
     try:
         limit = min(max(int(args.get("limit", DEFAULT_PAGE)), 1), MAX_PAGE)
     except ValueError:

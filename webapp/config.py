@@ -31,6 +31,7 @@ def from_env():
         "DEFAULT_MAPPING": os.environ.get("DEFAULT_MAPPING") or mappings[0],
         "MAX_UPLOAD_MB": _int("MAX_UPLOAD_MB", 50),
         "UPLOADS_PER_MINUTE": _int("UPLOADS_PER_MINUTE", 10),
+        "UPLOAD_WINDOW_SECONDS": _int("UPLOAD_WINDOW_SECONDS", 60),
         "WORKER_CONCURRENCY": _int("WORKER_CONCURRENCY", 4),
         "RETENTION_PDF_DAYS": _int("RETENTION_PDF_DAYS", 7),
         "RETENTION_XML_DAYS": _int("RETENTION_XML_DAYS", 30),

@@ -1,6 +1,8 @@
 """One place that turns every failure into the right answer: JSON under /api, a page elsewhere."""
 import errno
 import logging
+import math
+import time
 
 from flask import jsonify, render_template, request
 from flask_limiter.errors import RateLimitExceeded
@@ -66,6 +68,16 @@ def _as_response(value):
     return make_response(value)
 
 
+def _seconds_until_free(limit):
+    """Seconds until the breached limit takes a request again: in a moving window, when its oldest hit expires
+    (not the whole window, so that a page sending files a few at a time waits no longer than it must)."""
+    from .limits import limiter  # here: limits needs identity, which needs this module
+    breached = limiter.current_limit
+    if breached is None:
+        return int(limit.limit.get_expiry())
+    return max(1, math.ceil(breached.window[0] - time.time()))
+
+
 def init_app(app):
     """Register the error handlers."""
 
@@ -82,7 +94,7 @@ def init_app(app):
         retry_after = None
         limit = getattr(exc, "limit", None)
         if limit is not None:
-            retry_after = str(int(limit.limit.get_expiry()))
+            retry_after = str(_seconds_until_free(limit))
         # A limit with its own message says it (sign-ins); the upload limits say what was counted.
         own = limit is not None and limit.error_message
         message = exc.description if own else f"Too many uploads ({exc.description}); wait and try again."

@@ -14,13 +14,34 @@ def files_in_request():
     return max(1, len(request.files.getlist("file")))
 
 
+def _per_window(count):
+    """count per upload window: a minute, unless UPLOAD_WINDOW_SECONDS says otherwise (tests shorten it)."""
+    window = current_app.config["UPLOAD_WINDOW_SECONDS"]
+    return f"{count}/minute" if window == 60 else f"{count}/{window} seconds"
+
+
 def owner_limit():
-    return f"{current_app.config['UPLOADS_PER_MINUTE']}/minute"
+    return _per_window(current_app.config["UPLOADS_PER_MINUTE"])
 
 
 def address_limit():
     # Several people may share one address (an office NAT), so this only stops cookie-dropping floods.
-    return f"{current_app.config['UPLOADS_PER_MINUTE'] * 6}/minute"
+    return _per_window(current_app.config["UPLOADS_PER_MINUTE"] * 6)
+
+
+# Bulk work on the queue: each request may touch hundreds of jobs, so a person needs few of them a minute.
+BULK_LIMIT = "30/minute"
+ARCHIVE_LIMIT = "20/minute"
+
+
+def bulk_limit(view):
+    """Decorate a bulk view (POST /api/jobs/bulk) with its per-owner limit."""
+    return limiter.limit(BULK_LIMIT, key_func=current_owner, scope="bulk-owner")(view)
+
+
+def archive_limit(view):
+    """Decorate the archive view (GET /api/jobs/archive) with its per-owner limit."""
+    return limiter.limit(ARCHIVE_LIMIT, key_func=current_owner, scope="archive-owner")(view)
 
 
 def upload_limits(view):

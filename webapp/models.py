@@ -25,6 +25,11 @@ class Status(StrEnum):
 
 ACTIVE = (Status.QUEUED, Status.PROCESSING)
 FINISHED = (Status.COMPLETE, Status.FAILED)
+# The filters of lists (the API's ?status=, the queue page's): a name for each group of statuses; "all" is none.
+STATUS_GROUPS = {"all": (), "active": ACTIVE, "complete": (Status.COMPLETE,), "failed": (Status.FAILED,),
+                 "queued": (Status.QUEUED,), "processing": (Status.PROCESSING,)}
+# An active job past this is "taking longer than usual" in its row (a conversion takes seconds).
+SLOW_AFTER = timedelta(minutes=5)
 
 
 def new_id():
@@ -79,7 +84,8 @@ class Job(db.Model):
     __table_args__ = (
         UniqueConstraint("owner", "sha256", "mapping", "bytes", name="uq_jobs_owner_file"),
         Index("ix_jobs_owner_updated", "owner", "updated_at"),
-        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        # An owner's jobs newest first; filename and status let a search or a status filter skip rows in the index.
+        Index("ix_jobs_owner_created", "owner", "created_at", "id", "filename", "status"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # the dashboard's totals
         Index("ix_jobs_updated", "updated_at"),  # the change poll (webapp/events.py)
@@ -157,6 +163,22 @@ class Job(db.Model):
         return self.result_expired or (self.status == Status.FAILED and self.upload_path is None)
 
     @property
+    def active_since(self):
+        """When it last became active: its attempt's start, else (queued, never started since a create or a
+        person's retry) its last change; None once finished."""
+        if not self.active:
+            return None
+        return self.started_at or self.updated_at
+
+    def slow(self, now=None):
+        """Active for longer than SLOW_AFTER: its row says it is taking longer than usual."""
+        return self.active and (now or utcnow()) - self.active_since > SLOW_AFTER
+
+    def matches(self, q):
+        """True if the file name contains q, ignoring case (the Python twin of Job.name_contains)."""
+        return not q or q.casefold() in self.filename.casefold()
+
+    @property
     def duration_seconds(self):
         """How long its last processing took, once finished; None before."""
         if self.started_at is None or self.completed_at is None or not self.finished:
@@ -199,6 +221,12 @@ class Job(db.Model):
         return () if owner is None else (cls.owner == owner,)
 
     @classmethod
+    def name_contains(cls, q):
+        """SQL: the file name contains q, ignoring case (%, _ and \\ in q are literal)."""
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return cls.filename.ilike(f"%{escaped}%", escape="\\")
+
+    @classmethod
     def active_count(cls, owner):
         """How many of the owner's (owner None: everyone's) jobs are active."""
         return db.session.scalar(select(func.count()).select_from(cls).where(cls.status.in_(ACTIVE), *cls._of(owner)))
@@ -222,6 +250,26 @@ class Job(db.Model):
             ).where(*cls._of(owner))
         ).one()
         return {"total": total, "complete": complete, "failed": failed, "active": active, "average_seconds": average}
+
+    @classmethod
+    def counts(cls, owner, q=None):
+        """The owner's (None: everyone's) jobs counted per filter of the queue (all, active, complete, failed); with
+        q, of those whose file name contains it. Counted from the owner's newest-first index alone."""
+        total, active, complete, failed = db.session.execute(
+            select(func.count(), func.count().filter(cls.status.in_(ACTIVE)),
+                   func.count().filter(cls.status == Status.COMPLETE), func.count().filter(cls.status == Status.FAILED))
+            .where(*cls._of(owner), *((cls.name_contains(q),) if q else ()))
+        ).one()
+        return {"total": total, "active": active, "complete": complete, "failed": failed}
+
+    @classmethod
+    def finished_since(cls, owner, since):
+        """(status, started_at, completed_at) of the owner's (None: everyone's) jobs finished after since (the
+        queue's chart). A job's updated_at is never before its completed_at, so the owner's index on updated_at
+        narrows the read to the jobs changed since then."""
+        return db.session.execute(
+            select(cls.status, cls.started_at, cls.completed_at)
+            .where(*cls._of(owner), cls.updated_at > since, cls.status.in_(FINISHED), cls.completed_at > since)).all()
 
     @classmethod
     def owners_changed_after(cls, cursor):

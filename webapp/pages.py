@@ -8,13 +8,13 @@ from flask_login import current_user
 from sqlalchemy import select
 from xml.etree.ElementTree import ParseError, indent, tostring
 
-from . import api, breaker, codes, events, htmx
+from . import api, breaker, chart, codes, events, htmx
 from .clock import isoformat, parse_iso, utcnow
 from .errors import ApiError
 from .accounts import User
 from .db import db
 from .identity import current_owner, is_admin, owner_scope
-from .models import Job, JobRemoval, Status
+from .models import SLOW_AFTER, STATUS_GROUPS, Job, JobRemoval, Status
 
 bp = Blueprint("pages", __name__)
 
@@ -23,9 +23,12 @@ POLL_LIMIT = api.MAX_PAGE
 PREVIEW_MAX_BYTES = 2 * 1024 * 1024  # larger results are offered as a download only
 
 
-def totals_context(owner):
-    """The owner's totals and the gateway's state, as the totals partial wants them."""
-    return {"totals": Job.totals(owner), "gateway": breaker.gateway_state()}
+def totals_context(owner, q=""):
+    """The owner's totals, the counts of each filter (under the search q), the last day's chart and the gateway's
+    state: everything the totals partial shows, sent again with each change."""
+    totals = Job.totals(owner)
+    return {"totals": totals, "counts": Job.counts(owner, q) if q else totals, "chart": chart.last_day(owner),
+            "gateway": breaker.gateway_state()}
 
 
 def _mapping_choices():
@@ -38,7 +41,8 @@ def upload_page():
     """Show the drop zone (and the plain form it enhances)."""
     mappings, default = _mapping_choices()
     return render_template("upload.html", mappings=mappings, default_mapping=default,
-                           max_upload_mb=current_app.config["MAX_UPLOAD_MB"])
+                           max_upload_mb=current_app.config["MAX_UPLOAD_MB"],
+                           uploads_per_minute=current_app.config["UPLOADS_PER_MINUTE"])
 
 
 @bp.post("/upload")
@@ -55,19 +59,24 @@ def upload_form():
 
 
 # The queue page's status filter: its name in ?status=, and the statuses it shows.
-FILTERS = {"": (), "active": (Status.QUEUED, Status.PROCESSING), "complete": (Status.COMPLETE,),
-           "failed": (Status.FAILED,)}
+FILTERS = {"": (), **{name: STATUS_GROUPS[name] for name in ("active", "complete", "failed")}}
 
 
 def queue_view(args):
-    """What the queue page shows, from its query: whose jobs (owner_scope), which statuses, and the query to
-    carry along to its partials and its event stream (so each shows the same view)."""
+    """What the queue page shows, from its query: whose jobs (owner_scope), which statuses, which file names (q),
+    and the query to carry along to its partials and its event stream (so each shows the same view)."""
     owner = owner_scope(args)
     status = args.get("status", "") if args.get("status", "") in FILTERS else ""
+    q = (args.get("q") or "").strip()[:api.MAX_QUERY]
     query = {key: value for key, value in (("owner", args.get("owner") if is_admin() else None),
-                                           ("status", status)) if value}
+                                           ("status", status), ("q", q)) if value}
     return {"owner": owner, "owner_column": owner != current_owner(), "status": status,
-            "statuses": FILTERS[status], "query": query}
+            "statuses": FILTERS[status], "q": q, "query": query}
+
+
+def in_view(view, job):
+    """True if the job belongs in the view (its status and its file name): a live row that no longer does leaves."""
+    return job.status in (view["statuses"] or (job.status,)) and job.matches(view["q"])
 
 
 def row_context(view, jobs):
@@ -80,7 +89,8 @@ def row_context(view, jobs):
 def queue_page():
     """Show my jobs (an admin: everyone's, or one person's), newest first, a page at a time, with the totals."""
     view = queue_view(request.args)
-    args = {"limit": PAGE_SIZE, "cursor": request.args.get("cursor", ""), "status": ",".join(view["statuses"])}
+    args = {"limit": PAGE_SIZE, "cursor": request.args.get("cursor", ""), "status": ",".join(view["statuses"]),
+            "q": view["q"]}
     jobs, next_cursor, server_time = api.list_jobs(view["owner"], args)
     people = db.session.execute(select(User.id, User.email).order_by(User.email)).all() if is_admin() else []
     heading = "Queue"
@@ -90,7 +100,8 @@ def queue_page():
         heading = f"Queue of {User.emails([view['owner']]).get(view['owner'], view['owner'])}"
     context = {"jobs": jobs, "first_page": not args["cursor"], "server_time": isoformat(server_time), "heading": heading,
                "next_url": next_cursor and url_for("pages.queue_page", cursor=next_cursor, **view["query"]),
-               "filters": FILTERS, "people": people, **row_context(view, jobs), **totals_context(view["owner"])}
+               "filters": FILTERS, "people": people, **row_context(view, jobs),
+               **totals_context(view["owner"], view["q"])}
     if htmx.is_htmx():
         return render_template("partials/_jobs.html", **context)
     return render_template("queue.html", **context)
@@ -109,7 +120,7 @@ def rows_partial():
     # first: rows put on top of the table one after the other then end newest first.
     jobs = sorted(Job.changed_since(view["owner"], since)[-POLL_LIMIT:], key=lambda job: (job.created_at, job.id))
     removed = [job_id for job_id, _ in JobRemoval.since(view["owner"], since)]
-    context = totals_context(view["owner"])
+    context = totals_context(view["owner"], view["q"])
     active = context["totals"]["active"]
     html = render_template("partials/_poll.html", jobs=jobs, removed_ids=removed, since=since,
                            cursor=isoformat(server_time), state="polling" if active else "idle",
@@ -120,7 +131,8 @@ def rows_partial():
 @bp.get("/queue/totals")
 def totals_partial():
     """The totals box alone."""
-    return render_template("partials/_totals.html", **totals_context(queue_view(request.args)["owner"]))
+    view = queue_view(request.args)
+    return render_template("partials/_totals.html", view=view, **totals_context(view["owner"], view["q"]))
 
 
 @bp.get("/review/<job_id>")
@@ -195,7 +207,8 @@ def one_line(text, limit=140):
 
 @bp.app_context_processor
 def _page_globals():
-    return {"isoformat": isoformat, "urlencode": urlencode, "Status": Status, "signed_in": _signed_in}
+    return {"isoformat": isoformat, "urlencode": urlencode, "Status": Status, "signed_in": _signed_in,
+            "in_view": in_view, "slow_after_seconds": int(SLOW_AFTER.total_seconds())}
 
 
 def _signed_in():

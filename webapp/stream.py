@@ -64,7 +64,8 @@ def read_changes(owner, since, view=None):
     changes.sort(key=lambda change: change[1])
     totals = None
     if dashboard and changes:
-        totals = sse("totals", render_template("partials/_totals.html", oob=True, **totals_context(owner)))
+        totals = sse("totals", render_template("partials/_totals.html", oob=True, view=view,
+                                               **totals_context(owner, view["q"])))
     return changes, totals
 
 
@@ -88,8 +89,8 @@ class Stream:
         # once each has sent a change; streams just opened each have their own, so the read starts at the whole
         # second before since, shared by every cursor in that second, and each stream drops what precedes its own.
         shared_since, view = since.replace(microsecond=0), self.view
-        changes, totals = self.subscription.shared((shared_since, view and (view["status"], view["owner_column"])),
-                                                   lambda: read_changes(owner, shared_since, view))
+        shown = view and (view["status"], view["q"], view["owner_column"])
+        changes, totals = self.subscription.shared((shared_since, shown), lambda: read_changes(owner, shared_since, view))
         messages = []
         for key, at, body in changes:
             if at <= since or self.sent.get(key) == at:

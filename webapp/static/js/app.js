@@ -38,14 +38,24 @@
   // Upload page
   // ---------------------------------------------------------------------------------------------
 
+  // Any number of files, dropped or picked (a folder too), all become jobs: they go a few at a time, and when the
+  // server says the per-user limit is reached (429), the rest wait in the page, counting down its Retry-After,
+  // then go by themselves. Leaving the page while files wait asks first.
+  var PARALLEL = 2; // uploads in flight at once
+
   function initUpload(form) {
     var zone = document.getElementById("dropzone");
     var input = document.getElementById("file-input");
+    var folderInput = document.getElementById("folder-input");
+    var folderButton = document.getElementById("folder-button");
     var list = document.getElementById("upload-list");
     var section = document.getElementById("uploads");
     var summary = document.getElementById("upload-summary");
     var maxBytes = Number(form.dataset.maxMb) * 1024 * 1024;
-    var pending = 0, accepted = 0, problems = 0;
+    var waiting = [], inFlight = 0, resumeAt = 0, countdown = null, dropped = 0;
+    var batch = newBatch();
+
+    function newBatch() { return { accepted: 0, duplicates: 0, rejected: [] }; }
 
     input.tabIndex = -1; // the drop zone is the keyboard's way in
     zone.addEventListener("click", function () { input.click(); });
@@ -53,6 +63,11 @@
       if (evt.key === "Enter" || evt.key === " ") { evt.preventDefault(); input.click(); }
     });
     input.addEventListener("change", function () { addFiles(input.files); input.value = ""; });
+    if (folderInput && folderButton) {
+      folderButton.hidden = false;
+      folderButton.addEventListener("click", function () { folderInput.click(); });
+      folderInput.addEventListener("change", function () { addFiles(folderInput.files); folderInput.value = ""; });
+    }
     ["dragenter", "dragover"].forEach(function (name) {
       zone.addEventListener(name, function (evt) { evt.preventDefault(); zone.classList.add("is-over"); });
     });
@@ -62,11 +77,16 @@
     zone.addEventListener("drop", function (evt) {
       evt.preventDefault();
       zone.classList.remove("is-over");
-      if (evt.dataTransfer && evt.dataTransfer.files.length) addFiles(evt.dataTransfer.files);
+      if (evt.dataTransfer) filesOfDrop(evt.dataTransfer).then(addFiles);
     });
     // Dropping a file elsewhere on the page must not navigate away to it.
     window.addEventListener("dragover", function (evt) { evt.preventDefault(); });
     window.addEventListener("drop", function (evt) { evt.preventDefault(); });
+    window.addEventListener("beforeunload", function (evt) {
+      if (!waiting.length && !inFlight) return;
+      evt.preventDefault();
+      evt.returnValue = ""; // older browsers show their own "leave the page?" text only when this is set
+    });
 
     function problemWith(file) {
       var looksPdf = /\.pdf$/i.test(file.name) || file.type === "application/pdf";
@@ -77,30 +97,57 @@
     }
 
     function addFiles(files) {
+      if (!files.length) return;
+      if (!waiting.length && !inFlight) batch = newBatch(); // a new drop after the last one ended
       section.hidden = false;
-      summary.textContent = "";
+      summary.replaceChildren();
       Array.prototype.forEach.call(files, function (file) {
         var row = uploadRow(file);
         list.appendChild(row.el);
         var problem = problemWith(file);
         if (problem) {
           row.finish("rejected", problem + " Not sent.");
-          problems += 1;
+          batch.rejected.push({ name: file.name, reason: problem });
           return;
         }
-        pending += 1;
-        send(file, row);
+        waiting.push({ file: file, row: row, order: dropped++ });
       });
+      pump();
+    }
+
+    // Send the next files while fewer than PARALLEL are in flight and the server's limit allows.
+    function pump() {
+      if (Date.now() < resumeAt) return tick();
+      while (inFlight < PARALLEL && waiting.length) {
+        var item = waiting.shift();
+        inFlight += 1;
+        send(item);
+      }
       maybeDone();
+    }
+
+    // The countdown on the files that wait for the limit's window; at zero they go.
+    function tick() {
+      var left = Math.max(0, Math.ceil((resumeAt - Date.now()) / 1000));
+      waiting.forEach(function (item) {
+        item.row.wait("Over the limit of files a minute: goes by itself in " + left + " s");
+      });
+      if (left === 0) {
+        window.clearInterval(countdown);
+        countdown = null;
+        pump();
+      } else if (!countdown) {
+        countdown = window.setInterval(tick, 1000);
+      }
     }
 
     function uploadRow(file) {
       var el = document.createElement("li");
       el.className = "upload";
-      el.dataset.state = "sending";
+      el.dataset.state = "waiting";
       var name = document.createElement("span");
       name.className = "upload-name";
-      name.textContent = file.name;
+      name.textContent = file.webkitRelativePath || file.name;
       var size = document.createElement("span");
       size.className = "upload-size";
       size.textContent = file.size < 1024 ? file.size + " B" : (file.size / 1024).toFixed(1) + " KB";
@@ -113,7 +160,13 @@
       el.append(name, size, bar, message);
       return {
         el: el, bar: bar,
+        wait: function (text) {
+          el.dataset.state = "waiting";
+          bar.value = 0;
+          message.textContent = text;
+        },
         progress: function (fraction) {
+          el.dataset.state = "sending";
           bar.value = Math.round(fraction * 100);
           message.textContent = "Sending… " + bar.value + "%";
         },
@@ -127,7 +180,8 @@
       };
     }
 
-    function send(file, row) {
+    function send(item) {
+      var file = item.file, row = item.row;
       var data = new FormData();
       data.append("file", file, file.name);
       data.append("mapping", document.getElementById("mapping").value);
@@ -135,46 +189,103 @@
       xhr.open("POST", "/api/upload");
       xhr.setRequestHeader("X-CSRF-Token", csrfToken());
       xhr.setRequestHeader("Accept", "application/json");
+      row.progress(0);
       xhr.upload.addEventListener("progress", function (evt) {
         if (evt.lengthComputable) row.progress(evt.loaded / evt.total);
       });
       xhr.addEventListener("load", function () {
+        inFlight -= 1;
         if (xhr.status === 202) {
           var job = JSON.parse(xhr.responseText).jobs[0];
-          row.finish(job.duplicate ? "duplicate" : "accepted",
-                     job.duplicate ? "Already uploaded: this is the same file as an existing job." : "Accepted, queued.");
-          accepted += 1;
+          if (job.duplicate) {
+            batch.duplicates += 1;
+            row.finish("duplicate", "Already uploaded: this is the same file as an existing job.");
+          } else {
+            batch.accepted += 1;
+            row.finish("accepted", "Accepted, queued.");
+          }
+        } else if (xhr.status === 429) {
+          // Over the per-user limit: this file waits (first in line) until the window lets one more in.
+          var header = xhr.getResponseHeader("Retry-After"), after = header === null ? NaN : Number(header);
+          after = isFinite(after) ? Math.max(after, 1) : 5; // "0": a slot frees within the second
+          resumeAt = Math.max(resumeAt, Date.now() + after * 1000);
+          waiting.unshift(item);
+          waiting.sort(function (a, b) { return a.order - b.order; }); // two refused at once keep their order
         } else {
           var text = errorMessage(xhr);
-          if (xhr.status === 429 && xhr.getResponseHeader("Retry-After")) {
-            text += " (try again in " + xhr.getResponseHeader("Retry-After") + " s)";
-          }
-          row.finish("error", text);
-          problems += 1;
+          row.finish("rejected", text);
+          batch.rejected.push({ name: file.name, reason: text });
         }
-        pending -= 1;
-        maybeDone();
+        pump();
       });
       xhr.addEventListener("error", function () {
-        row.finish("error", "The upload did not reach the server; check the connection and try again.");
-        problems += 1; pending -= 1; maybeDone();
+        inFlight -= 1;
+        var text = "The upload did not reach the server; check the connection and try again.";
+        row.finish("rejected", text);
+        batch.rejected.push({ name: file.name, reason: text });
+        pump();
       });
       xhr.send(data);
     }
 
     function maybeDone() {
-      if (pending > 0) return;
-      var link = '<a href="' + form.dataset.queueUrl + '">Go to the queue</a>';
-      if (accepted && !problems) {
-        summary.innerHTML = "All uploaded. Opening the queue… " + link;
+      if (waiting.length || inFlight) return;
+      var sent = batch.accepted + batch.duplicates;
+      if (!sent && !batch.rejected.length) return;
+      var line = document.createElement("p");
+      line.className = "summary-line";
+      line.textContent = batch.accepted + " accepted, " + batch.duplicates +
+        (batch.duplicates === 1 ? " duplicate" : " duplicates") + " (already uploaded: the existing jobs), " +
+        batch.rejected.length + " rejected" + (batch.rejected.length ? ":" : ".");
+      summary.replaceChildren(line);
+      if (batch.rejected.length) {
+        var reasons = document.createElement("ul");
+        batch.rejected.forEach(function (item) {
+          var li = document.createElement("li");
+          li.textContent = item.name + ": " + item.reason;
+          reasons.appendChild(li);
+        });
+        summary.appendChild(reasons);
+      }
+      var link = document.createElement("a");
+      link.href = form.dataset.queueUrl;
+      link.textContent = "Go to the queue";
+      summary.appendChild(link);
+      if (sent && !batch.rejected.length) {
+        line.textContent = "All uploaded: " + line.textContent + " Opening the queue…";
         window.setTimeout(function () { window.location.assign(form.dataset.queueUrl); }, 1200);
-      } else if (accepted) {
-        summary.innerHTML = accepted + " accepted, " + problems + " not. " + link;
-      } else if (problems) {
-        summary.textContent = "Nothing was uploaded.";
       }
     }
   }
+
+  // The files of a drop, a dropped folder's included (read through the entries API, which must be asked during
+  // the drop event itself).
+  function filesOfDrop(transfer) {
+    var entries = Array.prototype.map.call(transfer.items || [], function (item) {
+      return item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
+    }).filter(Boolean);
+    var files = Array.prototype.slice.call(transfer.files);
+    if (!entries.some(function (entry) { return entry.isDirectory; })) return Promise.resolve(files);
+    return Promise.all(entries.map(filesOfEntry)).then(flatten);
+  }
+
+  function filesOfEntry(entry) {
+    if (entry.isFile) {
+      return new Promise(function (resolve) { entry.file(function (file) { resolve([file]); }, function () { resolve([]); }); });
+    }
+    var reader = entry.createReader(), children = [];
+    return new Promise(function (resolve) {
+      (function more() { // readEntries answers a hundred or so at a time, then an empty batch
+        reader.readEntries(function (batch) {
+          if (!batch.length) return resolve(Promise.all(children.map(filesOfEntry)).then(flatten));
+          children = children.concat(Array.prototype.slice.call(batch));
+          more();
+        }, function () { resolve([]); });
+      })();
+    });
+  }
+
+  function flatten(lists) { return [].concat.apply([], lists); }
 
   // ---------------------------------------------------------------------------------------------
   // Queue page. htmx does the work: rows, deletions and totals come out of band over SSE, or, when the stream
@@ -236,6 +347,23 @@
       if (!shown || shown.dataset.status !== row.dataset.status) announce(row.dataset.filename + ": " + row.dataset.status);
     });
 
+    // A row sent in place of one this page does not show: a job that comes (back) into the view's filters, say
+    // failed again after a retry under "Failed". It goes where its creation time puts it, if that is on this page.
+    document.body.addEventListener("htmx:oobErrorNoTarget", function (evt) {
+      var row = evt.detail.content, rows = document.getElementById("job-rows");
+      if (!rows || !row || !row.classList || !row.classList.contains("job-row") || document.getElementById(row.id)) return;
+      var shown = Array.prototype.slice.call(rows.querySelectorAll("tr.job-row"));
+      var created = row.dataset.created;
+      if (!shown.length) return; // the empty view's table brings itself when a row lands on top
+      if (rows.hasAttribute("data-more") && created < shown[shown.length - 1].dataset.created) return; // older pages
+      if (!rows.hasAttribute("data-first-page") && created > shown[0].dataset.created) return; // newer than it
+      var next = shown.find(function (each) { return each.dataset.created < created; });
+      row.removeAttribute("hx-swap-oob");
+      rows.insertBefore(row, next || null);
+      htmx.process(row);
+      announce(row.dataset.filename + ": " + row.dataset.status);
+    });
+
     document.addEventListener("htmx:afterRequest", function (evt) {
       var button = evt.detail.requestConfig.elt, action = button.dataset && button.dataset.action;
       if (!action) return;
@@ -249,6 +377,197 @@
       } else if (action === "share") {
         shareNotice(JSON.parse(xhr.responseText));
       }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Queue page: ticked rows (or every job the filters match) downloaded as one ZIP, retried or deleted; slow jobs;
+  // a notification when a batch ends while the tab is hidden. Rows come and go by htmx: the selection is kept
+  // here by job id and put back on each row that swaps in.
+  // ---------------------------------------------------------------------------------------------
+
+  var SKIPPED = { NOT_RETRYABLE: "not failed, or its PDF is gone", NOT_FOUND: "no longer there" };
+
+  function initBulk(bar) {
+    var selected = new Set(), matching = false;
+    var filter = JSON.parse(bar.dataset.filter);
+    var count = bar.querySelector("#bulk-count");
+    var buttons = {};
+    bar.querySelectorAll("[data-bulk]").forEach(function (button) { buttons[button.dataset.bulk] = button; });
+    bar.hidden = false;
+
+    function boxes() { return Array.prototype.slice.call(document.querySelectorAll("input.select-job")); }
+    function matchingCount() {
+      var shown = document.getElementById(bar.dataset.countId);
+      return shown ? Number(shown.textContent) : 0;
+    }
+
+    // The page as the selection says: boxes ticked, the count, what each button may do.
+    function render() {
+      var present = new Set(boxes().map(function (box) { return box.value; }));
+      selected.forEach(function (id) { if (!present.has(id)) selected.delete(id); }); // deleted or out of the view
+      boxes().forEach(function (box) { box.checked = matching || selected.has(box.value); });
+      var all = document.getElementById("select-page");
+      if (all) all.checked = present.size > 0 && (matching || selected.size === present.size);
+      var total = matchingCount(), chosen = matching ? total : selected.size;
+      count.textContent = matching ? "All " + total + " matching jobs selected"
+        : chosen ? chosen + (chosen === 1 ? " job" : " jobs") + " selected" : "No job selected";
+      buttons.matching.hidden = matching || total === 0;
+      buttons.matching.textContent = "Select all " + total + " matching";
+      ["archive", "retry", "delete", "clear"].forEach(function (name) { buttons[name].disabled = chosen === 0; });
+    }
+
+    document.addEventListener("change", function (evt) {
+      var box = evt.target;
+      if (box.id === "select-page") {
+        matching = false;
+        boxes().forEach(function (each) { if (box.checked) selected.add(each.value); else selected.delete(each.value); });
+      } else if (box.classList && box.classList.contains("select-job")) {
+        if (matching) { matching = false; boxes().forEach(function (each) { selected.add(each.value); }); }
+        if (box.checked) selected.add(box.value); else selected.delete(box.value);
+      } else {
+        return;
+      }
+      render();
+    });
+    document.body.addEventListener("htmx:afterSettle", render); // rows swapped in, out or in place; new counts
+    document.body.addEventListener("htmx:oobAfterSwap", render);
+
+    function params(extra) {
+      var query = new URLSearchParams();
+      if (matching) {
+        Object.keys(filter).forEach(function (key) { if (filter[key]) query.set(key, filter[key]); });
+      } else {
+        query.set("ids", Array.from(selected).join(","));
+      }
+      Object.keys(extra || {}).forEach(function (key) { query.set(key, extra[key]); });
+      return query.toString();
+    }
+
+    buttons.matching.addEventListener("click", function () { matching = true; render(); });
+    buttons.clear.addEventListener("click", function () { matching = false; selected.clear(); render(); });
+
+    buttons.archive.addEventListener("click", function () {
+      var ready = matching ? (filter.status === "all" || filter.status === "complete" ? Number((document.getElementById("count-complete") || {}).textContent || 0) : 0)
+        : boxes().filter(function (box) { return selected.has(box.value) && box.closest("tr").dataset.status === "complete"; }).length;
+      if (!ready) { toast("None of the selected jobs has a result to download yet.", "error"); return; }
+      var link = document.createElement("a");
+      link.href = bar.dataset.archiveUrl + "?" + params();
+      link.download = "";
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      announce("Preparing a ZIP of " + ready + (ready === 1 ? " result" : " results"));
+    });
+
+    function act(action) {
+      var body = { action: action };
+      if (matching) {
+        // Only failed jobs can be retried: under "All", retry what fails, not everything.
+        var status = action === "retry" && filter.status === "all" ? "failed" : filter.status;
+        body.filter = { status: status, q: filter.q || null, owner: filter.owner };
+      } else {
+        body.ids = Array.from(selected);
+      }
+      return fetch(bar.dataset.bulkUrl, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrfToken() },
+        body: JSON.stringify(body),
+      }).then(function (response) {
+        return response.json().then(function (answer) {
+          if (!response.ok) throw new Error(answer.error ? answer.error.message : "The server answered " + response.status + ".");
+          return answer;
+        });
+      });
+    }
+
+    function skippedText(skipped) {
+      if (!skipped.length) return "";
+      var why = {};
+      skipped.forEach(function (item) { why[item.code] = (why[item.code] || 0) + 1; });
+      return "; " + skipped.length + " skipped (" + Object.keys(why).map(function (code) {
+        return why[code] + " " + (SKIPPED[code] || code);
+      }).join(", ") + ")";
+    }
+
+    buttons.retry.addEventListener("click", function () {
+      act("retry").then(function (answer) {
+        toast(answer.done.length + (answer.done.length === 1 ? " job" : " jobs") + " queued again" + skippedText(answer.skipped) + ".");
+        if (answer.done.length) htmx.trigger(document.body, "queue:active"); // a stopped poller looks again
+        matching = false; selected.clear(); render();
+      }).catch(function (error) { toast(error.message, "error"); });
+    });
+
+    buttons.delete.addEventListener("click", function () {
+      var chosen = matching ? matchingCount() : selected.size;
+      if (!window.confirm("Delete " + chosen + (chosen === 1 ? " job" : " jobs") + " and their results?")) return;
+      act("delete").then(function (answer) {
+        answer.done.forEach(function (id) { var row = document.getElementById("job-" + id); if (row) row.remove(); });
+        toast(answer.done.length + (answer.done.length === 1 ? " job" : " jobs") + " deleted" + skippedText(answer.skipped) + ".");
+        matching = false; selected.clear(); render();
+      }).catch(function (error) { toast(error.message, "error"); });
+    });
+
+    render();
+  }
+
+  // An active job past the threshold says so, also when it passes it while the page is open.
+  function watchSlowJobs() {
+    function mark() {
+      var table = document.querySelector("[data-slow-after]");
+      if (!table) return;
+      var limit = Number(table.dataset.slowAfter) * 1000, now = Date.now();
+      document.querySelectorAll("tr.job-row[data-active-since]").forEach(function (row) {
+        var status = row.querySelector(".status");
+        if (!status || status.querySelector(".status-slow")) return;
+        if (now - Date.parse(row.dataset.activeSince) <= limit) return;
+        var note = document.createElement("span");
+        note.className = "status-note status-slow";
+        note.textContent = "taking longer than usual";
+        status.appendChild(note);
+      });
+    }
+    mark();
+    window.setInterval(mark, 15000);
+    document.body.addEventListener("htmx:afterSettle", mark);
+  }
+
+  // Asked for only when the person clicks the button; then, when the last active job finishes while the tab is
+  // hidden, one notification says so.
+  function initNotify(button) {
+    if (!("Notification" in window) || Notification.permission === "denied") return;
+    var KEY = "pdfqueue.notify";
+    function on() { return Notification.permission === "granted" && window.localStorage.getItem(KEY) === "1"; }
+    function show() {
+      button.setAttribute("aria-pressed", on() ? "true" : "false");
+      button.textContent = on() ? "Notifications on" : "Notify me when a batch finishes";
+    }
+    button.hidden = false;
+    show();
+    button.addEventListener("click", function () {
+      if (on()) { window.localStorage.removeItem(KEY); show(); return; }
+      Notification.requestPermission().then(function (permission) {
+        if (permission === "granted") window.localStorage.setItem(KEY, "1");
+        show();
+        if (permission === "denied") button.hidden = true;
+      });
+    });
+    function totals() {
+      var read = function (name) { var dd = document.querySelector("#totals .total-" + name + " dd"); return dd ? Number(dd.textContent) : 0; };
+      return { active: read("active"), complete: read("complete"), failed: read("failed") };
+    }
+    var before = totals(), start = before; // start: the totals when the batch began
+    document.body.addEventListener("htmx:oobAfterSwap", function (evt) {
+      if (evt.detail.target.id !== "totals-box") return;
+      var now = totals();
+      if (before.active === 0 && now.active > 0) start = before;
+      if (before.active > 0 && now.active === 0 && document.hidden && on()) {
+        var done = now.complete - start.complete, failed = now.failed - start.failed;
+        new Notification("pdfqueue: the batch is finished", {
+          body: done + " complete, " + failed + " failed", tag: "pdfqueue-batch",
+        });
+      }
+      before = now;
     });
   }
 
@@ -272,5 +591,10 @@
     if (form) initUpload(form);
     var live = document.getElementById("live");
     if (live) initQueue(live);
+    var bar = document.getElementById("bulk");
+    if (bar) initBulk(bar);
+    if (live) watchSlowJobs();
+    var notify = document.getElementById("notify");
+    if (notify) initNotify(notify);
   });
 })();
