@@ -165,7 +165,8 @@ def settle_failure(job, worker, error, started=None):
     breaker_open = False
     if error.blames_gateway:
         if gateway_client.healthy(config["GATEWAY_URL"]):
-            breaker_open = breaker.record_job_failure(job.id)
+            # Only a 5xx or a timeout counts: a refusal (4xx) is the file's answer, however many files get it.
+            breaker_open = not isinstance(error, retry.FinalError) and breaker.record_job_failure(job.id)
         else:
             breaker_open = breaker.record_failure()
     step = retry.next_step(error, job.attempts, config, breaker_open=breaker_open)  # attempts counts this one

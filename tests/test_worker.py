@@ -541,3 +541,13 @@ def test_results_stay_after_a_download_by_default(worker_app, api):
     job = upload(api)
     run(worker_app, job["id"])
     assert [api.get(f"/api/jobs/{job['id']}/download").status_code for _ in range(2)] == [200, 200]
+
+
+def test_refusals_of_many_distinct_files_never_open_the_breaker(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, BREAKER_THRESHOLD=100, BREAKER_DISTINCT_JOBS=2)
+    api = ApiClient(app.test_client())
+    fake.status = 422  # the gateway is fine and says no to each file: final, the files' own answer
+    for n in range(3):
+        run(app, upload(api, f"no{n}")["id"])
+    with app.app_context():
+        assert not breaker.is_open() and breaker._failing_jobs() == 0
