@@ -12,7 +12,10 @@ import resource
 
 from webapp import logs
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
+if int(os.environ.get("METRICS_PORT") or 0):
+    # Prometheus' own listener: it serves /metrics (without METRICS_TOKEN) and nothing else (webapp/metrics.py).
+    bind.append(f"{os.environ.get('METRICS_HOST', '127.0.0.1')}:{os.environ['METRICS_PORT']}")
 workers = int(os.environ.get("WEB_WORKERS", 1))
 if workers > 1 and not os.environ.get("REDIS_URL"):
     # Flask-Limiter's memory storage is per process: several processes would each allow the full limit.

@@ -109,7 +109,7 @@ def main():
     try:
         from tests.people import signed_in
         from webapp import create_app
-        accounts = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench", "HUEY_MEMORY": True, "MIGRATE": False})
+        accounts = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True, "MIGRATE": False})
         user, cookie = signed_in(accounts)
         http = requests.Session()
         http.headers["Cookie"] = f"session={cookie}"

@@ -41,7 +41,7 @@ def percentile(values, fraction):
 
 def start_web(data_dir, worker_class, extra_env):
     port = free_port()
-    env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(port), "HOST": "127.0.0.1", "SECRET_KEY": "bench",
+    env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(port), "HOST": "127.0.0.1", "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop",
            "WEB_WORKER_CLASS": worker_class, "LOG_LEVEL": "WARNING", "GATEWAY_URL": "http://127.0.0.1:9",
            **extra_env}
     subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
@@ -106,7 +106,7 @@ def run(worker_class, n_streams, n_changes, extra_env):
     process, url, port = start_web(data_dir, worker_class, extra_env)
     try:
         from tests.people import signed_in
-        worker_app = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench", "HUEY_MEMORY": True, **extra_env})
+        worker_app = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True, **extra_env})
         _, signed = signed_in(worker_app)  # one person, signed in, watching the queue from many tabs
         http = requests.Session()
         http.cookies.set("session", signed, domain="127.0.0.1", path="/")

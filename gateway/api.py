@@ -51,10 +51,12 @@ def process():
         raise GatewayError(415, "NOT_PDF", "the file is not a PDF (no %PDF- header)")
     config = current_app.config
     limits = sandbox.Limits(memory_mb=config["PARSE_MEMORY_MB"], cpu_s=config["PARSE_CPU_S"],
-                            wall_s=config["PARSE_TIMEOUT_S"])
-    pages, body = sandbox.run(convert_pdf, (data, mapping, fmt, pretty, config["MAX_PAGES"]), limits)
+                            wall_s=config["PARSE_TIMEOUT_S"], answer_bytes=config["MAX_ANSWER_MB"] << 20)
+    # Parses wait for one of this worker's slots; /healthz never does (gevent: each request its own greenlet).
+    with sandbox.parse_slot(config["PARSES_PER_WORKER"]):
+        pages, body = sandbox.run(convert_pdf, (data, mapping, fmt, pretty, config["MAX_PAGES"]), limits)
     g.log["pages"] = pages
-    return Response(body, status=200, content_type=MEDIA_TYPES[fmt])
+    return Response(body.encode("utf-8"), status=200, content_type=MEDIA_TYPES[fmt])
 
 
 def _negotiate():

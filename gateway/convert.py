@@ -8,7 +8,8 @@ RENDERERS = {"xml": render.to_xml, "json": render.to_json}
 
 
 def convert_pdf(data, mapping, fmt, pretty, max_pages):
-    """Return (page count, body bytes) for one PDF; raise GatewayError when it cannot be converted."""
+    """Return [page count, body text] for one PDF (JSON, as the sandbox answers); raise GatewayError when it
+    cannot be converted."""
     try:
         document = read_pdf(data, max_pages=max_pages, **mapping.reading)
     except PdfEncrypted as exc:
@@ -21,4 +22,4 @@ def convert_pdf(data, mapping, fmt, pretty, max_pages):
         root = engine.apply_mapping(mapping, document)
     except engine.NothingFound as exc:
         raise GatewayError(422, "NOTHING_FOUND", f"this does not look like a {mapping.name} document: {exc}") from None
-    return document.meta["pages"], RENDERERS[fmt](root, pretty=pretty)
+    return [document.meta["pages"], RENDERERS[fmt](root, pretty=pretty).decode("utf-8")]

@@ -92,8 +92,10 @@ def _find_field(spec, free):
 def _raw_value(spec, page, line, position, segment):
     """The text a field would take from this segment: after its label, or the segment itself in its region."""
     if spec.region is not None:
+        # A segment belongs to the region it starts in: a long name begun at the left margin may run on past
+        # the region's right edge (the middle of the page, say) and is still the text there, not the line below.
         left, top, right, bottom = spec.region
-        inside = (segment.x0 >= left * page.width and segment.x1 <= right * page.width
+        inside = (left * page.width <= segment.x0 < right * page.width
                   and line.top <= (1 - top) * page.height and line.bottom >= (1 - bottom) * page.height)
         return segment.text if inside else None
     match = spec.label.search(segment.text)

@@ -3,16 +3,22 @@ pays.
 
 Fork per parse rather than a pool: a fresh child per file needs no pool to heal when one dies, inherits the
 upload and the loaded mappings without copying, and costs a few milliseconds. Gunicorn's sync workers are
-single-threaded, so forking from them is safe. The child answers through a pipe with a pickled tuple.
+single-threaded (sync; gevent's workers, one OS thread), so forking from them is safe.
+
+The child is a sandbox, not only a limit: it keeps only its answer pipe (every other inherited descriptor,
+the gateway's sockets included, is closed), runs with an empty environment, may not open more than a few
+files, write to any file, or start a process or thread, and answers as JSON — a parent that unpickled what a
+compromised parser wrote would run its code. The answer is read up to Limits.answer_bytes.
 """
 
 import ctypes
 import faulthandler
+import json
 import os
-import pickle
 import resource
 import select
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -22,11 +28,28 @@ _MiB = 1 << 20
 _PR_SET_PDEATHSIG = 1
 
 
+_ANSWER_FD = 3
+_MAX_FILES = 16  # the answer pipe, stdio, and what a parse may open (nothing: the PDF is in memory)
+
+
 @dataclass(frozen=True)
 class Limits:
     memory_mb: int
     cpu_s: int
     wall_s: float
+    answer_bytes: int = 256 * _MiB
+
+
+_slots = None
+
+
+def parse_slot(count):
+    """A semaphore of count parses at once for this worker process (made in the worker, after gevent's patching,
+    so waiting for a slot lets the worker's other requests — /healthz — run)."""
+    global _slots
+    if _slots is None or _slots[0] != (os.getpid(), count):
+        _slots = ((os.getpid(), count), threading.BoundedSemaphore(count))
+    return _slots[1]
 
 
 def run(func, args, limits):
@@ -42,34 +65,39 @@ def run(func, args, limits):
         os.close(read_fd)
         _child(write_fd, func, args, limits)  # never returns
     os.close(write_fd)
-    payload, timed_out = _read_until(read_fd, time.monotonic() + limits.wall_s)
-    if timed_out:
+    payload, overrun = _read_until(read_fd, time.monotonic() + limits.wall_s, limits.answer_bytes)
+    if overrun:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    return _outcome(payload, status, timed_out, limits)
+    return _outcome(payload, status, overrun, limits)
 
 
-def _read_until(fd, deadline):
-    """Read the child's answer until EOF or the deadline; return (bytes, timed_out)."""
-    chunks = []
+def _read_until(fd, deadline, cap):
+    """Read the child's answer until EOF, the deadline or cap bytes; return (bytes, None) or (b"", why it overran)."""
+    chunks, size = [], 0
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return b"".join(chunks), True
+                return b"", "time"
             ready, _, _ = select.select([fd], [], [], remaining)
             if ready:
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
-                    return b"".join(chunks), False
+                    return b"".join(chunks), None
+                size += len(chunk)
+                if size > cap:
+                    return b"", "size"
                 chunks.append(chunk)
     finally:
         os.close(fd)
 
 
-def _outcome(payload, status, timed_out, limits):
-    if timed_out:
+def _outcome(payload, status, overrun, limits):
+    if overrun == "time":
         raise GatewayError(503, "OVER_LIMITS", f"parsing took longer than {limits.wall_s:g} s")
+    if overrun == "size":
+        raise GatewayError(503, "OVER_LIMITS", f"the parse's answer is over {limits.answer_bytes >> 20} MiB")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGXCPU:
@@ -78,29 +106,35 @@ def _outcome(payload, status, timed_out, limits):
         raise GatewayError(503, "OVER_LIMITS",
                            f"the parser died with {signal.Signals(sig).name} (memory limit {limits.memory_mb} MiB)")
     try:
-        kind, value = pickle.loads(payload)
-    except Exception:
+        answer = json.loads(payload)
+        if "ok" in answer:
+            return answer["ok"]
+        status, code, message = answer["error"]
+        error = GatewayError(int(status), str(code), str(message))
+    except (ValueError, TypeError, KeyError):
         raise GatewayError(502, "GATEWAY_ERROR", "the parser process gave no usable answer") from None
-    if kind == "ok":
-        return value
-    raise GatewayError(*value)
+    raise error
 
 
 def _child(write_fd, func, args, limits):
-    """Set limits, run, send ("ok", result) or ("error", (status, code, message)), and exit at once."""
+    """Confine itself, run, send {"ok": result} or {"error": [status, code, message]} as JSON, and exit at once.
+
+    func's result must be JSON: the parent decodes nothing else."""
     code = 0
     try:
         _reset_signals()
+        write_fd = _keep_only(write_fd)
+        os.environ.clear()  # no secret the gateway was started with is the parser's to read
         _set_limits(limits)
         try:
-            answer = ("ok", func(*args))
+            answer = {"ok": func(*args)}
         except GatewayError as exc:
-            answer = ("error", (exc.status, exc.code, exc.message))
+            answer = {"error": [exc.status, exc.code, exc.message]}
         except MemoryError:
-            answer = ("error", (503, "OVER_LIMITS", f"parsing needed more than {limits.memory_mb} MiB"))
+            answer = {"error": [503, "OVER_LIMITS", f"parsing needed more than {limits.memory_mb} MiB"]}
         except Exception as exc:  # reported to the parent, which logs and answers 502
-            answer = ("error", (502, "GATEWAY_ERROR", f"the parser failed: {type(exc).__name__}: {exc}"))
-        data = memoryview(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+            answer = {"error": [502, "GATEWAY_ERROR", f"the parser failed: {type(exc).__name__}: {exc}"]}
+        data = memoryview(json.dumps(answer).encode())
         while data:
             data = data[os.write(write_fd, data):]
     except BaseException:
@@ -124,6 +158,18 @@ def _reset_signals():
         pass
 
 
+def _keep_only(write_fd):
+    """Move the answer pipe to fd 3 and close every other descriptor above stdio; return the pipe's new fd."""
+    if write_fd != _ANSWER_FD:
+        os.dup2(write_fd, _ANSWER_FD)
+        os.close(write_fd)
+    os.closerange(_ANSWER_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # the parser reads nothing from the gateway's stdin
+    os.close(devnull)
+    return _ANSWER_FD
+
+
 def _set_limits(limits):
     with open("/proc/self/statm") as statm:
         address_space = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -131,3 +177,6 @@ def _set_limits(limits):
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 2))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_MAX_FILES, _MAX_FILES))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file written, of any size (the pipe is no file)
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no process or thread started (root is exempt)

@@ -1,5 +1,9 @@
+import fcntl
 import logging
+from contextlib import contextmanager
 from logging.config import fileConfig
+
+from sqlalchemy import text
 
 from flask import current_app
 
@@ -96,7 +100,7 @@ def run_migrations_online():
 
     connectable = get_engine()
 
-    with connectable.connect() as connection:
+    with one_upgrade_at_a_time(connectable), connectable.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
@@ -105,6 +109,39 @@ def run_migrations_online():
 
         with context.begin_transaction():
             context.run_migrations()
+
+
+# Any 64-bit number of our own: the PostgreSQL advisory lock every pdfqueue upgrade takes.
+ADVISORY_LOCK_KEY = 0x70646671_75657565  # "pdfqueue"
+
+
+@contextmanager
+def one_upgrade_at_a_time(engine):
+    """Hold a lock for the whole run, so that processes starting together (`make web` and `make worker`, units
+    at boot) upgrade one after the other: the second then finds the schema current. SQLite: an flock on a file
+    beside the database; PostgreSQL: a session advisory lock."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif engine.dialect.name == "postgresql":
+        with engine.connect() as lock:
+            lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+            lock.commit()
+            try:
+                yield
+            finally:
+                lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+                lock.commit()
+    else:
+        yield
 
 
 if context.is_offline_mode():

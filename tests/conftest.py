@@ -29,7 +29,8 @@ def make_app(tmp_path):
     apps = []
 
     def build(**overrides):
-        config = {"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret",
+        config = {"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop",
+                  "METRICS_TOKEN": "test-metrics-token",
                   "GATEWAY_URL": "http://127.0.0.1:9", "HUEY_MEMORY": True}
         config.update(overrides)
         app = create_app(config)

@@ -9,10 +9,12 @@ XML = '<?xml version="1.0" encoding="UTF-8"?>\n<Invoice mapping="{mapping}"><Hea
 
 
 class FakeGateway:
-    """Knobs: delay (s), status (int), body (bytes or None), hang (bool), healthy (bool). Counts calls."""
+    """Knobs: delay (s), status (int), body (bytes or None), hang (bool), healthy (bool), error_code (the code of
+    a non-200 answer's JSON error) and error_body (bytes sent instead of it). Counts calls and health checks."""
 
     def __init__(self):
         self.delay, self.status, self.body, self.hang, self.healthy = 0.0, 200, None, False, True
+        self.error_code, self.error_body, self.health_checks = "FAKE", None, 0
         self.calls = Counter()  # correlation id -> /process calls
         self.in_flight = self.peak_in_flight = 0
         self._lock = threading.Lock()
@@ -34,6 +36,7 @@ class FakeGateway:
                 self.wfile.write(body)
 
             def do_GET(self):
+                gateway.health_checks += 1
                 if self.path == "/healthz" and gateway.healthy:
                     self._send(200, json.dumps({"status": "ok", "mappings": ["pt_simon_invoice_v1"]}).encode(), "application/json")
                 else:
@@ -52,8 +55,9 @@ class FakeGateway:
                         gateway.release.wait(60)
                     time.sleep(gateway.delay)
                     if gateway.status != 200:
-                        message = json.dumps({"error": {"code": "FAKE", "message": f"fake gateway says {gateway.status}"}})
-                        self._send(gateway.status, message.encode(), "application/json")
+                        message = gateway.error_body or json.dumps({"error": {
+                            "code": gateway.error_code, "message": f"fake gateway says {gateway.status}"}}).encode()
+                        self._send(gateway.status, message, "application/json")
                         return
                     mapping = "generic_v1" if b"generic_v1" in body[:4096] else "pt_simon_invoice_v1"
                     payload = gateway.body if gateway.body is not None else XML.format(mapping=mapping, cid=cid).encode()

@@ -21,6 +21,7 @@ from datetime import date, timedelta
 
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.utils import simpleSplit
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen import canvas
 
 __all__ = [
@@ -62,6 +63,22 @@ CUSTOMERS = [
     "Electro Norte, Lda.", "Instalações Conceição & Filhos, Lda.", "Águeda Eléctrica — Soluções, S.A.",
     "João Gonçalves \"O Electricista\"", "Luz d'Ouro, Unipessoal Lda.",
 ]
+# Names and addresses as long as real ones get: a supplier name past the middle of the page (up to the FATURA
+# block, which then moves right), a customer name and address running across the page, a long street line.
+LONG_SUPPLIERS = ["SIMON ELECTRIC PORTUGAL — MATERIAL ELÉCTRICO, LDA.", "SIMON ILUMINAÇÃO & SISTEMAS DE CONTROLO, S.A.",
+                  "SIMON ELECTRIC PORTUGAL, SOCIEDADE UNIPESSOAL, LDA.", "SIMON DISTRIBUIÇÃO IBÉRICA DE MATERIAL, S.A."]
+LONG_CUSTOMERS = [
+    "Instalações Eléctricas Conceição, Gonçalves & Filhos — Engenharia e Manutenção Industrial, Lda.",
+    "Cooperativa Agrícola de Produtores de Frutas e Produtos Hortícolas do Vale do Mondego, C.R.L.",
+    "Águeda Eléctrica — Soluções de Iluminação, Domótica e Automação para Edifícios, S.A.",
+]
+LONG_STREETS = [
+    "Avenida Dom João II, Edifício Infante, Lote 1.16.05, Piso 3, Fração B, 1990-083 Parque das Nações, Lisboa",
+    "Rua Engenheiro Ferreira Dias, n.º 924, Armazém 7 — Zona Industrial de Ramalde, 4100-246 Porto",
+]
+LONG_SUPPLIER_STREETS = ["Zona Industrial da Maia I, Sector X, Rua Dr. António Pereira, Lote 5, 4470-000 Maia",
+                         "Parque Empresarial de Alverca, Estrada Nacional 10, km 128, 2615-190 Alverca"]
+SUPPLIER_STREET = "Zona Industrial da Maia, Lote 5, 4470-000 Maia"
 STREETS = ["Rua da Indústria, 145, 4470-177 Maia", "Av. da República, 12 - 3.º Esq., 1050-191 Lisboa",
            "Travessa do Açúcar, 7, 3000-123 Coimbra"]
 NOUNS = ["Tomada schuko 16A", "Interruptor simples", "Cabo \"H07V-U\" 1,5mm²", "Calha técnica 40x60",
@@ -150,8 +167,10 @@ def _draw_header(c, y):
     c.setFont(FONT, SIZE)
 
 
-def make_invoice(n_lines=10, seed=0, *, omit=(), net_total_delta="0"):
+def make_invoice(n_lines=10, seed=0, *, omit=(), net_total_delta="0", long_names=False):
     """Return (pdf_bytes, truth) for a random invoice of n_lines items.
+
+    long_names: a supplier name that runs past the middle of the page, and long customer names and addresses.
 
     omit: names of header fields not printed at all ("DueDate", "IssueDate", "InvoiceNumber", "Totals",
     "Customer"); they are left out of the truth too. net_total_delta: added to the printed Total Ilíquido, to
@@ -162,9 +181,12 @@ def make_invoice(n_lines=10, seed=0, *, omit=(), net_total_delta="0"):
     issued = date(2024, 1, 1) + timedelta(days=rnd.randint(0, 1000))
     due = issued + timedelta(days=rnd.choice([0, 30, 60, 90]))
     number = f"FT {issued.year}{rnd.choice('ABC')}/{rnd.randint(1, 999999):06d}"
-    supplier = {"Name": rnd.choice(SUPPLIERS), "TaxID": f"PT5{rnd.randint(0, 99999999):08d}"}
-    customer = {"Name": rnd.choice(CUSTOMERS), "TaxID": f"{rnd.choice('5689')}{rnd.randint(0, 99999999):08d}"}
-    address = rnd.choice(STREETS)
+    supplier = {"Name": rnd.choice(LONG_SUPPLIERS if long_names else SUPPLIERS),
+                "TaxID": f"PT5{rnd.randint(0, 99999999):08d}"}
+    customer = {"Name": rnd.choice(LONG_CUSTOMERS if long_names else CUSTOMERS),
+                "TaxID": f"{rnd.choice('5689')}{rnd.randint(0, 99999999):08d}"}
+    address = rnd.choice(LONG_STREETS if long_names else STREETS)
+    supplier_street = rnd.choice(LONG_SUPPLIER_STREETS) if long_names else SUPPLIER_STREET
 
     lines = [_random_line(rnd) for _ in range(n_lines)]
     for line in lines:
@@ -185,7 +207,7 @@ def make_invoice(n_lines=10, seed=0, *, omit=(), net_total_delta="0"):
     c.setAuthor(supplier["Name"])
     for page_number, rows in enumerate(pages, start=1):
         if page_number == 1:
-            _draw_first_page_head(c, supplier, customer, address, number, issued, due, omit)
+            _draw_first_page_head(c, supplier, customer, address, number, issued, due, omit, supplier_street)
             y = TABLE_TOP_FIRST
         else:
             y = TABLE_TOP_NEXT
@@ -253,21 +275,23 @@ def _line_truth(line):
     }
 
 
-def _draw_first_page_head(c, supplier, customer, address, number, issued, due, omit):
+def _draw_first_page_head(c, supplier, customer, address, number, issued, due, omit, street=SUPPLIER_STREET):
     c.setFont(BOLD, 12)
     c.drawString(40, 800, supplier["Name"])
+    # The FATURA block keeps its column unless a long name reaches it: then it moves right, as layouts do.
+    right_x = max(380, 40 + stringWidth(supplier["Name"], BOLD, 12) + 24)
     c.setFont(FONT, 9)
-    c.drawString(40, 786, "Zona Industrial da Maia, Lote 5, 4470-000 Maia")
+    c.drawString(40, 786, street)
     c.drawString(40, 772, f"NIF: {supplier['TaxID']}")
     c.setFont(BOLD, 14)
-    c.drawString(380, 800, "FATURA")
+    c.drawString(right_x, 800, "FATURA")
     c.setFont(FONT, 9)
     right = [("InvoiceNumber", f"N.º {number}"), ("IssueDate", f"Data: {issued:%d-%m-%Y}"),
              ("DueDate", f"Vencimento: {due:%d-%m-%Y}")]
     y = 786
     for name, text in right:
         if name not in omit:
-            c.drawString(380, y, text)
+            c.drawString(right_x, y, text)
             y -= 14
     if "Customer" not in omit:
         c.drawString(40, 720, f"Cliente: {customer['Name']}")

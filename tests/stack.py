@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 WEB = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 WORKER = [sys.executable, "worker.py"]
 GATEWAY = [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"]
+METRICS_TOKEN = "stack-metrics-token"
+# What Prometheus sends: /metrics and the details of /api/healthz need it.
+MONITOR = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 class Stack:
@@ -136,7 +139,8 @@ def running_stack(gateway_url=None, gateway_delay=None, webs=1, workers=1, data_
         gateway_port = free_port()
         env = {**os.environ, "DATA_DIR": str(data_dir), "HOST": "127.0.0.1", "GATEWAY_HOST": "127.0.0.1",
                "GATEWAY_PORT": str(gateway_port), "GATEWAY_URL": gateway_url or f"http://127.0.0.1:{gateway_port}",
-               "SECRET_KEY": "stack-secret", "LOG_LEVEL": "WARNING", **{k: str(v) for k, v in settings.items()}}
+               "SECRET_KEY": "stack-secret-key-0123456789abcdefghijklmnop", "METRICS_TOKEN": METRICS_TOKEN,
+               "LOG_LEVEL": "WARNING", **{k: str(v) for k, v in settings.items()}}
         stack = Stack(data_dir, env)
         cleanup.callback(stack.stop_all)
         stack.flask("db", "upgrade")

@@ -54,10 +54,13 @@ def test_pages_without_a_session_send_to_the_sign_in_page(app, path):
     assert response.status_code == 302 and response.headers["Location"] == f"/login?next={path}"
 
 
+METRICS = {"Authorization": "Bearer test-metrics-token"}
+
+
 def test_health_metrics_and_share_links_need_no_session(app, client):
     anonymous = app.test_client()
     assert anonymous.get("/api/healthz").status_code in (200, 503)
-    assert anonymous.get("/metrics").status_code == 200
+    assert anonymous.get("/metrics", headers=METRICS).status_code == 200  # Prometheus' token is no session
     assert anonymous.get("/d/not-a-token").status_code == 404  # reached the view: a bad link, not a 401
 
 

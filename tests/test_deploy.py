@@ -59,8 +59,32 @@ def test_the_verify_check_catches_a_bad_unit(tmp_path):
 def test_every_unit_restarts_on_failure_and_reads_the_env_file(path):
     service = unit(path.name)["Service"]
     assert service["Restart"] == "on-failure"
-    assert service["EnvironmentFile"] == "/etc/pdfqueue/pdfqueue.env"
+    # The gateway has an env file of its own: pdfqueue.env holds secrets it must not see.
+    expected = "gateway.env" if path.name == "pdfqueue-gateway.service" else "pdfqueue.env"
+    assert service["EnvironmentFile"] == f"/etc/pdfqueue/{expected}"
     assert service["User"] != "root"
+
+
+def test_the_gateway_is_confined_away_from_pdfqueues_data_secrets_and_network():
+    service = unit("pdfqueue-gateway.service")["Service"]
+    assert service["DynamicUser"] == "yes" and service["User"] not in ("pdfqueue", "root")
+    assert "pdfqueue.env" not in (DEPLOY / "pdfqueue-gateway.service").read_text().replace("never pdfqueue.env", "")
+    assert {"/var/lib/pdfqueue", "/etc/pdfqueue"} <= {p.lstrip("-") for p in service["InaccessiblePaths"].split()}
+    assert (service["IPAddressDeny"], service["IPAddressAllow"]) == ("any", "localhost")
+    assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
+    assert service["SystemCallFilter"] and service["MemoryMax"] and service["TasksMax"]
+    gateway_env = (DEPLOY / "pdfqueue-gateway.env.example").read_text()
+    assert not re.search(r"^(SECRET_KEY|DATABASE_URL|REDIS_URL|METRICS_TOKEN)=", gateway_env, re.M)
+
+
+def test_systemd_rates_the_gateways_exposure_low(tmp_path):
+    analyze = require("systemd-analyze", "systemd's tools")
+    path = tmp_path / "pdfqueue-gateway.service"
+    path.write_text((DEPLOY / path.name).read_text().replace(INSTALL_DIR, str(REPO)))
+    result = subprocess.run([analyze, "security", "--offline=yes", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout).group(1))
+    assert exposure <= 2.0, result.stdout  # 7.0 (MEDIUM) before the unit was confined
 
 
 def test_the_worker_stops_gracefully_and_outlasts_a_gateway_call():

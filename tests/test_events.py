@@ -230,7 +230,7 @@ def test_a_deleted_job_is_removed_from_other_tabs(browser, query, body):
 
 def another_process(app):
     """An app on the same database with its own event hub, as the worker or the admin CLI would be."""
-    return create_app({"DATA_DIR": app.config["DATA_DIR"], "TESTING": True, "SECRET_KEY": "test-secret",
+    return create_app({"DATA_DIR": app.config["DATA_DIR"], "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop",
                        "HUEY_MEMORY": True})
 
 
@@ -369,7 +369,7 @@ def test_with_redis_a_change_in_another_process_is_published(make_app, redis_url
         job = browser.upload("published")
         stream = browser.events()
         stream.until(job_event(job["id"], "queued"))
-        worker = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret",
+        worker = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop",
                              "REDIS_URL": redis_url, "HUEY_MEMORY": True})
         with worker.app_context():
             assert Job.claim(job["id"], "w1", 30, capacity=4)

@@ -20,7 +20,7 @@ def worker_app(make_app, fake):
 
 def scrape(api):
     """The /metrics answer as {(sample name, frozenset of label items): value}."""
-    response = api.get("/metrics")
+    response = api.get("/metrics", headers={"Authorization": "Bearer test-metrics-token"})
     assert response.status_code == 200 and response.mimetype == "text/plain"
     return {(sample.name, frozenset(sample.labels.items())): sample.value
             for family in text_string_to_metric_families(response.get_data(as_text=True)) for sample in family.samples}

@@ -151,7 +151,7 @@ def test_migration_0004_keeps_what_the_dropped_columns_said(tmp_path):
 
     from webapp import create_app
     from webapp.models import Coordination
-    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test", "HUEY_MEMORY": True})
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True})
     with app.app_context():
         upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0003")
         db.session.execute(text(
@@ -181,7 +181,7 @@ def test_migration_0007a_widens_the_owners_newest_first_index_and_back(tmp_path)
     from flask_migrate import downgrade, upgrade
 
     from webapp import create_app
-    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test", "HUEY_MEMORY": True})
+    app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True})
     columns = lambda: [row[2] for row in db.session.execute(text("PRAGMA index_info('ix_jobs_owner_created')"))]  # noqa: E731
     with app.app_context():
         upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")

@@ -45,13 +45,17 @@ def test_upload_page_offers_the_allow_list_and_the_limits(make_app):
     assert "vendor/htmx.min.js" in html and "vendor/sse.js" in html and "//cdn" not in html
 
 
+# What a browser sends with a form it posts from one of our pages (the test client's host is localhost).
+SAME_ORIGIN = {"Origin": "http://localhost"}
+
+
 def test_plain_form_uploads_without_javascript(app):
     browser = people.test_client(app)
     page = browser.get("/").get_data(as_text=True)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     files = [(io.BytesIO(pdf_bytes("a")), "a.pdf"), (io.BytesIO(b"not a pdf"), "b.pdf")]
     response = browser.post("/upload", data={"csrf_token": token, "mapping": "generic_v1", "file": files},
-                            content_type="multipart/form-data")
+                            content_type="multipart/form-data", headers=SAME_ORIGIN)
     assert response.status_code == 303 and response.headers["Location"] == "/queue"
     html = browser.get("/queue").get_data(as_text=True)
     assert "a.pdf: queued" in html and "b.pdf is not a PDF" in html
@@ -68,7 +72,7 @@ def test_plain_form_single_bad_file_shows_the_error_page(app):
     browser = people.test_client(app)
     token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/").get_data(as_text=True)).group(1)
     response = browser.post("/upload", data={"csrf_token": token, "file": [(io.BytesIO(b"GIF89a"), "x.pdf")]},
-                            content_type="multipart/form-data", headers={"Accept": "text/html"})
+                            content_type="multipart/form-data", headers={"Accept": "text/html", **SAME_ORIGIN})
     html = response.get_data(as_text=True)
     assert response.status_code == 415 and "<!doctype html>" in html and "is not a PDF" in html
 

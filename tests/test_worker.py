@@ -214,7 +214,7 @@ def stack(make_app, fake, tmp_path):
     procs = []
 
     def start_worker(**overrides):
-        env = {**os.environ, "DATA_DIR": str(tmp_path), "SECRET_KEY": "test-secret", "LOG_LEVEL": "WARNING",
+        env = {**os.environ, "DATA_DIR": str(tmp_path), "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop", "LOG_LEVEL": "WARNING",
                **{k: str(v) for k, v in {**settings, **overrides}.items()}}
         proc = subprocess.Popen([sys.executable, str(REPO / "worker.py")], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

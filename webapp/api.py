@@ -2,25 +2,28 @@
 import base64
 import binascii
 import json
+import hmac
 import logging
-from datetime import timedelta
+import time
+from datetime import timedelta, timezone
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import select, text, tuple_
 
 import tasks
 
-from . import breaker, codes, events, htmx, queue, uploads
+from . import breaker, codes, events, htmx, limits, queue, uploads
 from .clock import isoformat, parse_iso, utcnow
 from .db import db
 from .errors import ApiError, not_found
 from .accounts import User
 from .identity import current_owner, is_admin, owner_scope
 from .limits import upload_limits
+from . import metrics
 from .metrics import worker_heartbeat
 from .models import STATUS_GROUPS, Job, Status
 
@@ -187,6 +190,7 @@ def job_delete(job_id):
 
 
 @bp.post("/jobs/<job_id>/retry")
+@limits.action_limit("retry")
 def job_retry(job_id):
     """Queue a failed job again from its kept PDF."""
     job = owned_or_404(job_id)
@@ -203,7 +207,8 @@ def download_response(job):
     path = Path(current_app.config["DATA_DIR"]) / job.result_path if job.has_result else None
     if path is None or not path.exists():
         raise ApiError(codes.EXPIRED, 410, "The result was removed by retention; upload the PDF again.")
-    name = (job.filename.rsplit(".", 1)[0] if "." in job.filename else job.filename) + ".xml"
+    shown = uploads.display_name(job.filename)  # a name kept before format characters were stripped, too
+    name = (shown.rsplit(".", 1)[0] if "." in shown else shown) + ".xml"
     # send_file writes Content-Disposition with an ASCII fallback and the RFC 5987 filename*.
     response = send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
                          conditional=False, etag=False, max_age=0)
@@ -220,19 +225,30 @@ def job_download(job_id):
 
 
 def share_serializer():
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="pdfqueue.share")
+    """Signs share links with SECRET_KEY; links signed with a key in SECRET_KEY_FALLBACKS still check."""
+    config = current_app.config
+    return URLSafeSerializer([*config.get("SECRET_KEY_FALLBACKS", ()), config["SECRET_KEY"]], salt="pdfqueue.share.v2")
 
 
 @bp.post("/jobs/<job_id>/share")
+@limits.action_limit("share")
 def job_share(job_id):
     """Make a short-lived signed link to my job's result that needs no session."""
     job = owned_or_404(job_id)
     if job.status != Status.COMPLETE:
         raise ApiError(codes.NOT_READY, 409, f"Only a complete job can be shared: it is {job.status}.")
-    ttl = current_app.config["SHARE_TTL_SECONDS"]
-    token = share_serializer().dumps({"job": job.id, "owner": job.owner})
-    expires = utcnow() + timedelta(seconds=ttl)
-    return jsonify(url=f"/d/{token}", expires_at=isoformat(expires)), 201
+    expires = utcnow() + timedelta(seconds=current_app.config["SHARE_TTL_SECONDS"])
+    # The job and its share nonce, not the owner; the expiry is the one fixed now, not the TTL set at download.
+    claims = {"j": job.id, "n": Job.share_nonce_of(job.id), "e": int(expires.replace(tzinfo=timezone.utc).timestamp())}
+    return jsonify(url=f"/d/{share_serializer().dumps(claims)}", expires_at=isoformat(expires)), 201
+
+
+@bp.delete("/jobs/<job_id>/share")
+@limits.action_limit("share")
+def job_unshare(job_id):
+    """Revoke every share link of my job."""
+    Job.revoke_shares(owned_or_404(job_id).id)
+    return "", 204
 
 
 shared = Blueprint("shared", __name__)
@@ -242,20 +258,22 @@ shared = Blueprint("shared", __name__)
 def shared_download(token):
     """Download a result through a signed link."""
     try:
-        claims = share_serializer().loads(token, max_age=current_app.config["SHARE_TTL_SECONDS"])
-    except SignatureExpired:
-        raise ApiError(codes.EXPIRED, 410, "This share link has expired; ask for a new one.")
-    except BadSignature:
+        claims = share_serializer().loads(token)
+        job_id, nonce, expires = claims["j"], claims["n"], float(claims["e"])
+    except (BadSignature, KeyError, TypeError, ValueError):
         raise not_found()
-    job = Job.owned(claims["owner"], claims["job"])
-    if job is None:
-        refused("share link", claims["job"], claims["owner"])
+    job = db.session.get(Job, job_id) if isinstance(job_id, str) else None
+    if job is None or job.share_nonce is None or not hmac.compare_digest(str(nonce), job.share_nonce):
+        raise not_found()  # deleted, or its links were revoked
+    if time.time() >= expires:
+        raise ApiError(codes.EXPIRED, 410, "This share link has expired; ask for a new one.")
     return download_response(job)
 
 
 @bp.get("/healthz")
 def healthz():
-    """Report liveness and the state of the database, the queue, the gateway, its breaker and the workers."""
+    """Report liveness; to a signed-in user or METRICS_TOKEN also the state of the database, the queue, the
+    gateway, its breaker and the workers."""
     report = {"status": "ok", "db": "ok", "queue": "ok", "gateway": "unknown", "breaker": "unknown", "worker": "unknown"}
     try:
         db.session.execute(text("SELECT 1"))
@@ -274,4 +292,7 @@ def healthz():
     healthy = report["db"] == "ok" and report["queue"] == "ok"
     if not healthy:
         report["status"] = "degraded"
+    public = current_app.config["AUTH"] != "none" and not current_user.is_authenticated
+    if public and not (metrics.has_metrics_token() or metrics.on_metrics_port()):
+        report = {"status": report["status"]}  # the world learns whether we are up, not what we run on
     return jsonify(report), 200 if healthy else 503

@@ -2,7 +2,6 @@
 from datetime import timedelta
 
 from flask import Blueprint, current_app, has_request_context, jsonify, redirect, render_template, request, url_for
-from flask_limiter.util import get_remote_address
 from flask_login import current_user
 
 from . import codes
@@ -11,7 +10,7 @@ from .accounts import (INVITE, RESET, SETUP, AccountError, ApiToken, OneTimeLink
 from .db import db
 from .errors import ApiError
 from .identity import safe_next, sign_in, sign_out
-from .limits import limiter
+from .limits import action_limit, client_address, limiter
 
 bp = Blueprint("auth", __name__)
 
@@ -44,7 +43,7 @@ SIGNIN_THROTTLED = "Too many failed sign-ins; wait a minute and try again."
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_per_account, key_func=_signin_account, methods=["POST"], deduct_when=_signin_failed,
                scope="signin-account", error_message=SIGNIN_THROTTLED)
-@limiter.limit(_per_address, key_func=get_remote_address, methods=["POST"], deduct_when=_signin_failed,
+@limiter.limit(_per_address, key_func=client_address, methods=["POST"], deduct_when=_signin_failed,
                scope="signin-address", error_message=SIGNIN_THROTTLED)
 def login():
     """Show the sign-in form, or sign in with email and password."""
@@ -169,6 +168,7 @@ def tokens_page():
 
 
 @bp.post("/tokens")
+@action_limit("tokens")
 def tokens_create_form():
     """Make a token from the page's form and show its secret, once."""
     try:
@@ -180,6 +180,7 @@ def tokens_create_form():
 
 
 @bp.post("/tokens/<token_id>/revoke")
+@action_limit("tokens")
 def tokens_revoke_form(token_id):
     """Revoke one of my tokens from the page."""
     ApiToken.revoke(current_user, token_id)
@@ -193,6 +194,7 @@ def tokens_index():
 
 
 @bp.post("/api/tokens")
+@action_limit("tokens")
 def tokens_create():
     """Make a personal API token; its secret appears only in this answer."""
     body = request.get_json(silent=True) or {}
@@ -204,6 +206,7 @@ def tokens_create():
 
 
 @bp.delete("/api/tokens/<token_id>")
+@action_limit("tokens")
 def tokens_delete(token_id):
     """Revoke one of my tokens: it answers 401 from now on."""
     if not ApiToken.revoke(current_user, token_id):

@@ -156,7 +156,7 @@ def service_running():
     url = f"http://{config['HOST']}:{config['PORT']}/api/healthz"
     try:
         answer = requests.get(url, timeout=2)
-        if "breaker" in (answer.json() or {}):
+        if "status" in (answer.json() or {}):  # /api/healthz's answer, to anyone (details need a session)
             return f"a pdfqueue web process answers at {url}"
     except (requests.RequestException, ValueError):
         pass

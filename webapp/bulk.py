@@ -19,6 +19,7 @@ from .errors import ApiError
 from .identity import current_owner, is_admin, owner_scope
 from .limits import archive_limit, bulk_limit
 from .models import Job, Status
+from .uploads import display_name
 
 bp = Blueprint("bulk", __name__, url_prefix="/api")
 
@@ -49,6 +50,7 @@ def _checked_ids(ids):
 def entry_name(filename, taken):
     """The ZIP entry for a job's result: its original file name with .xml, no directories, unique (ignoring case,
     as the file systems it is unpacked on may) among the names taken so far, which it joins."""
+    filename = display_name(filename)  # no format characters (bidi overrides…), in names kept before too
     stem = filename[:-4] if filename.lower().endswith(".pdf") else filename
     stem = stem.replace("/", "_").replace("\\", "_").strip() or "result"
     name, n = f"{stem}.xml", 1

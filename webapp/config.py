@@ -24,6 +24,7 @@ def from_env():
         "DATABASE_URL": os.environ.get("DATABASE_URL") or "",
         "REDIS_URL": os.environ.get("REDIS_URL") or "",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or "",
+        "SECRET_KEY_FALLBACKS": _list("SECRET_KEY_FALLBACKS", ""),
         "GATEWAY_URL": (os.environ.get("GATEWAY_URL") or f"http://127.0.0.1:{gateway_port}").rstrip("/"),
         "GATEWAY_PORT": gateway_port,
         "GATEWAY_TIMEOUT": float(os.environ.get("GATEWAY_TIMEOUT", 180)),
@@ -60,6 +61,14 @@ def from_env():
         "SIGNINS_PER_MINUTE": _int("SIGNINS_PER_MINUTE", 5),
         "USER_QUOTA_MB": _int("USER_QUOTA_MB", 2048),
         "MIN_FREE_MB": _int("MIN_FREE_MB", 200),
+        "MAX_FORM_PARTS": _int("MAX_FORM_PARTS", 0),  # 0: UPLOADS_PER_MINUTE + 5
+        "BODY_TIMEOUT_SECONDS": float(os.environ.get("BODY_TIMEOUT_SECONDS", 60)),
+        "ACTIONS_PER_MINUTE": _int("ACTIONS_PER_MINUTE", 30),
+        "STREAMS_PER_USER": _int("STREAMS_PER_USER", 10),
+        "STREAMS_PER_ADDRESS": _int("STREAMS_PER_ADDRESS", 30),
+        "STREAM_MAX_SECONDS": float(os.environ.get("STREAM_MAX_SECONDS", 3600)),
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or "",
+        "METRICS_PORT": _int("METRICS_PORT", 0),  # 0: no metrics listener of its own
     }
 
 
@@ -77,5 +86,7 @@ def derive(config):
     # Links the service hands out (set-up, invitations, resets) when no request says where it is reached.
     config["PUBLIC_URL"] = config.get("PUBLIC_URL") or f"http://{config['HOST']}:{config['PORT']}"
     # A request may carry a minute's worth of files; each file is held to MAX_UPLOAD_MB as it streams.
+    # Parts of one form: a minute's files, the mapping, the CSRF token and a little room (Werkzeug's max_form_parts).
+    config["MAX_FORM_PARTS"] = config.get("MAX_FORM_PARTS") or config["UPLOADS_PER_MINUTE"] + 5
     config["MAX_CONTENT_LENGTH"] = (config["MAX_UPLOAD_MB"] * config["UPLOADS_PER_MINUTE"] + 1) * 1024 * 1024
     return config

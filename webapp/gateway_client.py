@@ -6,8 +6,22 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 
-from .codes import GW_4XX, GW_5XX, GW_TIMEOUT, TOO_LARGE
+from .codes import GW_4XX, GW_5XX, GW_OVER_LIMITS, GW_TIMEOUT, TOO_LARGE
 from .retry import FinalError, TransientError
+
+OVER_LIMITS = "OVER_LIMITS"  # the gateway's code for a file that ran past its parse limits (gateway/sandbox.py)
+
+
+class PoisonFile(FinalError):
+    """The gateway's parse of this file ran past its memory, CPU or time limits: every attempt would, and the
+    gateway that said so is up, so neither a retry nor the breaker is called for."""
+
+    blames_gateway = False
+
+    def __init__(self, message):
+        super().__init__(GW_OVER_LIMITS, f"The file is too costly to convert ({message}); it will not be retried. "
+                                         "Check the PDF (a corrupt or hostile file, or a huge scan) and upload a "
+                                         "fixed copy.")
 
 CONNECT_TIMEOUT = 5
 HEALTH_TIMEOUT = 3
@@ -26,11 +40,21 @@ def _session():
     return session
 
 
-def _error_message(response):
+ERROR_BODY_BYTES = 64 * 1024  # an error answer is one line of JSON: read no more of it than this
+
+
+def _error(response):
+    """(code, message) of the gateway's JSON error answer, reading at most ERROR_BODY_BYTES of it."""
+    body = b""
     try:
-        return json.loads(response.content[:64 * 1024])["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return f"the gateway answered {response.status_code}"
+        for chunk in response.iter_content(CHUNK):
+            body += chunk
+            if len(body) >= ERROR_BODY_BYTES:
+                break
+        error = json.loads(body[:ERROR_BODY_BYTES])["error"]
+        return str(error.get("code", ""))[:64], " ".join(str(error["message"]).split())[:500]
+    except (ValueError, KeyError, TypeError, AttributeError, requests.RequestException):
+        return "", f"the gateway answered {response.status_code}"
 
 
 def process(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_bytes, deadline=None, clock=None):
@@ -47,11 +71,14 @@ def process(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_
             raise TransientError(GW_5XX, "the gateway cannot be reached") from exc
     with response:
         if response.status_code == 413:  # the PDF is over the gateway's size limit: final, and said as such
-            raise FinalError(TOO_LARGE, _error_message(response))
+            raise FinalError(TOO_LARGE, _error(response)[1])
         if 400 <= response.status_code < 500:
-            raise FinalError(GW_4XX, _error_message(response))
+            raise FinalError(GW_4XX, _error(response)[1])
         if response.status_code != 200:
-            raise TransientError(GW_5XX, _error_message(response))
+            code, message = _error(response)
+            if code == OVER_LIMITS:
+                raise PoisonFile(message)
+            raise TransientError(GW_5XX, message)
         received = 0
         try:
             for chunk in response.iter_content(CHUNK):

@@ -8,6 +8,7 @@ and no session cookie needs no CSRF token, since no other site can make a browse
 """
 import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,20 +29,75 @@ PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "auth.link", "api.healthz", "met
                     "shared.shared_download", "static"}
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
-csrf = CSRFProtect()
+# The plain upload form (no JavaScript, so no header): its csrf_token field is read from the body, once the
+# request is known to come from our own pages (Origin / Sec-Fetch-Site, which every current browser sends).
+FORM_TOKEN_UPLOADS = {"pages.upload_form"}
+
+
+def same_origin():
+    """True if the browser says this request comes from a page of this site."""
+    if request.headers.get("Sec-Fetch-Site") == "same-origin":
+        return True
+    origin = request.headers.get("Origin")
+    return bool(origin) and origin.rstrip("/") == request.host_url.rstrip("/")
+
+
+class HeaderFirstCSRF(CSRFProtect):
+    """Flask-WTF's CSRF check, reading the token from the header before any form field: looking at a form field
+    parses the body, and a multipart body's file parts would be written to disk before the token was checked."""
+
+    def _get_csrf_token(self):
+        for header_name in current_app.config["WTF_CSRF_HEADERS"]:
+            if request.headers.get(header_name):
+                return request.headers[header_name]
+        if request.mimetype == "multipart/form-data" and not (
+                request.endpoint in FORM_TOKEN_UPLOADS and same_origin()):
+            return None  # refused before one byte of the body is read
+        return super()._get_csrf_token()  # a small url-encoded form's csrf_token field
+
+
+csrf = HeaderFirstCSRF()
 login_manager = LoginManager()
 
 
+MIN_SECRET_BYTES = 32
+# Values that templates, tutorials and our own old example file put in SECRET_KEY: never a real key.
+PLACEHOLDER_SECRETS = {"change-me", "changeme", "change_me", "secret", "secret-key", "secret_key", "secretkey",
+                       "dev", "development", "test", "testing", "password", "replace-me", "your-secret-key",
+                       "insecure", "default", "xxx", "todo"}
+
+
+def check_secret(value, name="SECRET_KEY"):
+    """Raise SystemExit, saying what to do, if value is a known placeholder or shorter than 32 bytes."""
+    if value.strip().lower() in PLACEHOLDER_SECRETS:
+        raise SystemExit(f"{name} is the placeholder {value!r}: unset it (a key is generated into instance/secret_key) "
+                         "or set one from: python3 -c 'import secrets; print(secrets.token_hex(32))'")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise SystemExit(f"{name} is {len(value.encode())} bytes long; it needs at least {MIN_SECRET_BYTES}: unset it "
+                         "(a key is generated into instance/secret_key) or set one from: "
+                         "python3 -c 'import secrets; print(secrets.token_hex(32))'")
+    return value
+
+
 def secret_key(instance_dir):
-    """The key from SECRET_KEY, else one generated once into the instance folder (mode 0600)."""
+    """The key generated once into the instance folder (mode 0600), made so that racing processes read one key.
+
+    The key is written whole to a temp file first and then hard-linked into place: link() fails if the name
+    exists, so exactly one process's key wins and nobody can read a half-written file."""
     path = Path(instance_dir) / "secret_key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    if not path.exists():
+        fd, temp = tempfile.mkstemp(dir=instance_dir, prefix=".secret_key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another process won the race: its key is the one
+        finally:
+            os.unlink(temp)
+    return check_secret(path.read_text().strip(), str(path))
 
 
 def current_owner():
@@ -105,6 +161,9 @@ def _user_of_request(req):
     scheme, _, credentials = req.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         g.bearer = True
+        metrics_token = current_app.config.get("METRICS_TOKEN")
+        if metrics_token and secrets.compare_digest(credentials.strip().encode(), metrics_token.encode()):
+            return None  # Prometheus: no user, and no database read (it must see a database that is down)
         return ApiToken.user(credentials.strip())
     if current_app.config["AUTH"] == PROXY:
         email = req.headers.get(current_app.config["REMOTE_USER_HEADER"], "").strip()
@@ -151,15 +210,20 @@ def init_app(app):
         raise SystemExit(f"AUTH=none serves one person on this machine: it refuses HOST={config['HOST']}")
     if config["AUTH"] == PROXY and not config.get("BEHIND_PROXY"):
         raise SystemExit("AUTH=proxy trusts a header only a proxy may set: it needs BEHIND_PROXY=1")
-    if not config.get("SECRET_KEY"):
+    if config.get("SECRET_KEY"):
+        check_secret(config["SECRET_KEY"])
+    else:
         config["SECRET_KEY"] = secret_key(config["INSTANCE_DIR"])
+    # Rotation: new cookies and links are signed with SECRET_KEY; those signed with an older key still check.
+    for index, old in enumerate(config.get("SECRET_KEY_FALLBACKS") or ()):
+        check_secret(old, f"SECRET_KEY_FALLBACKS[{index}]")
     config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     if config.get("BEHIND_PROXY") and config["SESSION_COOKIE_NAME"] == "session":
         config["SESSION_COOKIE_NAME"] = "__Host-session"  # HTTPS (Secure): the prefix pins the cookie to this host
     config["PERMANENT_SESSION_LIFETIME"] = timedelta(days=config["SESSION_DAYS"])
     config.setdefault("REMEMBER_COOKIE_DURATION", timedelta(seconds=0))  # no remember-me cookie beside the session
-    config.setdefault("WTF_CSRF_HEADERS", ["X-CSRF-Token"])
+    config.setdefault("WTF_CSRF_HEADERS", ["X-CSRF-Token", "X-CSRFToken"])
     config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # dashboards stay open for days; the token lives with the session
     config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked in _require_identity, after credentials, token-only exempt
     csrf.init_app(app)

@@ -1,4 +1,7 @@
-"""Upload rate limits: per owner, counted per file, and a looser one per client address."""
+"""Rate limits: uploads per owner (counted per file part) and per client address; retries, shares and token
+changes per owner; clients keyed by address, IPv6 ones by their /64 (one host usually holds a whole /64)."""
+import ipaddress
+
 from flask import current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -6,12 +9,26 @@ from flask_limiter.util import get_remote_address
 from .identity import current_owner
 
 
+def client_address():
+    """The client's address as a rate-limit key: IPv4 as is, IPv6 as its /64 network."""
+    raw = get_remote_address() or ""
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return raw
+    if address.version == 6:
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 limiter = Limiter(key_func=current_owner, headers_enabled=True, strategy="moving-window")
 
 
 def files_in_request():
-    """Each uploaded file costs one; a request with none still costs one."""
-    return max(1, len(request.files.getlist("file")))
+    """Each uploaded file part costs one, whatever its part's name; a request with none still costs one."""
+    return max(1, sum(1 for _ in request.files.items(multi=True)))
 
 
 def _per_window(count):
@@ -31,12 +48,14 @@ def address_limit():
 
 # Bulk work on the queue: each request may touch hundreds of jobs, so a person needs few of them a minute.
 BULK_LIMIT = "30/minute"
+BULK_ADDRESS_LIMIT = "120/minute"
 ARCHIVE_LIMIT = "20/minute"
 
 
 def bulk_limit(view):
-    """Decorate a bulk view (POST /api/jobs/bulk) with its per-owner limit."""
-    return limiter.limit(BULK_LIMIT, key_func=current_owner, scope="bulk-owner")(view)
+    """Decorate a bulk view (POST /api/jobs/bulk) with its per-owner limit, and four times that per address."""
+    view = limiter.limit(BULK_LIMIT, key_func=current_owner, scope="bulk-owner")(view)
+    return limiter.limit(BULK_ADDRESS_LIMIT, key_func=client_address, scope="bulk-ip")(view)
 
 
 def archive_limit(view):
@@ -47,8 +66,25 @@ def archive_limit(view):
 def upload_limits(view):
     """Decorate the upload view with both limits."""
     view = limiter.limit(owner_limit, key_func=current_owner, cost=files_in_request, scope="upload-owner")(view)
-    view = limiter.limit(address_limit, key_func=get_remote_address, cost=files_in_request, scope="upload-ip")(view)
+    view = limiter.limit(address_limit, key_func=client_address, cost=files_in_request, scope="upload-ip")(view)
     return view
+
+
+def _actions_limit():
+    return f"{current_app.config['ACTIONS_PER_MINUTE']}/minute"
+
+
+def _actions_address_limit():
+    return f"{current_app.config['ACTIONS_PER_MINUTE'] * 4}/minute"
+
+
+def action_limit(scope):
+    """Decorate a view that changes something (retry, share, tokens, bulk) with a per-owner and a per-address limit,
+    each shared by every view of the same scope."""
+    def decorate(view):
+        view = limiter.shared_limit(_actions_limit, scope=f"{scope}-owner", key_func=current_owner)(view)
+        return limiter.shared_limit(_actions_address_limit, scope=f"{scope}-ip", key_func=client_address)(view)
+    return decorate
 
 
 def init_app(app):

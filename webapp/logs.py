@@ -2,12 +2,33 @@
 with the same keys everywhere (ts, level, logger, message, plus each event's own fields)."""
 import logging
 import os
+import re
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 RENAMED = {"asctime": "ts", "levelname": "level", "name": "logger"}
+
+
+# A share link's token is its credential: whoever reads an access log line must not be able to download.
+SHARE_TOKEN = re.compile(r"/d/[^\s\"?/]+")
+REDACTED = "/d/[redacted]"
+
+
+class RedactShareTokens(logging.Filter):
+    """Replace the token of every /d/<token> path in a record's message (gunicorn's access lines)."""
+
+    def filter(self, record):
+        if isinstance(record.args, dict):  # gunicorn's atoms: redact each, so AccessFormatter's fields are too
+            for key, value in list(record.args.items()):
+                if isinstance(value, str) and "/d/" in value:
+                    record.args[key] = SHARE_TOKEN.sub(REDACTED, value)
+            return True
+        message = record.getMessage()
+        if "/d/" in message:
+            record.msg, record.args = SHARE_TOKEN.sub(REDACTED, message), None
+        return True
 
 
 def formatter():
@@ -46,7 +67,9 @@ def gunicorn_logconfig(level, access=True):
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED},
                        "access": {"()": "webapp.logs.AccessFormatter", "fmt": FIELDS, "rename_fields": RENAMED}},
-        "handlers": {"json": handler, "access": {**handler, "formatter": "access", "stream": "ext://sys.stdout"}},
+        "filters": {"redact": {"()": "webapp.logs.RedactShareTokens"}},
+        "handlers": {"json": handler, "access": {**handler, "formatter": "access", "stream": "ext://sys.stdout",
+                                                 "filters": ["redact"]}},
         "root": {"level": level, "handlers": []},
         "loggers": loggers,
     }

@@ -10,6 +10,7 @@ state, queue depth, ...) are counted from the jobs table when Prometheus scrapes
 they cannot drift.
 """
 import atexit
+import hmac
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from . import codes
 from .db import db, write_transaction
+from .errors import ApiError
 from .clock import utcnow
 from .models import FINISHED, Coordination, Job, Status
 from .retry import ConversionError
@@ -306,9 +308,50 @@ registry = CollectorRegistry()
 registry.register(DatabaseCollector())
 
 
+def local_port(environ):
+    """The port of our own end of the connection (gunicorn's or Werkzeug's socket): no header can fake it."""
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    try:
+        return sock.getsockname()[1] if sock is not None else None
+    except (OSError, IndexError, TypeError):
+        return None
+
+
+def has_metrics_token():
+    """True if the request carries Authorization: Bearer METRICS_TOKEN (and one is set)."""
+    expected = current_app.config.get("METRICS_TOKEN")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                                                 expected.encode())
+
+
+def on_metrics_port():
+    port = current_app.config.get("METRICS_PORT")
+    return bool(port) and local_port(request.environ) == port
+
+
+class MetricsPortOnly:
+    """WSGI middleware: the METRICS_PORT listener serves /metrics and nothing else."""
+
+    def __init__(self, app, port):
+        self.app, self.port = app, port
+
+    def __call__(self, environ, start_response):
+        if local_port(environ) == self.port and environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+            return [b"Not Found\n"]
+        return self.app(environ, start_response)
+
+
 @bp.get("/metrics")
 def metrics():
-    """Expose the whole system's metrics (any web process answers the same)."""
+    """Expose the whole system's metrics (any web process answers the same) to Prometheus: on METRICS_PORT, or
+    with METRICS_TOKEN as a bearer token; to nobody else."""
+    if not (on_metrics_port() or has_metrics_token()):
+        if not current_app.config.get("METRICS_TOKEN"):
+            raise ApiError(codes.NOT_FOUND, 404, "Metrics are served on METRICS_PORT, or here with METRICS_TOKEN.")
+        raise ApiError(codes.UNAUTHENTICATED, 401, "Send METRICS_TOKEN as Authorization: Bearer.",
+                       headers={"WWW-Authenticate": "Bearer"})
     flush()  # this process's own last second, so a scrape right after a change sees it
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
@@ -318,3 +361,5 @@ def init_app(app):
     app.extensions["pdfqueue_metrics"] = Buffer(app)
     app.register_blueprint(bp)
     app.after_request(record_upload_rejections)
+    if app.config.get("METRICS_PORT"):
+        app.wsgi_app = MetricsPortOnly(app.wsgi_app, app.config["METRICS_PORT"])

@@ -117,6 +117,8 @@ class Job(db.Model):
     leased_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     dead_letter: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Signed into each share link of the job; a new one revokes them all (webapp/api.py). Null until first shared.
+    share_nonce: Mapped[str | None] = mapped_column(String(32))
 
     # -- what follows from the state -----------------------------------------------------------
 
@@ -232,10 +234,14 @@ class Job(db.Model):
         return db.session.scalar(select(func.count()).select_from(cls).where(cls.status.in_(ACTIVE), *cls._of(owner)))
 
     @classmethod
-    def changed_since(cls, owner, since):
-        """The owner's (None: everyone's) jobs whose updated_at is after since, oldest change first (live rows)."""
-        query = select(cls).where(cls.updated_at > since, *cls._of(owner)).order_by(cls.updated_at, cls.id)
-        return db.session.execute(query).scalars().all()
+    def changed_since(cls, owner, since, newest=None):
+        """The owner's (None: everyone's) jobs whose updated_at is after since, oldest change first (live rows);
+        with newest, only that many of the latest changes (a LIMIT in SQL, whatever since is)."""
+        query = select(cls).where(cls.updated_at > since, *cls._of(owner))
+        if newest is None:
+            return db.session.execute(query.order_by(cls.updated_at, cls.id)).scalars().all()
+        latest = db.session.execute(query.order_by(cls.updated_at.desc(), cls.id.desc()).limit(newest)).scalars().all()
+        return latest[::-1]
 
     @classmethod
     def totals(cls, owner):
@@ -461,6 +467,20 @@ class Job(db.Model):
         return cls._transition(job_id, cls.status.in_(FINISHED), upload_path=None)
 
     @classmethod
+    def share_nonce_of(cls, job_id):
+        """The nonce the job's share links carry, made on first use (racing sharers agree on one)."""
+        with write_transaction() as session:
+            session.execute(update(cls.__table__).where(cls.id == job_id, cls.share_nonce.is_(None))
+                            .values(share_nonce=secrets.token_urlsafe(12)))
+            return session.execute(select(cls.share_nonce).where(cls.id == job_id)).scalar_one()
+
+    @classmethod
+    def revoke_shares(cls, job_id):
+        """Give the job a new share nonce, so that every link handed out so far stops working."""
+        with write_transaction() as session:
+            session.execute(update(cls.__table__).where(cls.id == job_id).values(share_nonce=secrets.token_urlsafe(12)))
+
+    @classmethod
     def remove(cls, job_id):
         """Delete the job, leaving a removal behind for live pages; its (upload_path, result_path), or None.
 
@@ -499,11 +519,14 @@ class JobRemoval(db.Model):
     removed_at: Mapped[datetime] = mapped_column(DateTime)
 
     @classmethod
-    def since(cls, owner, since):
-        """(job id, removed_at) of the owner's (None: everyone's) jobs removed after since, oldest first."""
+    def since(cls, owner, since, newest=None):
+        """(job id, removed_at) of the owner's (None: everyone's) jobs removed after since, oldest first; with
+        newest, only that many of the latest."""
         owned = () if owner is None else (cls.owner == owner,)
-        return db.session.execute(select(cls.job_id, cls.removed_at).where(cls.removed_at > since, *owned)
-                                  .order_by(cls.removed_at)).all()
+        query = select(cls.job_id, cls.removed_at).where(cls.removed_at > since, *owned)
+        if newest is None:
+            return db.session.execute(query.order_by(cls.removed_at)).all()
+        return db.session.execute(query.order_by(cls.removed_at.desc()).limit(newest)).all()[::-1]
 
     @classmethod
     def forget_before(cls, before):

@@ -118,8 +118,9 @@ def rows_partial():
     server_time = utcnow() - events.OVERLAP
     # By updated_at (its own index), not list_jobs' created_at order, which scans all my jobs to filter. Oldest
     # first: rows put on top of the table one after the other then end newest first.
-    jobs = sorted(Job.changed_since(view["owner"], since)[-POLL_LIMIT:], key=lambda job: (job.created_at, job.id))
-    removed = [job_id for job_id, _ in JobRemoval.since(view["owner"], since)]
+    # At most POLL_LIMIT of each, chosen in SQL: a ?since= far in the past reads no more than a recent one.
+    jobs = sorted(Job.changed_since(view["owner"], since, newest=POLL_LIMIT), key=lambda job: (job.created_at, job.id))
+    removed = [job_id for job_id, _ in JobRemoval.since(view["owner"], since, newest=POLL_LIMIT)]
     context = totals_context(view["owner"], view["q"])
     active = context["totals"]["active"]
     html = render_template("partials/_poll.html", jobs=jobs, removed_ids=removed, since=since,

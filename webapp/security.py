@@ -1,4 +1,4 @@
-"""Security headers on every response, no CORS, and ProxyFix behind one trusted reverse proxy."""
+"""Security headers on every response, no CORS, ProxyFix behind one trusted reverse proxy, a body read deadline."""
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 # Scripts and styles come only from our own static files: no inline script, no eval, no framing.
@@ -47,3 +47,5 @@ def init_app(app):
         # travels in a custom header that no other origin can set without a CORS preflight we never grant.
         app.config["WTF_CSRF_SSL_STRICT"] = False
     app.after_request(add_headers)
+    from .bodies import BodyDeadline
+    app.wsgi_app = BodyDeadline(app.wsgi_app, app.config["BODY_TIMEOUT_SECONDS"])

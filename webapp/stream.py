@@ -6,12 +6,19 @@ extension's retry, which cannot set the header); the stream then re-reads from e
 so a commit that became visible late is not skipped, and drops what it already sent.
 """
 import json
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
 
-from flask import Blueprint, Response, render_template, request, stream_with_context
+from flask import Blueprint, Response, current_app, render_template, request, stream_with_context
 
-from . import events
+from . import codes, events
 from .clock import isoformat, parse_iso, utcnow
 from .db import db
+from .errors import ApiError
+from .identity import current_owner
+from .limits import client_address
 from .models import Job, JobRemoval
 from .pages import queue_view, row_context, totals_context
 
@@ -19,6 +26,35 @@ bp = Blueprint("stream", __name__, url_prefix="/api")
 
 HEARTBEAT_SECONDS = 15
 RETRY_MS = 3000
+# Resuming from further back than this starts from here: removals are not kept longer (tasks.REMOVALS_KEPT),
+# and a page away that long reloads anyway.
+RESUME_MAX = timedelta(days=1)
+
+
+class OpenStreams:
+    """How many event streams each user and each client address holds open in this web process."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.count = Counter()
+
+    def open(self, keys_and_caps):
+        """Count one more stream for each key, or raise 429 if any key is at its cap (and count nothing)."""
+        with self._lock:
+            for key, cap in keys_and_caps:
+                if self.count[key] >= cap:
+                    raise ApiError(codes.RATE_LIMITED, 429, f"Too many open event streams ({cap}) for one "
+                                   f"{key[0]}; close a tab or wait for one to end.", headers={"Retry-After": "30"})
+            for key, _ in keys_and_caps:
+                self.count[key] += 1
+        return lambda: self._close([key for key, _ in keys_and_caps])
+
+    def _close(self, keys):
+        with self._lock:
+            for key in keys:
+                self.count[key] -= 1
+                if self.count[key] <= 0:
+                    del self.count[key]
 
 
 def sse(event=None, data=None, event_id=None, comment=None):
@@ -37,13 +73,14 @@ def sse(event=None, data=None, event_id=None, comment=None):
 
 def resume_point():
     """Where the client left off: Last-Event-ID, else ?last_id=, else now."""
+    now = utcnow()
     for raw in (request.headers.get("Last-Event-ID"), request.args.get("last_id")):
         if raw:
             try:
-                return parse_iso(raw)
+                return min(max(parse_iso(raw), now - RESUME_MAX), now)
             except ValueError:
                 continue
-    return utcnow()
+    return now
 
 
 def read_changes(owner, since, view=None):
@@ -113,7 +150,14 @@ def events_stream():
     """Stream changes to my jobs (an admin's ?owner=: others') as Server-Sent Events (?html=1: dashboard rows)."""
     view = queue_view(request.args)
     cursor, dashboard = resume_point(), request.args.get("html") == "1"
+    config = current_app.config
+    close = current_app.extensions["pdfqueue.streams"].open(
+        [(("user", current_owner()), config["STREAMS_PER_USER"]),
+         (("address", client_address()), config["STREAMS_PER_ADDRESS"])])
     db.session.remove()  # hold no connection while the stream idles
+    # A stream ends after its lifetime (the browser reconnects within RETRY_MS and resumes from its last id), so
+    # no one stream is held for ever by a page left open, nor outlives a change of the rules.
+    ends = time.monotonic() + config["STREAM_MAX_SECONDS"]
 
     def generate():
         with events.subscribe(view["owner"]) as subscription:
@@ -125,16 +169,21 @@ def events_stream():
                     db.session.remove()
                     if messages:
                         yield "".join(messages)
-                    if not subscription.wait(HEARTBEAT_SECONDS):
+                    left = ends - time.monotonic()
+                    if left <= 0:
+                        return
+                    if not subscription.wait(min(HEARTBEAT_SECONDS, left)) and time.monotonic() < ends:
                         yield sse(comment="heartbeat")
             finally:
                 db.session.remove()
 
     response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    response.call_on_close(close)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
 
 
 def init_app(app):
+    app.extensions["pdfqueue.streams"] = OpenStreams()
     app.register_blueprint(bp)

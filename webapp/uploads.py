@@ -48,26 +48,42 @@ class IncomingFile:
         self.sha256.update(data)
         return self._file.write(data)
 
-    def seek(self, *args):
-        return self._file.seek(*args)
+    def seek(self, offset, whence=0):
+        # The parser seeks to 0 when the part ends: close it then, so a request holds one open file at a time.
+        if not self._file.closed and offset == 0 and whence == 0:
+            self._file.close()
+            return 0
+        return self._reader().seek(offset, whence)
 
     def tell(self):
-        return self._file.tell()
+        return self._reader().tell() if self._file.closed else self._file.tell()
 
     def read(self, *args):
-        return self._file.read(*args)
+        return self._reader().read(*args)
+
+    def _reader(self):
+        if self._file.closed:
+            self._file = open(self.path, "rb")  # reopened only if a caller reads the part back
+        return self._file
 
     def flush(self):
-        return self._file.flush()
+        if not self._file.closed:
+            self._file.flush()
 
     def close(self):
         self._file.close()
 
 
+# The only views whose requests may carry files; a file part sent anywhere else is refused unwritten.
+UPLOAD_ENDPOINTS = {"api.upload", "pages.upload_form"}
+
+
 class UploadRequest(Request):
-    """A request whose file parts stream into uploads/ instead of memory or /tmp."""
+    """A request whose file parts stream into uploads/ (on the upload routes only) instead of memory or /tmp."""
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        if self.endpoint not in UPLOAD_ENDPOINTS:
+            raise ApiError(codes.BAD_REQUEST, 400, "This route takes no files.")
         config = current_app.config
         directory = Path(config["UPLOAD_DIR"])
         try:
@@ -98,9 +114,12 @@ def discard_incoming(_exc=None):
 
 
 def display_name(raw):
-    """The file name as given, made safe to show: no control characters, not absurdly long."""
+    """The file name as given, made safe to show: no control characters, no format characters (Unicode
+    category Cf: bidi overrides that make "fdp.exe" read "exe.pdf", zero-width ones that hide a difference), not
+    absurdly long."""
     name = unicodedata.normalize("NFC", raw or "")
-    name = _CONTROL.sub("", name.encode("utf-8", "replace").decode("utf-8", "replace")).strip()
+    name = _CONTROL.sub("", name.encode("utf-8", "replace").decode("utf-8", "replace"))
+    name = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
     return name[:MAX_FILENAME] or "upload.pdf"
 
 

@@ -29,6 +29,34 @@ def test_invoice_every_field(convert, seed, n_lines):
         assert got == line, f"line {number}"
 
 
+def test_long_supplier_and_customer_names_and_addresses_every_field(convert):
+    """Names past the middle of the page once made the street line (or the NIF) the supplier's name."""
+    right = total = 0
+    wrong = []
+    for seed in range(8):
+        pdf, truth = make_invoice(n_lines=4, seed=seed, long_names=True)
+        response = convert(pdf)
+        assert response.status_code == 200
+        found, want = invoice_from_xml(response.data), expected(truth)
+        pairs = [(f"{section}.{name}", found[section].get(name), value)
+                 for section in ("Header", "Supplier", "Customer", "Totals", "Checks")
+                 for name, value in want[section].items()]
+        pairs += [(f"line {n}.{name}", got.get(name), value)
+                  for n, (got, line) in enumerate(zip(found["Lines"], want["Lines"]), 1) for name, value in line.items()]
+        total += len(pairs)
+        right += sum(got == value for _, got, value in pairs)
+        wrong += [(seed, where, got, value) for where, got, value in pairs if got != value]
+    assert (right, wrong) == (total, []), f"{right}/{total} fields right"
+
+
+def test_the_long_name_invoices_are_as_long_as_meant():
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+    from invoicegen import LONG_SUPPLIERS, PAGE_W
+    assert all(40 + stringWidth(name, "Helvetica-Bold", 12) > PAGE_W / 2 for name in LONG_SUPPLIERS)
+    _, truth = make_invoice(n_lines=1, seed=1, long_names=True)
+    assert len(truth["Customer"]["Name"]) > 80 and truth["Supplier"]["Name"] in LONG_SUPPLIERS
+
+
 def test_invoice_covers_the_layout_features():
     """The generator really produces what the field checks are meant to exercise."""
     _, truth = make_invoice(n_lines=600, seed=6)

@@ -9,7 +9,7 @@ import requests
 
 from tests.fakegateway import FakeGateway
 from tests.services import postgres_cluster, redis_server
-from tests.stack import running_stack
+from tests.stack import MONITOR, running_stack
 
 START_TIMEOUT = 30
 
@@ -21,8 +21,8 @@ def _wait_healthy(stack, deadline):
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: " + stack.log(name)[-2000:])
         try:
-            reports = [requests.get(f"{url}/api/healthz", timeout=2).json() for url in stack.web_urls]
-            workers = requests.get(f"{stack.web_url}/metrics", timeout=2).text
+            reports = [requests.get(f"{url}/api/healthz", timeout=2, headers=MONITOR).json() for url in stack.web_urls]
+            workers = requests.get(f"{stack.web_url}/metrics", timeout=2, headers=MONITOR).text
             if all(r["status"] == "ok" and r["worker"] == "ok" for r in reports) and "pdfqueue_workers_alive 2.0" in workers:
                 return
         except requests.RequestException:

@@ -8,6 +8,7 @@ import redis
 import requests
 
 from tests.conftest import pdf_bytes
+from tests.stack import MONITOR
 
 JOBS_PER_OWNER = 10  # the per-owner limit: three owners make 30 jobs
 
@@ -45,7 +46,7 @@ def test_thirty_jobs_through_two_workers_each_processed_once(stack, gateway, own
     for url in stack.web_urls:
         latency = f'pdfqueue_gateway_request_seconds_count{{outcome="ok"}} {float(len(done))}'
         deadline = time.monotonic() + 5
-        while latency not in (text := requests.get(f"{url}/metrics", timeout=5).text) and time.monotonic() < deadline:
+        while latency not in (text := requests.get(f"{url}/metrics", timeout=5, headers=MONITOR).text) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert latency in text
         assert f'pdfqueue_jobs{{state="complete"}} {float(len(done))}' in text
