@@ -4,7 +4,8 @@ The jobs table decides and Huey only wakes: a wake-up claims its job with one co
 duplicate or late wake-up does nothing. A lease, renewed while the gateway works, marks a job as being
 processed. A failed attempt is settled by the retry policy (webapp/retry.py). The maintenance loop (one
 leader among worker processes) settles jobs whose lease lapsed, re-wakes queued jobs whose wake-up was
-lost, probes the gateway while the breaker is open, and applies retention once a day.
+lost, probes the gateway while the breaker is open, and applies retention and queues the admins' failure
+digest once a day. Webhooks and emails are delivered by worker.py's deliverer (webapp/delivery.py).
 """
 import logging
 import os
@@ -24,11 +25,12 @@ from flask import current_app
 from huey.signals import SIGNAL_INTERRUPTED
 from sqlalchemy import func, select
 
-from webapp import breaker, codes, gateway_client, metrics, retry
+from webapp import breaker, codes, delivery, gateway_client, metrics, retry
 from webapp.accounts import OneTimeLink, UserSession
 from webapp.clock import utcnow
 from webapp.db import db
 from webapp.models import FINISHED, Coordination, Job, JobRemoval, Status
+from webapp.notify import OutboxEvent
 from webapp.queue import bound_app, huey
 
 logger = logging.getLogger("pdfqueue.worker")
@@ -37,7 +39,9 @@ PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
 MAINTENANCE = "maintenance"
 RETENTION = "retention"
+FAILURE_DIGEST = "failure_digest"
 REMOVALS_KEPT = timedelta(days=1)  # a page away longer than this reloads anyway
+NOTIFICATIONS_KEPT = timedelta(days=30)  # settled deliveries shown on the settings page this long
 _leaseholders = set()  # lease holders (one per thread) now running a job: released if the consumer is interrupted
 stopping = threading.Event()  # set by worker.py's consumer as it stops: a thread draining the backlog ends there
 
@@ -322,7 +326,18 @@ def maintain_once(first=False):
     if row is None or row.due_at is None or row.due_at <= utcnow():
         Coordination.put(RETENTION, due_at=utcnow() + timedelta(days=1))
         apply_retention()
+    send_failure_digest()
     return True
+
+
+def send_failure_digest():
+    """Once a day, a day after the first tick, put the admins' digest of failed jobs in the outbox (with SMTP_URL)."""
+    row = Coordination.get(FAILURE_DIGEST)
+    if row is None or row.due_at is None:
+        Coordination.put(FAILURE_DIGEST, due_at=utcnow() + timedelta(days=1))
+    elif row.due_at <= utcnow():
+        Coordination.put(FAILURE_DIGEST, due_at=utcnow() + timedelta(days=1))
+        delivery.enqueue_failure_digest()
 
 
 def reap_lapsed_leases():
@@ -372,8 +387,8 @@ def wake_due():
 
 
 def apply_retention(now=None):
-    """Delete PDFs and XML past their retention (never an active job's), stray partial files, old removals, and
-    sign-in sessions and one-time links that can no longer be used."""
+    """Delete PDFs and XML past their retention (never an active job's), stray partial files, old removals,
+    sign-in sessions and one-time links that can no longer be used, and settled notifications past 30 days."""
     config = current_app.config
     now = now or utcnow()
     data_dir = Path(config["DATA_DIR"])
@@ -402,6 +417,7 @@ def apply_retention(now=None):
     JobRemoval.forget_before(now - REMOVALS_KEPT)
     removed["sessions"] = UserSession.forget_before(now - timedelta(days=config["SESSION_DAYS"]))
     removed["links"] = OneTimeLink.forget_expired(now)
+    removed["notifications"] = OutboxEvent.forget_before(now - NOTIFICATIONS_KEPT)
     logger.info("retention applied", extra={"removed": removed})
     return removed
 

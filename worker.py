@@ -1,4 +1,5 @@
-"""Entry point for the worker: Huey's consumer (thread workers, one watching the queue) plus the maintenance loop.
+"""Entry point for the worker: Huey's consumer (thread workers, one watching the queue), the maintenance loop and
+the deliverer of webhooks and emails.
 
 SIGINT stops gracefully: running conversions get WORKER_SHUTDOWN_SECONDS to finish, then their jobs are
 released back to the queue. SIGTERM releases them at once. Either way no attempt is spent.
@@ -8,7 +9,7 @@ import threading
 from huey.consumer import Consumer, Worker
 
 import tasks
-from webapp import create_app, logs
+from webapp import create_app, delivery, logs
 from webapp.queue import huey
 
 
@@ -123,11 +124,15 @@ def main():
     )
     maintenance = tasks.Maintenance(app)
     maintenance.start()
+    deliverer = delivery.Deliverer(app)  # the outbox: webhooks and emails (webapp/delivery.py)
+    deliverer.start()
     try:
         consumer.run()
     finally:
         maintenance.stopped.set()
+        deliverer.stop()
         maintenance.join(timeout=5)
+        deliverer.join(timeout=5)  # one still sending is left: its rows' leases lapse and they are sent again
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ QUICK_ARGS = {
     "bench_pages.py": ["--jobs", "10000", "--mine", "1000", "--requests", "50"],
     "bench_sse.py": ["--streams", "100", "--classes", "gevent"],
     "bench_memory.py": ["--invoices", "6"],
+    "bench_webhooks.py": ["--jobs", "5", "--events", "300"],
 }
 # What a figure that misses its target is known to be missing by, from reading the bench's own output.
 GAPS = {

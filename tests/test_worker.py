@@ -197,7 +197,8 @@ def test_retention_keeps_recent_files(worker_app, api, fake):
     job = upload(api, "recent")
     run(worker_app, job["id"])
     with worker_app.app_context():
-        assert tasks.apply_retention() == {"pdf": 0, "xml": 0, "partial": 0, "sessions": 0, "links": 0}
+        assert tasks.apply_retention() == {"pdf": 0, "xml": 0, "partial": 0, "sessions": 0, "links": 0,
+                                          "notifications": 0}
     assert api.get(f"/api/jobs/{job['id']}/download").status_code == 200
 
 

@@ -33,3 +33,6 @@ TOO_LARGE = "TOO_LARGE"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 UNAVAILABLE = "UNAVAILABLE"
 UNKNOWN_MAPPING = "UNKNOWN_MAPPING"
+WEBHOOK_URL = "WEBHOOK_URL"  # a webhook URL that is malformed, not https:// (and not an allowed host), or unresolvable
+PRIVATE_ADDRESS = "PRIVATE_ADDRESS"  # a webhook host on a loopback, link-local or private address, not allowed
+EMAIL_OFF = "EMAIL_OFF"  # an email choice while the service has no SMTP_URL

@@ -31,6 +31,7 @@ from .db import db, write_transaction
 from .errors import ApiError
 from .clock import utcnow
 from .models import FINISHED, Coordination, Job, Status
+from .notify import PENDING, OutboxEvent, Subscription
 from .retry import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ RETRIED_FINISHED = "retried_jobs_finished"  # jobs that needed more than one att
 # Upload to complete, seconds: the wait in the queue and any retries included, so the top reaches an hour.
 JOB_DURATION = "job_duration_seconds"
 JOB_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+NOTIFICATIONS = "notifications"  # webapp/delivery.py: each delivery attempt's outcome, by kind
 UPLOAD_ENDPOINTS = ("api.upload", "pages.upload_form")
 # An upload turned away with an HTML page (the form without JavaScript) says its code only by its status.
 _CODE_BY_STATUS = {400: codes.BAD_REQUEST, 413: codes.TOO_LARGE, 415: codes.NOT_PDF, 429: codes.RATE_LIMITED,
@@ -251,6 +253,21 @@ class DatabaseCollector:
                                 value=float("inf") if age is None else age)
         yield GaugeMetricFamily("pdfqueue_workers_alive", "Worker processes whose heartbeat is current.", value=alive)
 
+        pending = GaugeMetricFamily("pdfqueue_notifications_pending",
+                                    "Outbox events not yet delivered (webhooks, emails), by kind.", labels=["kind"])
+        kinds = dict(session.execute(
+            select(Subscription.kind, func.count())
+            .select_from(OutboxEvent).outerjoin(Subscription, Subscription.id == OutboxEvent.subscription_id)
+            .where(OutboxEvent.state == PENDING).group_by(Subscription.kind)).all())
+        kinds["email"] = kinds.get("email", 0) + kinds.pop(None, 0)  # the admins' digests belong to no subscription
+        for kind in ("webhook", "email"):
+            pending.add_metric([kind], kinds.get(kind, 0))
+        yield pending
+        oldest_event = session.scalar(select(func.min(OutboxEvent.created_at)).where(OutboxEvent.state == PENDING))
+        yield GaugeMetricFamily("pdfqueue_notifications_oldest_pending_age_seconds",
+                                "Age of the oldest undelivered outbox event (0 if none).",
+                                value=0 if oldest_event is None else (now - oldest_event).total_seconds())
+
         yield from self._counters(session)
         session.rollback()  # end the read transaction; a scrape holds nothing
 
@@ -271,6 +288,13 @@ class DatabaseCollector:
         for labels, value in series.get(JOBS_FINISHED, []):
             finished.add_metric([labels["status"], labels["code"]], value)
         yield finished
+
+        delivered = CounterMetricFamily("pdfqueue_notifications", "Delivery attempts of webhooks and emails, by "
+                                        "kind and outcome (delivered, retried, gave_up, skipped).",
+                                        labels=["kind", "outcome"])
+        for labels, value in series.get(NOTIFICATIONS, []):
+            delivered.add_metric([labels["kind"], labels["outcome"]], value)
+        yield delivered
 
         yield self._histogram(series, GATEWAY_LATENCY, GATEWAY_BUCKETS, "Gateway /process calls made by workers, "
                               "seconds, by outcome ('ok' or the job error code).", "outcome")

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from . import codes, events
+from . import notify as notify_module
 from .clock import isoformat, utcnow
 from .db import db, write_transaction
 
@@ -313,11 +314,17 @@ class Job(db.Model):
     # -- transitions ---------------------------------------------------------------------------
 
     @classmethod
-    def _transition(cls, job_id, *where, serialize=False, returning=(), **values):
+    def _transition(cls, job_id, *where, serialize=False, returning=(), notify=None, **values):
         """Apply values to the job only if it still matches where; True if it did.
 
         job_id may be a subquery choosing the job; with returning (columns), the changed job's values
-        come back as a row (None if nothing changed)."""
+        come back as a row (None if nothing changed). With notify (an event type, webapp/notify.py), the
+        event goes into the outbox in this same transaction, for each subscription of the owner that wants it
+        (an owner without any costs an indexed EXISTS in the UPDATE's RETURNING, nothing more)."""
+        asked = bool(returning)
+        if notify is not None:  # whether the owner has any subscription comes back with the change: no extra query
+            returning = (*returning, NOTIFY_WANTED)
+        wrote_events = 0
         with write_transaction() as session:
             if serialize and session.get_bind().dialect.name != "sqlite":
                 # Claims count processing jobs; serialize them where the database does not (SQLite does).
@@ -329,9 +336,14 @@ class Job(db.Model):
             # ORM-enabled UPDATE (syncing loaded objects) costs more than the statement itself.
             stmt = update(cls.__table__).where(cls.id == job_id, *where).values(**values)
             row = session.execute(stmt.returning(cls.id, cls.owner, *returning)).first()
+            if notify is not None and row is not None and row.notify_wanted:  # read the job as it is now, to send
+                job = cls(**session.execute(select(*cls.__table__.c).where(cls.id == row.id)).one()._mapping)
+                wrote_events = notify_module.enqueue_for_job(session, row.owner, notify, now, job.to_dict())
         if row is not None:
             events.publish(row.owner)
-        return row if returning else row is not None
+        if wrote_events:
+            notify_module.wrote_events()
+        return row if asked else row is not None
 
     @classmethod
     def _leased_by(cls, worker):
@@ -394,7 +406,7 @@ class Job(db.Model):
         return cls._transition(
             job_id, cls._leased_by(worker),
             status=Status.COMPLETE, result_path=result_path, progress=100, completed_at=lambda now: now,
-            leased_by=None, lease_expires_at=None, error_code=None, error=None,
+            leased_by=None, lease_expires_at=None, error_code=None, error=None, notify=notify_module.JOB_COMPLETE,
         )
 
     @classmethod
@@ -403,7 +415,7 @@ class Job(db.Model):
         return cls._transition(
             job_id, cls._leased_by(worker),
             status=Status.FAILED, error_code=code, error=message[:1000], dead_letter=dead_letter,
-            completed_at=lambda now: now, leased_by=None, lease_expires_at=None,
+            completed_at=lambda now: now, leased_by=None, lease_expires_at=None, notify=notify_module.JOB_FAILED,
         )
 
     @classmethod
@@ -498,6 +510,8 @@ class Job(db.Model):
 
 # What a worker needs of a job it claimed, returned by the claim itself (no second read).
 CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts, Job.created_at)
+# Whether a changed job's owner has any webhook or email choice, returned by the change itself (built once).
+NOTIFY_WANTED = notify_module.subscribed(Job.owner).label("notify_wanted")
 
 
 def _seconds_between(start, end):
