@@ -119,6 +119,7 @@ def _run_claimed(job, worker):
         breaker.record_success(max_age=breaker.CACHE_SECONDS)
         if Job.complete(job.id, worker, result_path):
             _log(job, Status.PROCESSING, Status.COMPLETE, started)
+            metrics.observe_job_duration((utcnow() - job.created_at).total_seconds())
         else:  # deleted, or the lease was lost and another worker has it: this result is not wanted
             (Path(config["DATA_DIR"]) / result_path).unlink(missing_ok=True)
             logger.warning("job %s changed hands while converting; result dropped", job.id, extra=_fields(job))
@@ -128,6 +129,9 @@ def fetch_result(job, worker, started):
     """Send the job's PDF to the gateway's /process and keep its well-formed XML; return the stored path."""
     config = current_app.config
     data_dir = Path(config["DATA_DIR"])
+    if job.mapping not in config["MAPPINGS"]:  # removed from the allow-list since the upload
+        raise retry.FinalError(codes.UNKNOWN_MAPPING, f"the mapping {job.mapping!r} is no longer offered "
+                               f"(MAPPINGS: {', '.join(config['MAPPINGS'])}); upload the PDF again with one of them")
     if not job.upload_path or not (data_dir / job.upload_path).exists():
         raise retry.FinalError(codes.IO_ERROR, "the uploaded PDF is gone")
     result_dir = Path(config["RESULT_DIR"])
@@ -159,10 +163,16 @@ def settle_failure(job, worker, error, started=None):
 
     worker None: the attempt's lease lapsed (its worker died; the reaper settles it)."""
     config = current_app.config
-    # Only a gateway that fails /healthz too opens the breaker: one that still answers is up, so this file is
-    # the trouble (a PDF bomb over its limits, say), and it is retried and dead-lettered alone.
-    breaker_open = (error.blames_gateway and not gateway_client.healthy(config["GATEWAY_URL"])
-                    and breaker.record_failure())
+    # A gateway that fails /healthz too counts toward BREAKER_THRESHOLD. One that still answers may be fine and
+    # this file the trouble (a PDF bomb over its limits, say): it counts only toward the rate of distinct
+    # failing jobs (breaker.record_job_failure), which one file alone never reaches.
+    breaker_open = False
+    if error.blames_gateway:
+        if gateway_client.healthy(config["GATEWAY_URL"]):
+            # Only a 5xx or a timeout counts: a refusal (4xx) is the file's answer, however many files get it.
+            breaker_open = not isinstance(error, retry.FinalError) and breaker.record_job_failure(job.id)
+        else:
+            breaker_open = breaker.record_failure()
     step = retry.next_step(error, job.attempts, config, breaker_open=breaker_open)  # attempts counts this one
     if isinstance(step, retry.Hold):
         if Job.release(job.id, worker, codes.CIRCUIT_OPEN, HELD_MESSAGE):
@@ -172,6 +182,7 @@ def settle_failure(job, worker, error, started=None):
             _log(job, Status.PROCESSING, Status.FAILED, started, error.code, dead_letter=step.dead_letter)
     elif Job.retry_later(job.id, worker, error.code, error.message, step.delay):
         _log(job, Status.PROCESSING, Status.QUEUED, started, error.code, retry_in=round(step.delay, 1))
+        metrics.record_retry(error.code)
         if step.delay > 0:
             process_job.schedule((job.id,), delay=step.delay)
         else:
@@ -291,7 +302,7 @@ def _log(job, from_status, to_status, started=None, error_code=None, **extra):
     if started is not None:
         fields["duration_ms"] = round((time.monotonic() - started) * 1000)
     logger.info("job %s %s -> %s", job.id, from_status, to_status, extra=fields)
-    metrics.record_transition(to_status, error_code)
+    metrics.record_transition(to_status, error_code, job.attempts)
 
 
 # -- maintenance ---------------------------------------------------------------------------------

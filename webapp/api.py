@@ -3,6 +3,7 @@ import base64
 import binascii
 import json
 import hmac
+import logging
 import time
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ from .metrics import worker_heartbeat
 from .models import STATUS_GROUPS, Job, JobEvent, Status
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+logger = logging.getLogger("pdfqueue.web")
 
 DEFAULT_PAGE, MAX_PAGE = 50, 200
 MAX_QUERY = 200  # longest file-name search (?q=)
@@ -34,10 +36,21 @@ MAX_QUERY = 200  # longest file-name search (?q=)
 
 def owned_or_404(job_id):
     """My job with this id (an admin: anyone's), or a 404 (another owner's job is as good as absent)."""
-    job = Job.owned(None if is_admin() else current_owner(), job_id)
+    owner = None if is_admin() else current_owner()
+    job = Job.owned(owner, job_id)
     if job is None:
-        raise not_found()
+        refused("owner", job_id, owner)
     return job
+
+
+def refused(why, job_id, owner):
+    """Answer 404 for a job this caller may not have, logging who asked (ids only: never a file name)."""
+    exists = owner is not None and db.session.get(Job, job_id) is not None
+    # Another owner's job is worth a look (a guessed or leaked id); an unknown one is usually a stale page.
+    logger.log(logging.WARNING if exists else logging.INFO, "job %s refused: %s", job_id,
+               "another owner's" if exists else "no such job",
+               extra={"job_id": job_id, "owner": owner, "refused": why, "exists": exists, "path": request.path})
+    raise not_found()
 
 
 def with_owners(jobs, owner):
@@ -197,8 +210,12 @@ def download_response(job):
     shown = uploads.display_name(job.filename)  # a name kept before format characters were stripped, too
     name = (shown.rsplit(".", 1)[0] if "." in shown else shown) + ".xml"
     # send_file writes Content-Disposition with an ASCII fallback and the RFC 5987 filename*.
-    return send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
-                     conditional=False, etag=False, max_age=0)
+    response = send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
+                         conditional=False, etag=False, max_age=0)
+    if current_app.config["RETENTION_XML_AFTER_DOWNLOAD"] and Job.expire_result(job.id):
+        # send_file holds the file open, so the answer streams whole though its name is gone already.
+        path.unlink(missing_ok=True)
+    return response
 
 
 @bp.get("/jobs/<job_id>/download")

@@ -64,6 +64,7 @@ class Job(db.Model):
         requeue        failed          → queued       a person asked; attempts reset
         expire_result  complete        → complete     retention removed the XML
         forget_upload  complete/failed → (same)       retention removed the PDF
+        reconvert      expired/failed  → queued       the same file uploaded again once its result or PDF is gone
         remove         any             → (deleted)    a JobRemoval tells open pages; its events go with it
 
     Each of them but renew_lease also writes the job's history (JobEvent), one row in the same transaction.
@@ -75,6 +76,11 @@ class Job(db.Model):
     - dead-lettered (dead_letter): failed after MAX_ATTEMPTS transient failures rather than at once.
     - expired (result_expired): complete, but retention removed the XML (result_path is null).
     What to do after a failure is the retry policy's to say (webapp/retry.py), not the model's.
+
+    Dedupe: an owner has one job per file (sha256, bytes) and mapping (uq_jobs_owner_file); uploading it again
+    returns that job while it is live (active, complete with its XML, or failed with its PDF kept, which a
+    retry can run again). Once it is spent (expired, or failed with its PDF gone: `spent`), the upload
+    re-converts it in the same row (`reconvert`): same id, the new PDF, queued as if just uploaded.
     """
 
     __tablename__ = "jobs"
@@ -153,6 +159,13 @@ class Job(db.Model):
     def retryable(self):
         """Failed with its PDF still kept, so a person may queue it again (Job.requeue)."""
         return self.status == Status.FAILED and self.upload_path is not None
+
+    @property
+    def spent(self):
+        """Finished with nothing left to give: expired, or failed with its PDF gone (so it cannot be retried).
+
+        Uploading the same file again converts it again (Job.reconvert) instead of returning this job."""
+        return self.result_expired or (self.status == Status.FAILED and self.upload_path is None)
 
     @property
     def active_since(self):
@@ -457,6 +470,18 @@ class Job(db.Model):
         )
 
     @classmethod
+    def reconvert(cls, job_id, upload_path, filename):
+        """expired/failed without its PDF → queued from a new upload of the same file, as if just uploaded."""
+        spent = (((cls.status == Status.COMPLETE) & cls.result_path.is_(None))
+                 | ((cls.status == Status.FAILED) & cls.upload_path.is_(None)))
+        return cls._transition(
+            job_id, spent, event=EventKind.CREATED,  # uploaded again: its history goes on from a new upload
+            status=Status.QUEUED, upload_path=upload_path, filename=filename, result_path=None,
+            attempts=0, progress=0, error_code=None, error=None, dead_letter=False,
+            created_at=lambda now: now, completed_at=None, started_at=None, next_attempt_at=None,
+        )
+
+    @classmethod
     def expire_result(cls, job_id):
         """complete → expired: retention removed the XML (the caller deletes the file)."""
         return cls._transition(job_id, cls.status == Status.COMPLETE, event=EventKind.RESULT_EXPIRED, result_path=None)
@@ -497,7 +522,7 @@ class Job(db.Model):
 
 
 # What a worker needs of a job it claimed, returned by the claim itself (no second read).
-CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts)
+CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts, Job.created_at)
 # Whether a changed job's owner has any webhook or email choice, returned by the change itself (built once).
 NOTIFY_WANTED = notify_module.subscribed(Job.owner).label("notify_wanted")
 
