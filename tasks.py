@@ -5,7 +5,8 @@ duplicate or late wake-up does nothing. A lease, renewed while the gateway works
 processed. A failed attempt is settled by the retry policy (webapp/retry.py). Every worker takes back at
 once the jobs of dead workers of its own host (reclaim_orphaned_leases). The maintenance loop (one
 leader among worker processes) settles jobs whose lease lapsed, re-wakes queued jobs whose wake-up was
-lost, probes the gateway while the breaker is open, and applies retention once a day.
+lost, probes the gateway while the breaker is open, and applies retention and queues the admins' failure
+digest once a day. Webhooks and emails are delivered by worker.py's deliverer (webapp/delivery.py).
 """
 import logging
 import os
@@ -24,11 +25,12 @@ from flask import current_app
 from huey.signals import SIGNAL_INTERRUPTED
 from sqlalchemy import func, select
 
-from webapp import breaker, codes, gateway_client, metrics, retry
+from webapp import breaker, codes, delivery, gateway_client, metrics, retry
 from webapp.accounts import OneTimeLink, UserSession
 from webapp.clock import utcnow
 from webapp.db import db
 from webapp.models import FINISHED, Coordination, Job, JobRemoval, Status
+from webapp.notify import OutboxEvent
 from webapp.queue import bound_app, huey
 
 logger = logging.getLogger("pdfqueue.worker")
@@ -69,7 +71,9 @@ PROCESS_ID = f"{HOST}:{BOOT}:{PID_NAMESPACE}:{os.getpid()}:{_started(os.getpid()
 HELD_MESSAGE = "The gateway is down; the job waits and runs when it is back."
 MAINTENANCE = "maintenance"
 RETENTION = "retention"
+FAILURE_DIGEST = "failure_digest"
 REMOVALS_KEPT = timedelta(days=1)  # a page away longer than this reloads anyway
+NOTIFICATIONS_KEPT = timedelta(days=30)  # settled deliveries shown on the settings page this long
 _leaseholders = set()  # lease holders (one per thread) now running a job: released if the consumer is interrupted
 stopping = threading.Event()  # set by worker.py's consumer as it stops: a thread draining the backlog ends there
 
@@ -151,6 +155,7 @@ def _run_claimed(job, worker):
         breaker.record_success(max_age=breaker.CACHE_SECONDS)
         if Job.complete(job.id, worker, result_path):
             _log(job, Status.PROCESSING, Status.COMPLETE, started)
+            metrics.observe_job_duration((utcnow() - job.created_at).total_seconds())
         else:  # deleted, or the lease was lost and another worker has it: this result is not wanted
             (Path(config["DATA_DIR"]) / result_path).unlink(missing_ok=True)
             logger.warning("job %s changed hands while converting; result dropped", job.id, extra=_fields(job))
@@ -160,6 +165,9 @@ def fetch_result(job, worker, started):
     """Send the job's PDF to the gateway's /process and keep its well-formed XML; return the stored path."""
     config = current_app.config
     data_dir = Path(config["DATA_DIR"])
+    if job.mapping not in config["MAPPINGS"]:  # removed from the allow-list since the upload
+        raise retry.FinalError(codes.UNKNOWN_MAPPING, f"the mapping {job.mapping!r} is no longer offered "
+                               f"(MAPPINGS: {', '.join(config['MAPPINGS'])}); upload the PDF again with one of them")
     if not job.upload_path or not (data_dir / job.upload_path).exists():
         raise retry.FinalError(codes.IO_ERROR, "the uploaded PDF is gone")
     result_dir = Path(config["RESULT_DIR"])
@@ -230,10 +238,16 @@ def settle_failure(job, worker, error, started=None):
 
     worker None: the attempt's lease lapsed (its worker died; the reaper settles it)."""
     config = current_app.config
-    # Only a gateway that fails /healthz too opens the breaker: one that still answers is up, so this file is
-    # the trouble (a PDF bomb over its limits, say), and it is retried and dead-lettered alone.
-    breaker_open = (error.blames_gateway and not gateway_client.healthy(config["GATEWAY_URL"])
-                    and breaker.record_failure())
+    # A gateway that fails /healthz too counts toward BREAKER_THRESHOLD. One that still answers may be fine and
+    # this file the trouble (a PDF bomb over its limits, say): it counts only toward the rate of distinct
+    # failing jobs (breaker.record_job_failure), which one file alone never reaches.
+    breaker_open = False
+    if error.blames_gateway:
+        if gateway_client.healthy(config["GATEWAY_URL"]):
+            # Only a 5xx or a timeout counts: a refusal (4xx) is the file's answer, however many files get it.
+            breaker_open = not isinstance(error, retry.FinalError) and breaker.record_job_failure(job.id)
+        else:
+            breaker_open = breaker.record_failure()
     step = retry.next_step(error, job.attempts, config, breaker_open=breaker_open)  # attempts counts this one
     if isinstance(step, retry.Hold):
         if Job.release(job.id, worker, codes.CIRCUIT_OPEN, HELD_MESSAGE):
@@ -243,6 +257,7 @@ def settle_failure(job, worker, error, started=None):
             _log(job, Status.PROCESSING, Status.FAILED, started, error.code, dead_letter=step.dead_letter)
     elif Job.retry_later(job.id, worker, error.code, error.message, step.delay):
         _log(job, Status.PROCESSING, Status.QUEUED, started, error.code, retry_in=round(step.delay, 1))
+        metrics.record_retry(error.code)
         if step.delay > 0:
             process_job.schedule((job.id,), delay=step.delay)
         else:
@@ -362,7 +377,7 @@ def _log(job, from_status, to_status, started=None, error_code=None, **extra):
     if started is not None:
         fields["duration_ms"] = round((time.monotonic() - started) * 1000)
     logger.info("job %s %s -> %s", job.id, from_status, to_status, extra=fields)
-    metrics.record_transition(to_status, error_code)
+    metrics.record_transition(to_status, error_code, job.attempts)
 
 
 # -- maintenance ---------------------------------------------------------------------------------
@@ -388,6 +403,7 @@ def maintain_once(first=False):
     if row is None or row.due_at is None or row.due_at <= utcnow():
         Coordination.put(RETENTION, due_at=utcnow() + timedelta(days=1))
         apply_retention()
+    send_failure_digest()
     return True
 
 
@@ -429,6 +445,16 @@ def reclaim_orphaned_leases():
             wake(job_id)
             reclaimed += 1
     return reclaimed
+
+
+def send_failure_digest():
+    """Once a day, a day after the first tick, put the admins' digest of failed jobs in the outbox (with SMTP_URL)."""
+    row = Coordination.get(FAILURE_DIGEST)
+    if row is None or row.due_at is None:
+        Coordination.put(FAILURE_DIGEST, due_at=utcnow() + timedelta(days=1))
+    elif row.due_at <= utcnow():
+        Coordination.put(FAILURE_DIGEST, due_at=utcnow() + timedelta(days=1))
+        delivery.enqueue_failure_digest()
 
 
 def reap_lapsed_leases():
@@ -478,8 +504,8 @@ def wake_due():
 
 
 def apply_retention(now=None):
-    """Delete PDFs and XML past their retention (never an active job's), stray partial files, old removals, and
-    sign-in sessions and one-time links that can no longer be used."""
+    """Delete PDFs and XML past their retention (never an active job's), stray partial files, old removals,
+    sign-in sessions and one-time links that can no longer be used, and settled notifications past 30 days."""
     config = current_app.config
     now = now or utcnow()
     data_dir = Path(config["DATA_DIR"])
@@ -508,6 +534,7 @@ def apply_retention(now=None):
     JobRemoval.forget_before(now - REMOVALS_KEPT)
     removed["sessions"] = UserSession.forget_before(now - timedelta(days=config["SESSION_DAYS"]))
     removed["links"] = OneTimeLink.forget_expired(now)
+    removed["notifications"] = OutboxEvent.forget_before(now - NOTIFICATIONS_KEPT)
     logger.info("retention applied", extra={"removed": removed})
     return removed
 

@@ -1,4 +1,5 @@
-"""Entry point for the worker: Huey's consumer (thread workers, one watching the queue) plus the maintenance loop.
+"""Entry point for the worker: Huey's consumer (thread workers, one watching the queue), the maintenance loop and
+the deliverer of webhooks and emails.
 
 SIGINT stops gracefully: running conversions get WORKER_SHUTDOWN_SECONDS to finish, then their jobs are
 released back to the queue. SIGTERM releases them at once. Either way no attempt is spent.
@@ -9,7 +10,7 @@ import threading
 from huey.consumer import Consumer, Worker
 
 import tasks
-from webapp import create_app, doorbell, logs
+from webapp import create_app, delivery, doorbell, logs
 from webapp.queue import huey
 
 
@@ -151,11 +152,15 @@ def main():
     )
     maintenance = tasks.Maintenance(app)
     maintenance.start()
+    deliverer = delivery.Deliverer(app)  # the outbox: webhooks and emails (webapp/delivery.py)
+    deliverer.start()
     try:
         consumer.run()
     finally:
         maintenance.stopped.set()
+        deliverer.stop()
         maintenance.join(timeout=5)
+        deliverer.join(timeout=5)  # one still sending is left: its rows' leases lapse and they are sent again
         if WatchingConsumer.bell is not None:
             WatchingConsumer.bell.close()
 

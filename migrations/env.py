@@ -100,7 +100,10 @@ def run_migrations_online():
 
     connectable = get_engine()
 
-    with one_upgrade_at_a_time(connectable), connectable.connect() as connection:
+    with one_upgrade_at_a_time(connectable), connectable.connect() as connection, \
+            foreign_keys_unenforced(connection):
+        if connection.dialect.name == "sqlite":
+            conf_args.setdefault("on_version_apply", check_foreign_keys)
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
@@ -109,6 +112,37 @@ def run_migrations_online():
 
         with context.begin_transaction():
             context.run_migrations()
+
+
+def check_foreign_keys(ctx, step, heads, run_args):
+    """SQLite, after each migration, in its transaction: what went unenforced holds all the same, or it does
+    not commit."""
+    broken = ctx.connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise RuntimeError(f"{step} leaves rows whose foreign key points nowhere: {broken[:5]}")
+
+
+@contextmanager
+def foreign_keys_unenforced(connection):
+    """SQLite: run the migrations with foreign keys off (webapp/db.py turns them on for every connection).
+
+    A batch migration rebuilds a table (copy, DROP TABLE, rename); with them on, the DROP would first delete
+    the table's rows and so cascade to the rows that reference them (job_events to jobs: each job's history).
+    The pragma only takes effect outside a transaction, so it is set on the driver's connection before
+    Alembic's begins; it is set back before the connection goes back to the pool."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    driver = connection.connection.driver_connection
+    driver.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        if connection.in_transaction():  # only reads begun after the migrations' own (committed) transactions
+            connection.rollback()
+        driver.execute("PRAGMA foreign_keys=ON")
+        if driver.execute("PRAGMA foreign_keys").fetchone()[0] != 1:
+            connection.invalidate()  # never back into the pool without them
 
 
 # Any 64-bit number of our own: the PostgreSQL advisory lock every pdfqueue upgrade takes.

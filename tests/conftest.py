@@ -55,7 +55,8 @@ def fake():
 
 
 # Retries at once and a breaker that stays closed, so a test drives each attempt itself.
-WORKER_SETTINGS = {"RETRY_BASE_SECONDS": 0, "RETRY_JITTER_SECONDS": 0, "BREAKER_THRESHOLD": 100, "GATEWAY_TIMEOUT": 2}
+WORKER_SETTINGS = {"RETRY_BASE_SECONDS": 0, "RETRY_JITTER_SECONDS": 0, "BREAKER_THRESHOLD": 100,
+                   "BREAKER_DISTINCT_JOBS": 0, "GATEWAY_TIMEOUT": 2}
 
 
 @pytest.fixture

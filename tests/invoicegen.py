@@ -167,14 +167,16 @@ def _draw_header(c, y):
     c.setFont(FONT, SIZE)
 
 
-def make_invoice(n_lines=10, seed=0, *, omit=(), net_total_delta="0", long_names=False):
+def make_invoice(n_lines=10, seed=0, *, omit=(), net_total_delta="0", long_names=False, line_total_deltas=None):
     """Return (pdf_bytes, truth) for a random invoice of n_lines items.
 
     long_names: a supplier name that runs past the middle of the page, and long customer names and addresses.
 
     omit: names of header fields not printed at all ("DueDate", "IssueDate", "InvoiceNumber", "Totals",
     "Customer"); they are left out of the truth too. net_total_delta: added to the printed Total Ilíquido, to
-    make the lines-sum check fail (the truth's check then says "false").
+    make the lines-sum check fail (the truth's check then says "false"). line_total_deltas: {line index: amount}
+    added to those lines' printed Total (a supplier's slip: Qtd × Preço × (1 − Desc) no longer gives it), while
+    the totals stay those of the right line totals, so the printed lines do not add up to Total Ilíquido either.
     """
     rnd = random.Random(seed)
     omit = set(omit)
@@ -199,6 +201,9 @@ def make_invoice(n_lines=10, seed=0, *, omit=(), net_total_delta="0", long_names
     )
     printed_net = net + Decimal(net_total_delta)
     grand = printed_net + vat
+    for index, delta in (line_total_deltas or {}).items():
+        lines[index]["LineTotal"] += Decimal(delta)
+    printed_lines_sum = sum((line["LineTotal"] for line in lines), Decimal(0))
 
     pages = _paginate(lines)
     buffer = io.BytesIO()
@@ -247,7 +252,7 @@ def make_invoice(n_lines=10, seed=0, *, omit=(), net_total_delta="0", long_names
         "Customer": customer,
         "Lines": [_line_truth(line) for line in lines],
         "Totals": {"NetTotal": f"{printed_net:.2f}", "VATTotal": f"{vat:.2f}", "GrandTotal": f"{grand:.2f}"},
-        "Checks": {"LinesSumMatchesNetTotal": "true" if printed_net == net else "false"},
+        "Checks": {"LinesSumMatchesNetTotal": "true" if printed_net == printed_lines_sum else "false"},
         "pages": len(pages),
     }
     for name in ("InvoiceNumber", "IssueDate", "DueDate"):

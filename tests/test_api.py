@@ -108,6 +108,26 @@ def test_healthz_says_degraded_when_the_database_is_gone(app, client):
     assert app.test_client().get("/api/healthz").get_json() == {"status": "degraded"}
 
 
+def test_a_refused_job_is_logged_with_ids_and_no_file_name(client, other_client, caplog):
+    job = upload(client, "secret-name")
+    caplog.set_level("INFO", logger="pdfqueue.web")
+    assert other_client.get(f"/api/jobs/{job['id']}/download").status_code == 404
+    refusals = [r for r in caplog.records if r.name == "pdfqueue.web" and getattr(r, "refused", None)]
+    assert len(refusals) == 1 and refusals[0].job_id == job["id"] and refusals[0].exists is True
+    assert refusals[0].owner == other_client.get("/api/session").get_json()["owner"]
+    assert "secret-name" not in repr(refusals[0].__dict__)
+
+
+def test_an_upload_logs_a_queued_line(client, caplog):
+    caplog.set_level("INFO", logger="pdfqueue.web")
+    job = upload(client, "logged")
+    queued = [r for r in caplog.records if r.name == "pdfqueue.web" and r.getMessage() == f"job {job['id']} queued"]
+    assert len(queued) == 1
+    line = queued[0]
+    assert (line.job_id, line.correlation_id, line.bytes, line.mapping) == \
+        (job["id"], job["correlation_id"], job["bytes"], job["mapping"])
+
+
 def test_search_by_file_name_ignores_case_and_takes_wildcards_literally(client):
     ids = {name: upload(client, name)["id"] for name in ("Fatura-Março", "fatura_abril", "recibo", "fatura%x")}
     found = lambda query: sorted(j["filename"] for j in client.get(f"/api/jobs?{query}").get_json()["jobs"])  # noqa: E731

@@ -40,3 +40,26 @@ def test_the_web_gunicorn_config_logs_in_the_shared_format():
     assert config["formatters"]["json"]["fmt"] == logs.FIELDS
     assert config["formatters"]["json"]["rename_fields"] == logs.RENAMED
     assert set(config["loggers"]) == {"gunicorn.error", "gunicorn.access"}
+
+
+def test_web_access_lines_are_json_fields_with_a_duration():
+    # gunicorn's own Logger, configured from gunicorn.conf.py's logconfig_dict, writing one access line.
+    code = """
+import runpy, datetime, types
+from gunicorn.config import Config
+from gunicorn import glogging
+cfg = Config()
+cfg.set("logconfig_dict", runpy.run_path("gunicorn.conf.py")["logconfig_dict"])
+cfg.set("accesslog", "-")
+log = glogging.Logger(cfg)
+resp = types.SimpleNamespace(status="201 CREATED", sent=42, headers=[("Content-Type", "application/json")])
+req = types.SimpleNamespace(headers=[("USER-AGENT", "curl/8")])
+environ = {"REQUEST_METHOD": "POST", "RAW_URI": "/api/upload", "PATH_INFO": "/api/upload", "QUERY_STRING": "",
+           "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.9"}
+log.access(resp, req, environ, datetime.timedelta(seconds=1, microseconds=234500))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert KEYS <= set(line) and line["logger"] == "gunicorn.access"
+    assert (line["method"], line["path"], line["status"], line["bytes"], line["duration_ms"], line["remote_addr"]) == \
+        ("POST", "/api/upload", 201, 42, 1234.5, "10.0.0.9")

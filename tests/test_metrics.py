@@ -118,3 +118,36 @@ def test_samples_are_buffered_and_written_together(worker_app, api):
         db.session.commit()
         metrics.flush()
         assert count() == 2
+
+
+def test_accepted_uploads_job_durations_and_retry_outcomes_are_counted(worker_app, api, fake):
+    first = upload(api, "one")
+    upload(api, "two")
+    assert api.upload((pdf_bytes("one"), "one.pdf")).get_json()["jobs"][0]["duplicate"] is True
+    run(worker_app, first["id"])
+    fake.status = 500
+    second = upload(api, "three")
+    run(worker_app, second["id"])  # a transient failure: retried automatically
+    fake.status = 200
+    run(worker_app, second["id"])
+    samples = scrape(api)
+    assert value(samples, "pdfqueue_uploads_accepted_total", outcome="new") == 3
+    assert value(samples, "pdfqueue_uploads_accepted_total", outcome="duplicate") == 1
+    assert value(samples, "pdfqueue_job_retries_total", code="GW_5XX") == 1
+    assert value(samples, "pdfqueue_retried_jobs_finished_total", status="complete") == 1
+    # upload → complete, for each completed job, in a histogram whose p95 PromQL can take
+    assert value(samples, "pdfqueue_job_duration_seconds_count") == 2
+    assert value(samples, "pdfqueue_job_duration_seconds_bucket", le="+Inf") == 2
+    assert value(samples, "pdfqueue_job_duration_seconds_sum") > 0
+
+
+def test_job_duration_is_measured_from_the_upload(worker_app, api):
+    job = upload(api)
+    with worker_app.app_context():
+        from webapp.models import Job
+        Job.query.filter_by(id=job["id"]).update({"created_at": utcnow() - timedelta(seconds=200)})
+        db.session.commit()
+    run(worker_app, job["id"])
+    samples = scrape(api)
+    assert value(samples, "pdfqueue_job_duration_seconds_bucket", le="120.0") == 0
+    assert value(samples, "pdfqueue_job_duration_seconds_bucket", le="300.0") == 1

@@ -205,7 +205,8 @@ def test_retention_keeps_recent_files(worker_app, api, fake):
     job = upload(api, "recent")
     run(worker_app, job["id"])
     with worker_app.app_context():
-        assert tasks.apply_retention() == {"pdf": 0, "xml": 0, "partial": 0, "sessions": 0, "links": 0}
+        assert tasks.apply_retention() == {"pdf": 0, "xml": 0, "partial": 0, "sessions": 0, "links": 0,
+                                          "notifications": 0}
     assert api.get(f"/api/jobs/{job['id']}/download").status_code == 200
 
 
@@ -392,10 +393,12 @@ def test_5xx_for_one_file_from_a_healthy_gateway_does_not_open_the_breaker(make_
     app = make_app(GATEWAY_URL=fake.url, BREAKER_THRESHOLD=2, RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0)
     api = ApiClient(app.test_client())
     fake.status, fake.healthy = 503, True  # e.g. a PDF bomb over the gateway's limits, again and again
-    jobs = [upload(api, f"bomb{n}") for n in range(3)]
+    # Fewer distinct jobs than BREAKER_DISTINCT_JOBS (3): a bad file or two is theirs, not the gateway's trouble.
+    jobs = [upload(api, f"bomb{n}") for n in range(2)]
     for job in jobs:
         run(app, job["id"])
-    assert [(load(app, j["id"]).error_code, load(app, j["id"]).attempts) for j in jobs] == [("GW_5XX", 1)] * 3
+    run(app, jobs[0]["id"])
+    assert [(load(app, j["id"]).error_code, load(app, j["id"]).attempts) for j in jobs] == [("GW_5XX", 2), ("GW_5XX", 1)]
     assert fake.total_calls() == 3
     assert api.get("/api/healthz").get_json()["gateway"] == "ok"
 
@@ -447,3 +450,135 @@ def test_the_process_request_is_a_multipart_form_any_parser_reads(tmp_path, size
     assert form["mapping"] == "pt_simon_invoice_v1"
     assert files["file"].filename == "document.pdf" and files["file"].read() == pdf.read_bytes()
     assert isinstance(body, bytes) == (size <= gateway_client.IN_MEMORY_BYTES)
+
+
+# -- re-conversion after retention, the breaker's rate, the mapping re-check (issue 17) ------------------
+
+
+def _age(app, job_id, **values):
+    with app.app_context():
+        Job.query.filter_by(id=job_id).update(values)
+        db.session.commit()
+
+
+def test_the_same_file_after_its_result_expired_is_converted_again(worker_app, api):
+    job = upload(api, "again")
+    run(worker_app, job["id"])
+    _age(worker_app, job["id"], completed_at=utcnow() - timedelta(days=400), created_at=utcnow() - timedelta(days=400))
+    with worker_app.app_context():
+        assert tasks.apply_retention()["xml"] == 1
+    assert api.get(f"/api/jobs/{job['id']}/download").status_code == 410
+    again = api.upload((pdf_bytes("again"), "again-2.pdf")).get_json()["jobs"][0]
+    assert (again["id"], again["status"], again["duplicate"], again["filename"]) == (job["id"], "queued", False, "again-2.pdf")
+    run(worker_app, job["id"])
+    assert api.get(f"/api/jobs/{job['id']}/download").status_code == 200
+    # a live job is still what the same file returns
+    live = api.upload((pdf_bytes("again"), "again-3.pdf")).get_json()["jobs"][0]
+    assert (live["id"], live["duplicate"], live["status"]) == (job["id"], True, "complete")
+    assert sorted(p.name for p in Path(worker_app.config["UPLOAD_DIR"]).iterdir()) == [Path(load(worker_app, job["id"]).upload_path).name]
+
+
+def test_the_same_file_after_its_failed_job_lost_its_pdf_is_converted_again(worker_app, api, fake):
+    fake.status = 422
+    job = upload(api, "gone")
+    run(worker_app, job["id"])
+    again = api.upload((pdf_bytes("gone"), "gone.pdf")).get_json()["jobs"][0]
+    assert (again["duplicate"], again["status"]) == (True, "failed")  # its PDF is kept: a retry can run it
+    _age(worker_app, job["id"], created_at=utcnow() - timedelta(days=400))
+    with worker_app.app_context():
+        assert tasks.apply_retention()["pdf"] == 1
+    assert api.post(f"/api/jobs/{job['id']}/retry").status_code == 409
+    fake.status = 200
+    again = api.upload((pdf_bytes("gone"), "gone.pdf")).get_json()["jobs"][0]
+    assert (again["id"], again["duplicate"], again["status"], again["attempts"], again["error_code"]) == \
+        (job["id"], False, "queued", 0, None)
+    run(worker_app, job["id"])
+    assert load(worker_app, job["id"]).status == "complete"
+
+
+def test_a_5xx_from_several_distinct_jobs_opens_the_breaker_though_healthz_answers(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, BREAKER_THRESHOLD=100, BREAKER_DISTINCT_JOBS=3, BREAKER_WINDOW_SECONDS=60,
+                   RETRY_BASE_SECONDS=0, RETRY_JITTER_SECONDS=0, MAX_ATTEMPTS=4)
+    api = ApiClient(app.test_client())
+    fake.status = 500  # /process is broken; /healthz still says ok
+    bad = upload(api, "r0")  # alone in the queue: each run is its attempt (fair share would take turns)
+    for _ in range(4):  # one bad file failing again and again is one job: the breaker stays closed
+        run(app, bad["id"])
+    with app.app_context():
+        assert not breaker.is_open()
+    assert (load(app, bad["id"]).status, load(app, bad["id"]).attempts) == ("failed", 4)  # out of the queue
+    jobs = [bad] + [upload(api, f"r{n}") for n in range(1, 4)]
+    run(app, jobs[1]["id"])
+    with app.app_context():
+        assert not breaker.is_open()
+    run(app, jobs[2]["id"])  # the third distinct job opens it
+    with app.app_context():
+        assert breaker.is_open()
+    calls = fake.total_calls()
+    run(app, jobs[3]["id"])
+    assert fake.total_calls() == calls and load(app, jobs[3]["id"]).held
+    assert load(app, jobs[2]["id"]).attempts == 0  # the failure that opened it is held, not spent
+    # the probe closes it on a healthy /healthz; the failing jobs are remembered until a conversion works
+    with app.app_context():
+        Coordination.put(breaker.NAME, due_at=utcnow() - timedelta(seconds=1))
+        tasks.probe_gateway()
+        assert not breaker.is_open()
+    run(app, jobs[3]["id"])
+    with app.app_context():
+        assert breaker.is_open()  # still broken: open again at once
+        breaker.close()
+    fake.status = 200
+    run(app, jobs[3]["id"])
+    with app.app_context():
+        assert not breaker.is_open() and breaker._failing_jobs() == 0
+
+
+def test_a_mapping_taken_out_of_mappings_fails_the_job_before_the_gateway_is_called(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, BREAKER_DISTINCT_JOBS=0)
+    job = upload(ApiClient(app.test_client()), "unmapped")
+    app.config["MAPPINGS"] = ["generic_v1"]  # an operator narrowed the allow-list after the upload
+    run(app, job["id"])
+    failed = load(app, job["id"])
+    assert (failed.status, failed.error_code) == ("failed", "UNKNOWN_MAPPING")
+    assert "pt_simon_invoice_v1" in failed.error and "no longer offered" in failed.error
+    assert fake.total_calls() == 0
+
+
+def test_a_gateway_413_is_recorded_as_too_large(worker_app, api, fake):
+    fake.status = 413
+    job = upload(api)
+    run(worker_app, job["id"])
+    failed = load(worker_app, job["id"])
+    assert (failed.status, failed.error_code, failed.attempts) == ("failed", "TOO_LARGE", 1)
+
+
+def test_with_retention_after_download_a_result_goes_at_its_first_download(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, RETENTION_XML_AFTER_DOWNLOAD=True, BREAKER_DISTINCT_JOBS=0)
+    api = ApiClient(app.test_client())
+    owned, shared = upload(api, "once"), upload(api, "shared")
+    for job in (owned, shared):
+        run(app, job["id"])
+    first = api.get(f"/api/jobs/{owned['id']}/download")
+    assert first.status_code == 200 and f"FT {owned['correlation_id']}" in first.get_data(as_text=True)
+    assert api.get(f"/api/jobs/{owned['id']}/download").get_json()["error"]["code"] == "EXPIRED"
+    assert api.get(f"/api/jobs/{owned['id']}").get_json()["result_expired"] is True
+    link = api.post(f"/api/jobs/{shared['id']}/share").get_json()["url"]
+    anyone = app.test_client()
+    assert anyone.get(link).status_code == 200 and anyone.get(link).status_code == 410
+    assert list(Path(app.config["RESULT_DIR"]).iterdir()) == []
+
+
+def test_results_stay_after_a_download_by_default(worker_app, api):
+    job = upload(api)
+    run(worker_app, job["id"])
+    assert [api.get(f"/api/jobs/{job['id']}/download").status_code for _ in range(2)] == [200, 200]
+
+
+def test_refusals_of_many_distinct_files_never_open_the_breaker(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, BREAKER_THRESHOLD=100, BREAKER_DISTINCT_JOBS=2)
+    api = ApiClient(app.test_client())
+    fake.status = 422  # the gateway is fine and says no to each file: final, the files' own answer
+    for n in range(3):
+        run(app, upload(api, f"no{n}")["id"])
+    with app.app_context():
+        assert not breaker.is_open() and breaker._failing_jobs() == 0

@@ -18,7 +18,7 @@ def create_app(test_config=None):
         Path(app.config[key]).mkdir(parents=True, exist_ok=True)
 
     from . import (admin, api, auth, bulk, cli, db, errors, events, identity, limits, logs, metrics, pages, queue,
-                   security, stream, uploads)
+                   security, stream, uploads, webhooks)
     from .models import Job
 
     logs.init_app(app)
@@ -31,6 +31,7 @@ def create_app(test_config=None):
     queue.init_app(app)
     auth.init_app(app)
     admin.init_app(app)
+    webhooks.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.shared)
     bulk.init_app(app)

@@ -3,6 +3,7 @@ import base64
 import binascii
 import json
 import hmac
+import logging
 import time
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy import select, text, tuple_
 
 import tasks
 
-from . import breaker, codes, events, htmx, limits, queue, uploads
+from . import breaker, codes, events, htmx, limits, queue, security, uploads
 from .clock import isoformat, parse_iso, utcnow
 from .db import db
 from .errors import ApiError, not_found
@@ -24,9 +25,10 @@ from .identity import current_owner, is_admin, owner_scope
 from .limits import upload_limits
 from . import metrics
 from .metrics import worker_heartbeat
-from .models import STATUS_GROUPS, Job, Status
+from .models import STATUS_GROUPS, Job, JobEvent, Status
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+logger = logging.getLogger("pdfqueue.web")
 
 DEFAULT_PAGE, MAX_PAGE = 50, 200
 MAX_QUERY = 200  # longest file-name search (?q=)
@@ -34,10 +36,21 @@ MAX_QUERY = 200  # longest file-name search (?q=)
 
 def owned_or_404(job_id):
     """My job with this id (an admin: anyone's), or a 404 (another owner's job is as good as absent)."""
-    job = Job.owned(None if is_admin() else current_owner(), job_id)
+    owner = None if is_admin() else current_owner()
+    job = Job.owned(owner, job_id)
     if job is None:
-        raise not_found()
+        refused("owner", job_id, owner)
     return job
+
+
+def refused(why, job_id, owner):
+    """Answer 404 for a job this caller may not have, logging who asked (ids only: never a file name)."""
+    exists = owner is not None and db.session.get(Job, job_id) is not None
+    # Another owner's job is worth a look (a guessed or leaked id); an unknown one is usually a stale page.
+    logger.log(logging.WARNING if exists else logging.INFO, "job %s refused: %s", job_id,
+               "another owner's" if exists else "no such job",
+               extra={"job_id": job_id, "owner": owner, "refused": why, "exists": exists, "path": request.path})
+    raise not_found()
 
 
 def with_owners(jobs, owner):
@@ -212,14 +225,40 @@ def download_response(job):
     shown = uploads.display_name(job.filename)  # a name kept before format characters were stripped, too
     name = (shown.rsplit(".", 1)[0] if "." in shown else shown) + ".xml"
     # send_file writes Content-Disposition with an ASCII fallback and the RFC 5987 filename*.
-    return send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
-                     conditional=False, etag=False, max_age=0)
+    response = send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
+                         conditional=False, etag=False, max_age=0)
+    if current_app.config["RETENTION_XML_AFTER_DOWNLOAD"] and Job.expire_result(job.id):
+        # send_file holds the file open, so the answer streams whole though its name is gone already.
+        path.unlink(missing_ok=True)
+    return response
 
 
 @bp.get("/jobs/<job_id>/download")
 def job_download(job_id):
     """Download my job's XML result."""
     return download_response(owned_or_404(job_id))
+
+
+@bp.get("/jobs/<job_id>/pdf")
+def job_pdf(job_id):
+    """Show my job's source PDF inline (the review page draws it); 410 once retention removed it."""
+    job = owned_or_404(job_id)
+    path = Path(current_app.config["DATA_DIR"]) / job.upload_path if job.upload_path else None
+    if path is None or not path.exists():
+        raise ApiError(codes.EXPIRED, 410, "The PDF was removed by retention; upload it again to see it.")
+    # Inline, so the browser shows it rather than saving it; Range requests let a reader fetch what it draws.
+    response = send_file(path, mimetype="application/pdf", as_attachment=False, download_name=job.filename,
+                         conditional=True, etag=True, max_age=0)
+    response.headers["Cache-Control"] = "private, no-cache"
+    response.headers["Content-Security-Policy"] = security.PDF_DOCUMENT_POLICY
+    return response
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id):
+    """List my job's history, oldest first: each attempt, error, hold, retry and transition with its time."""
+    job = owned_or_404(job_id)
+    return jsonify(events=[event.to_dict() for event in JobEvent.of(job.id)])
 
 
 def share_serializer():

@@ -2,18 +2,27 @@
 
 While it is open, jobs wait in `queued` (hold-queue mode) and no /process call is made; a probe of the
 gateway's /healthz, backing off, decides when to close it.
+
+Two ways open it. BREAKER_THRESHOLD consecutive failures while /healthz fails too (record_failure): the
+gateway is down. Or a rate (record_job_failure): 5xx or timeouts from BREAKER_DISTINCT_JOBS distinct jobs
+within BREAKER_WINDOW_SECONDS, with no conversion succeeding in between, while /healthz answers — a broken
+/process behind a shallow health check. One bad file failing all its attempts is one job, so it never opens
+the breaker for everyone. Opened by the rate, the first probe waits a whole window; the failing jobs' rows
+outlive a close (only a success or a reset forgets them), so a /process still broken reopens it at the next
+failure rather than after another BREAKER_DISTINCT_JOBS attempts are spent.
 """
 import time
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from .db import write_transaction
 from .clock import utcnow
 from .models import Coordination
 
 NAME = "breaker"
+JOB_FAILURE = "breaker:job:"  # + job id: a Coordination row per job whose /process failed while /healthz was ok
 CLOSED, OPEN = "closed", "open"
 FIRST_PROBE_SECONDS, MAX_PROBE_SECONDS = 5, 60
 
@@ -63,6 +72,40 @@ def record_failure():
         return _remember(row.state, row.count) == OPEN
 
 
+def record_job_failure(job_id):
+    """Count a 5xx or timeout of this job while /healthz answers; open the breaker once BREAKER_DISTINCT_JOBS
+    distinct jobs failed within BREAKER_WINDOW_SECONDS (0 jobs: never). True if open."""
+    config = current_app.config
+    distinct, window = config["BREAKER_DISTINCT_JOBS"], config["BREAKER_WINDOW_SECONDS"]
+    if distinct <= 0:
+        return False
+    Coordination.ensure(NAME, state=CLOSED, count=0)
+    with write_transaction() as session:
+        row = session.execute(select(Coordination).where(Coordination.name == NAME).with_for_update()).scalar_one()
+        now = utcnow()
+        failing = Coordination.name.like(JOB_FAILURE + "%")
+        session.execute(delete(Coordination).where(failing, Coordination.updated_at < now - timedelta(seconds=window)))
+        mine = session.get(Coordination, JOB_FAILURE + job_id)
+        if mine is None:
+            session.add(Coordination(name=JOB_FAILURE + job_id, updated_at=now))
+        else:
+            mine.updated_at = now
+        session.flush()
+        jobs = session.scalar(select(func.count()).select_from(Coordination).where(failing))
+        if jobs >= distinct:
+            if row.state != OPEN:
+                current_app.logger.warning("gateway breaker opens: %d distinct jobs failed within %g s while "
+                                           "/healthz answered", jobs, window)
+                row.due_at = now + timedelta(seconds=window)
+            row.state = OPEN
+        row.updated_at = now
+        return _remember(row.state, max(row.count or 0, jobs)) == OPEN
+
+
+def _failing_jobs():
+    return Coordination.query.filter(Coordination.name.like(JOB_FAILURE + "%")).count()
+
+
 def record_success(max_age=0.0):
     """A converted file: the gateway works, so forget past failures and close.
 
@@ -70,7 +113,7 @@ def record_success(max_age=0.0):
     without a read; a failure another process counted meanwhile is forgotten at a later success."""
     if time.monotonic() - _seen["at"] < max_age and _seen["state"] == CLOSED and not _seen["failures"]:
         return
-    if state() == OPEN or _seen["failures"]:
+    if state() == OPEN or _seen["failures"] or _failing_jobs():
         reset()
 
 
@@ -86,12 +129,16 @@ def probe_due():
 
 
 def close():
-    """The gateway answers again: close, forgetting past failures."""
+    """The gateway answers its probe again: close, forgetting its consecutive failures (not the failing jobs of
+    the window: only a conversion that works shows /process works)."""
     current_app.logger.warning("gateway breaker closes: the gateway answers again")
-    reset()
+    Coordination.put(NAME, state=CLOSED, count=0, due_at=None)
+    _remember(CLOSED, _failing_jobs())  # not clean while failing jobs are remembered: a success forgets them
 
 
 def reset():
-    """Close the breaker (also by hand, from the admin CLI)."""
+    """Close the breaker and forget every failure (a success; by hand, from the admin CLI)."""
+    with write_transaction() as session:
+        session.execute(delete(Coordination).where(Coordination.name.like(JOB_FAILURE + "%")))
     Coordination.put(NAME, state=CLOSED, count=0, due_at=None)
     _remember(CLOSED, 0)

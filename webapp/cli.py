@@ -1,4 +1,4 @@
-"""Admin commands: `flask --app wsgi users|tokens|jobs|breaker ...` and `flask --app wsgi cleanup`.
+"""Admin commands: `flask --app wsgi users|tokens|jobs|breaker ...`, `cleanup`, `backup DEST` and `restore SRC`.
 
 They act on any owner's jobs and accounts (an operator's view), through the same model transitions the API uses.
 A password comes from a prompt, or from PDFQUEUE_PASSWORD for scripts.
@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 import tasks
 
+from . import backup as backup_module
 from . import breaker as breaker_module
 from .accounts import AccountError, ApiToken, User
 from .api import delete_with_files, retry_failed
@@ -172,6 +173,42 @@ def cleanup():
     click.echo(f"removed {removed['pdf']} PDFs, {removed['xml']} results, {removed['partial']} partial files")
 
 
+@click.command("backup")
+@click.argument("dest", type=click.Path(file_okay=False))
+@with_appcontext
+def backup(dest):
+    """Copy the database, uploads/, results/ and the generated secret key into the new directory DEST.
+
+    Safe while the service runs (SQLite's online backup API; pg_dump for PostgreSQL)."""
+    try:
+        manifest = backup_module.backup(dest)
+    except backup_module.BackupError as error:
+        raise click.ClickException(str(error))
+    files = manifest["files"]
+    click.echo(f"backed up {manifest['jobs']} jobs ({manifest['database']}), {files['uploads']} PDFs and "
+               f"{files['results']} results into {dest}")
+    if manifest["missing"]:
+        click.echo(f"{len(manifest['missing'])} files were deleted while the backup ran (retention or a deleted job): "
+                   + ", ".join(manifest["missing"][:10]), err=True)
+
+
+@click.command("restore")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.option("--force", is_flag=True, help="Restore even though the service looks running.")
+@click.confirmation_option(prompt="Replace this installation's database and files with the backup?")
+@with_appcontext
+def restore(src, force):
+    """Replace the database, uploads/, results/ (and the generated secret key) with the backup in SRC.
+
+    Stop web and worker first: a current worker heartbeat or a web process answering refuses it (--force)."""
+    try:
+        manifest = backup_module.restore(src, force=force)
+    except backup_module.BackupError as error:
+        raise click.ClickException(str(error))
+    click.echo(f"restored {manifest['jobs']} jobs from the backup of {manifest['created_at']}; "
+               "run `flask --app wsgi db upgrade` if this release is newer, then start the service")
+
+
 @breaker.command("status")
 def breaker_status():
     """Show whether the breaker is open, its failure count and next probe."""
@@ -189,5 +226,5 @@ def breaker_reset():
 
 def init_app(app):
     """Register the admin commands on `flask`."""
-    for command in (users, tokens, jobs, breaker, cleanup):
+    for command in (users, tokens, jobs, breaker, cleanup, backup, restore):
         app.cli.add_command(command)

@@ -11,6 +11,8 @@ GW_OVER_LIMITS = "GW_OVER_LIMITS"  # the gateway's parse ran past its limits (a 
 IO_ERROR = "IO_ERROR"  # our own storage failed: retried (final when the uploaded PDF is gone)
 CIRCUIT_OPEN = "CIRCUIT_OPEN"  # held by the open breaker: still queued, nothing spent
 LEASE_EXPIRED = "LEASE_EXPIRED"  # the worker stopped answering mid-job: retried like a transient failure
+# Also on a job: TOO_LARGE (the gateway answered 413: final) and UNKNOWN_MAPPING (its mapping was taken out of
+# MAPPINGS after the upload: final), both below.
 
 # -- answers of the API (error.code) ------------------------------------------------------------
 BAD_REQUEST = "BAD_REQUEST"
@@ -33,3 +35,6 @@ TOO_LARGE = "TOO_LARGE"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 UNAVAILABLE = "UNAVAILABLE"
 UNKNOWN_MAPPING = "UNKNOWN_MAPPING"
+WEBHOOK_URL = "WEBHOOK_URL"  # a webhook URL that is malformed, not https:// (and not an allowed host), or unresolvable
+PRIVATE_ADDRESS = "PRIVATE_ADDRESS"  # a webhook host on a loopback, link-local or private address, not allowed
+EMAIL_OFF = "EMAIL_OFF"  # an email choice while the service has no SMTP_URL

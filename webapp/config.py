@@ -1,6 +1,7 @@
 """Configuration from the environment, with the defaults a fresh box needs, in one place."""
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +42,9 @@ def from_env():
         "RETRY_BASE_SECONDS": float(os.environ.get("RETRY_BASE_SECONDS", 5)),
         "RETRY_JITTER_SECONDS": float(os.environ.get("RETRY_JITTER_SECONDS", 5)),
         "BREAKER_THRESHOLD": _int("BREAKER_THRESHOLD", 5),
+        "BREAKER_DISTINCT_JOBS": _int("BREAKER_DISTINCT_JOBS", 3),
+        "BREAKER_WINDOW_SECONDS": float(os.environ.get("BREAKER_WINDOW_SECONDS", 60)),
+        "RETENTION_XML_AFTER_DOWNLOAD": os.environ.get("RETENTION_XML_AFTER_DOWNLOAD", "") not in ("", "0", "false"),
         "MAINTENANCE_SECONDS": float(os.environ.get("MAINTENANCE_SECONDS", 5)),
         "REAP_SECONDS": float(os.environ.get("REAP_SECONDS", 30)),
         "WORKER_POLL_SECONDS": float(os.environ.get("WORKER_POLL_SECONDS", 0.01)),
@@ -58,6 +62,18 @@ def from_env():
         "SIGNINS_PER_MINUTE": _int("SIGNINS_PER_MINUTE", 5),
         "USER_QUOTA_MB": _int("USER_QUOTA_MB", 2048),
         "MIN_FREE_MB": _int("MIN_FREE_MB", 200),
+        "WEBHOOK_ALLOWED_HOSTS": _list("WEBHOOK_ALLOWED_HOSTS", ""),
+        "WEBHOOK_CONNECT_TIMEOUT": float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", 5)),
+        "WEBHOOK_READ_TIMEOUT": float(os.environ.get("WEBHOOK_READ_TIMEOUT", 10)),
+        "WEBHOOK_RETRY_BASE_SECONDS": float(os.environ.get("WEBHOOK_RETRY_BASE_SECONDS", 10)),
+        "WEBHOOK_RETRY_MAX_SECONDS": float(os.environ.get("WEBHOOK_RETRY_MAX_SECONDS", 3600)),
+        "WEBHOOK_GIVE_UP_HOURS": float(os.environ.get("WEBHOOK_GIVE_UP_HOURS", 24)),
+        "WEBHOOK_LEASE_MARGIN_SECONDS": float(os.environ.get("WEBHOOK_LEASE_MARGIN_SECONDS", 30)),
+        "WEBHOOK_POLL_SECONDS": float(os.environ.get("WEBHOOK_POLL_SECONDS", 1)),
+        "WEBHOOK_CONCURRENCY": _int("WEBHOOK_CONCURRENCY", 4),
+        "SMTP_URL": os.environ.get("SMTP_URL") or "",
+        "SMTP_FROM": os.environ.get("SMTP_FROM") or "",
+        "SMTP_TIMEOUT": float(os.environ.get("SMTP_TIMEOUT", 20)),
         "MAX_FORM_PARTS": _int("MAX_FORM_PARTS", 0),  # 0: UPLOADS_PER_MINUTE + 5
         "BODY_TIMEOUT_SECONDS": float(os.environ.get("BODY_TIMEOUT_SECONDS", 60)),
         "ACTIONS_PER_MINUTE": _int("ACTIONS_PER_MINUTE", 30),
@@ -82,6 +98,8 @@ def derive(config):
     config["SQLALCHEMY_DATABASE_URI"] = config["DATABASE_URL"]
     # Links the service hands out (set-up, invitations, resets) when no request says where it is reached.
     config["PUBLIC_URL"] = config.get("PUBLIC_URL") or f"http://{config['HOST']}:{config['PORT']}"
+    # Email comes from SMTP_FROM, else from pdfqueue at the host people reach the service by.
+    config["SMTP_FROM"] = config.get("SMTP_FROM") or f"pdfqueue@{urlsplit(config['PUBLIC_URL']).hostname or 'localhost'}"
     # A request may carry a minute's worth of files; each file is held to MAX_UPLOAD_MB as it streams.
     # Parts of one form: a minute's files, the mapping, the CSRF token and a little room (Werkzeug's max_form_parts).
     config["MAX_FORM_PARTS"] = config.get("MAX_FORM_PARTS") or config["UPLOADS_PER_MINUTE"] + 5

@@ -8,7 +8,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 
-from .codes import GW_4XX, GW_5XX, GW_OVER_LIMITS, GW_TIMEOUT
+from .codes import GW_4XX, GW_5XX, GW_OVER_LIMITS, GW_TIMEOUT, TOO_LARGE
 from .retry import FinalError, TransientError
 
 OVER_LIMITS = "OVER_LIMITS"  # the gateway's code for a file that ran past its parse limits (gateway/sandbox.py)
@@ -94,6 +94,8 @@ def process(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_
         except requests.ConnectionError as exc:
             raise TransientError(GW_5XX, "the gateway cannot be reached") from exc
     with response:
+        if response.status_code == 413:  # the PDF is over the gateway's size limit: final, and said as such
+            raise FinalError(TOO_LARGE, _error(response)[1])
         if 400 <= response.status_code < 500:
             raise FinalError(GW_4XX, _error(response)[1])
         if response.status_code != 200:

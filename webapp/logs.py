@@ -20,6 +20,11 @@ class RedactShareTokens(logging.Filter):
     """Replace the token of every /d/<token> path in a record's message (gunicorn's access lines)."""
 
     def filter(self, record):
+        if isinstance(record.args, dict):  # gunicorn's atoms: redact each, so AccessFormatter's fields are too
+            for key, value in list(record.args.items()):
+                if isinstance(value, str) and "/d/" in value:
+                    record.args[key] = SHARE_TOKEN.sub(REDACTED, value)
+            return True
         message = record.getMessage()
         if "/d/" in message:
             record.msg, record.args = SHARE_TOKEN.sub(REDACTED, message), None
@@ -31,8 +36,28 @@ def formatter():
     return JsonFormatter(FIELDS, rename_fields=RENAMED)
 
 
+class AccessFormatter(JsonFormatter):
+    """gunicorn's access lines as fields (method, path, status, bytes, duration_ms, …) rather than one
+    Apache-style string: gunicorn hands its atoms to the record as its args (glogging.Logger.access)."""
+
+    ATOMS = {"method": "m", "path": "U", "status": "s", "bytes": "B", "remote_addr": "h", "user_agent": "a",
+             "protocol": "H"}
+
+    def add_fields(self, log_record, record, message_dict):
+        super().add_fields(log_record, record, message_dict)
+        atoms = record.args if isinstance(record.args, dict) else None
+        if atoms is None:
+            return
+        for field, atom in self.ATOMS.items():
+            log_record[field] = atoms.get(atom)
+        log_record["status"] = int(log_record["status"]) if str(log_record["status"]).isdigit() else log_record["status"]
+        log_record["duration_ms"] = round(atoms.get("D", 0) / 1000, 1)
+        log_record["message"] = "request"
+
+
 def gunicorn_logconfig(level, access=True):
-    """gunicorn's logconfig_dict: its own lines (start-up, worker exits; the access log on stdout) in the one format."""
+    """gunicorn's logconfig_dict: its own lines (start-up, worker exits; the access log on stdout, one JSON object
+    of fields a request) in the one format."""
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
     loggers = {"gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False}}
     if access:
@@ -40,9 +65,11 @@ def gunicorn_logconfig(level, access=True):
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED}},
+        "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED},
+                       "access": {"()": "webapp.logs.AccessFormatter", "fmt": FIELDS, "rename_fields": RENAMED}},
         "filters": {"redact": {"()": "webapp.logs.RedactShareTokens"}},
-        "handlers": {"json": handler, "access": {**handler, "stream": "ext://sys.stdout", "filters": ["redact"]}},
+        "handlers": {"json": handler, "access": {**handler, "formatter": "access", "stream": "ext://sys.stdout",
+                                                 "filters": ["redact"]}},
         "root": {"level": level, "handlers": []},
         "loggers": loggers,
     }

@@ -31,6 +31,7 @@ from .db import db, write_transaction
 from .errors import ApiError
 from .clock import utcnow
 from .models import FINISHED, Coordination, Job, Status
+from .notify import PENDING, OutboxEvent, Subscription
 from .retry import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,14 @@ bp = Blueprint("metrics", __name__)
 GATEWAY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180)
 GATEWAY_LATENCY = "gateway_request_seconds"
 UPLOADS_REJECTED = "uploads_rejected"
+UPLOADS_ACCEPTED = "uploads_accepted"  # by outcome: new, duplicate (the live job returned), reconverted
 JOBS_FINISHED = "jobs_finished"
+RETRIES = "job_retries"  # automatic retries scheduled after a transient failure, by code
+RETRIED_FINISHED = "retried_jobs_finished"  # jobs that needed more than one attempt, by final status
+# Upload to complete, seconds: the wait in the queue and any retries included, so the top reaches an hour.
+JOB_DURATION = "job_duration_seconds"
+JOB_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+NOTIFICATIONS = "notifications"  # webapp/delivery.py: each delivery attempt's outcome, by kind
 UPLOAD_ENDPOINTS = ("api.upload", "pages.upload_form")
 # An upload turned away with an HTML page (the form without JavaScript) says its code only by its status.
 _CODE_BY_STATUS = {400: codes.BAD_REQUEST, 413: codes.TOO_LARGE, 415: codes.NOT_PDF, 429: codes.RATE_LIMITED,
@@ -133,11 +141,25 @@ def _write(batch):
         logger.warning("metrics not recorded: %s", sorted({name for name, _ in batch}), exc_info=True)
 
 
+def _observation(name, buckets, seconds, labels):
+    """The samples of one histogram observation: its bucket (not yet cumulative) and its sum."""
+    bucket = next((str(float(le)) for le in buckets if seconds <= le), "+Inf")
+    return (name + "_bucket", {**labels, "le": bucket}, 1), (name + "_sum", labels, seconds)
+
+
 def observe_gateway(seconds, outcome):
     """Record one gateway call's duration under its outcome ('ok' or the job error code)."""
-    bucket = next((str(float(le)) for le in GATEWAY_BUCKETS if seconds <= le), "+Inf")
-    add((GATEWAY_LATENCY + "_bucket", {"outcome": outcome, "le": bucket}, 1),
-        (GATEWAY_LATENCY + "_sum", {"outcome": outcome}, seconds))
+    add(*_observation(GATEWAY_LATENCY, GATEWAY_BUCKETS, seconds, {"outcome": outcome}))
+
+
+def observe_job_duration(seconds):
+    """Record how long a completed job took from its upload to its result."""
+    add(*_observation(JOB_DURATION, JOB_BUCKETS, max(0.0, seconds), {}))
+
+
+def record_retry(error_code):
+    """Count one automatic retry scheduled after a transient failure."""
+    add((RETRIES, {"code": error_code or ""}, 1))
 
 
 @contextmanager
@@ -157,10 +179,12 @@ def gateway_call():
         observe_gateway(time.monotonic() - started, outcome)
 
 
-def record_transition(to_status, error_code=None):
-    """Count a job reaching a final state (complete, or failed with its code)."""
+def record_transition(to_status, error_code=None, attempts=1):
+    """Count a job reaching a final state (complete, or failed with its code), and apart those that were retried."""
     if to_status in FINISHED:
         add((JOBS_FINISHED, {"status": to_status, "code": error_code or ""}, 1))
+        if attempts > 1:
+            add((RETRIED_FINISHED, {"status": to_status}, 1))
 
 
 def record_upload_rejections(response):
@@ -229,6 +253,21 @@ class DatabaseCollector:
                                 value=float("inf") if age is None else age)
         yield GaugeMetricFamily("pdfqueue_workers_alive", "Worker processes whose heartbeat is current.", value=alive)
 
+        pending = GaugeMetricFamily("pdfqueue_notifications_pending",
+                                    "Outbox events not yet delivered (webhooks, emails), by kind.", labels=["kind"])
+        kinds = dict(session.execute(
+            select(Subscription.kind, func.count())
+            .select_from(OutboxEvent).outerjoin(Subscription, Subscription.id == OutboxEvent.subscription_id)
+            .where(OutboxEvent.state == PENDING).group_by(Subscription.kind)).all())
+        kinds["email"] = kinds.get("email", 0) + kinds.pop(None, 0)  # the admins' digests belong to no subscription
+        for kind in ("webhook", "email"):
+            pending.add_metric([kind], kinds.get(kind, 0))
+        yield pending
+        oldest_event = session.scalar(select(func.min(OutboxEvent.created_at)).where(OutboxEvent.state == PENDING))
+        yield GaugeMetricFamily("pdfqueue_notifications_oldest_pending_age_seconds",
+                                "Age of the oldest undelivered outbox event (0 if none).",
+                                value=0 if oldest_event is None else (now - oldest_event).total_seconds())
+
         yield from self._counters(session)
         session.rollback()  # end the read transaction; a scrape holds nothing
 
@@ -250,20 +289,43 @@ class DatabaseCollector:
             finished.add_metric([labels["status"], labels["code"]], value)
         yield finished
 
-        latency = HistogramMetricFamily("pdfqueue_" + GATEWAY_LATENCY, "Gateway /process calls made by workers, "
-                                        "seconds, by outcome ('ok' or the job error code).", labels=["outcome"])
+        delivered = CounterMetricFamily("pdfqueue_notifications", "Delivery attempts of webhooks and emails, by "
+                                        "kind and outcome (delivered, retried, gave_up, skipped).",
+                                        labels=["kind", "outcome"])
+        for labels, value in series.get(NOTIFICATIONS, []):
+            delivered.add_metric([labels["kind"], labels["outcome"]], value)
+        yield delivered
+
+        yield self._histogram(series, GATEWAY_LATENCY, GATEWAY_BUCKETS, "Gateway /process calls made by workers, "
+                              "seconds, by outcome ('ok' or the job error code).", "outcome")
+        yield self._histogram(series, JOB_DURATION, JOB_BUCKETS,
+                              "Completed jobs from upload to result, seconds (queue wait and retries included).")
+
+        for name, help_text, label in (
+                (UPLOADS_ACCEPTED, "Uploaded files accepted, by outcome (new, duplicate, reconverted).", "outcome"),
+                (RETRIES, "Automatic retries scheduled after a transient failure, by error code.", "code"),
+                (RETRIED_FINISHED, "Jobs that took more than one attempt, by the state they ended in.", "status")):
+            family = CounterMetricFamily("pdfqueue_" + name, help_text, labels=[label])
+            for labels, value in series.get(name, []):
+                family.add_metric([labels[label]], value)
+            yield family
+
+    @staticmethod
+    def _histogram(series, name, bucket_bounds, help_text, label=None):
+        """A histogram family from its stored samples (per-bucket counts made cumulative), by label if any."""
+        family = HistogramMetricFamily("pdfqueue_" + name, help_text, labels=[label] if label else [])
         buckets, sums = {}, {}
-        for labels, value in series.get(GATEWAY_LATENCY + "_bucket", []):
-            buckets.setdefault(labels["outcome"], {})[labels["le"]] = value
-        for labels, value in series.get(GATEWAY_LATENCY + "_sum", []):
-            sums[labels["outcome"]] = value
-        for outcome, counts in sorted(buckets.items()):
+        for labels, value in series.get(name + "_bucket", []):
+            buckets.setdefault(labels.get(label, ""), {})[labels["le"]] = value
+        for labels, value in series.get(name + "_sum", []):
+            sums[labels.get(label, "")] = value
+        for key, counts in sorted(buckets.items()):
             cumulative, running = [], 0.0
-            for le in [str(float(b)) for b in GATEWAY_BUCKETS] + ["+Inf"]:
+            for le in [str(float(b)) for b in bucket_bounds] + ["+Inf"]:
                 running += counts.get(le, 0.0)
                 cumulative.append((le, running))
-            latency.add_metric([outcome], cumulative, sums.get(outcome, 0.0))
-        yield latency
+            family.add_metric([key] if label else [], cumulative, sums.get(key, 0.0))
+        return family
 
 
 registry = CollectorRegistry()

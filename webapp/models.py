@@ -5,12 +5,13 @@ import secrets
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import (BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, bindparam, case,
-                        delete, func, insert, select, text, update)
+from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        bindparam, case, delete, func, insert, select, text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from . import codes, events
+from . import notify as notify_module
 from .clock import isoformat, utcnow
 from .db import db, write_transaction
 
@@ -64,7 +65,10 @@ class Job(db.Model):
         requeue        failed          → queued       a person asked; attempts reset
         expire_result  complete        → complete     retention removed the XML
         forget_upload  complete/failed → (same)       retention removed the PDF
-        remove         any             → (deleted)    a JobRemoval tells open pages
+        reconvert      expired/failed  → queued       the same file uploaded again once its result or PDF is gone
+        remove         any             → (deleted)    a JobRemoval tells open pages; its events go with it
+
+    Each of them but renew_lease also writes the job's history (JobEvent), one row in the same transaction.
 
     Sub-states are flags on a status, never statuses of their own (the properties below say them):
     - held: queued with error_code CIRCUIT_OPEN; the breaker keeps it waiting and nothing is spent.
@@ -73,6 +77,11 @@ class Job(db.Model):
     - dead-lettered (dead_letter): failed after MAX_ATTEMPTS transient failures rather than at once.
     - expired (result_expired): complete, but retention removed the XML (result_path is null).
     What to do after a failure is the retry policy's to say (webapp/retry.py), not the model's.
+
+    Dedupe: an owner has one job per file (sha256, bytes) and mapping (uq_jobs_owner_file); uploading it again
+    returns that job while it is live (active, complete with its XML, or failed with its PDF kept, which a
+    retry can run again). Once it is spent (expired, or failed with its PDF gone: `spent`), the upload
+    re-converts it in the same row (`reconvert`): same id, the new PDF, queued as if just uploaded.
 
     Fair share: which queued job a worker claims next (claim_next). Each job has a place in its owner's queue,
     queue_key: its upload time; its retry time once it waits out a back-off (so a job is due exactly when its
@@ -171,6 +180,13 @@ class Job(db.Model):
     def retryable(self):
         """Failed with its PDF still kept, so a person may queue it again (Job.requeue)."""
         return self.status == Status.FAILED and self.upload_path is not None
+
+    @property
+    def spent(self):
+        """Finished with nothing left to give: expired, or failed with its PDF gone (so it cannot be retried).
+
+        Uploading the same file again converts it again (Job.reconvert) instead of returning this job."""
+        return self.result_expired or (self.status == Status.FAILED and self.upload_path is None)
 
     @property
     def active_since(self):
@@ -321,11 +337,19 @@ class Job(db.Model):
     # -- transitions ---------------------------------------------------------------------------
 
     @classmethod
-    def _transition(cls, job_id, *where, serialize=False, returning=(), **values):
+    def _transition(cls, job_id, *where, event=None, ends_attempt=False, serialize=False, returning=(), notify=None,
+                    **values):
         """Apply values to the job only if it still matches where; True if it did.
 
         job_id may be a subquery choosing the job; with returning (columns), the changed job's values
-        come back as a row (None if nothing changed)."""
+        come back as a row (None if nothing changed). With event (an EventKind), the change also goes into the
+        job's history: one INSERT of what the UPDATE returned, in its transaction; ends_attempt says the change
+        settles an attempt (processing → …), so the event has the attempt's duration. With notify (an event type,
+        webapp/notify.py), the event goes into the outbox in this same transaction, for each subscription of the
+        owner that wants it (an owner without any costs an indexed EXISTS in the UPDATE's RETURNING, nothing more)."""
+        asked = bool(returning)
+        if notify is not None:  # whether the owner has any subscription comes back with the change: no extra query
+            returning = (*returning, NOTIFY_WANTED)
         with write_transaction() as session:
             if serialize and session.get_bind().dialect.name != "sqlite":
                 # Claims count processing jobs; serialize them where the database does not (SQLite does).
@@ -336,15 +360,35 @@ class Job(db.Model):
             # A Core UPDATE of the table: callers re-read what they need, and the ORM's bookkeeping for an
             # ORM-enabled UPDATE (syncing loaded objects) costs more than the statement itself.
             stmt = update(cls.__table__).where(cls.id == job_id, *where).values(**values)
-            row = session.execute(stmt.returning(cls.id, cls.owner, *returning)).first()
+            columns = _distinct((cls.id, cls.owner, *(JobEvent.READS if event else ()), *returning))
+            row = session.execute(stmt.returning(*columns)).first()
+            wrote_events = cls._record(session, row, now, event, ends_attempt, notify)
         if row is not None:
             events.publish(row.owner)
-        return row if returning else row is not None
+        if wrote_events:
+            notify_module.wrote_events()
+        return row if asked else row is not None
 
     @classmethod
-    def _prepared(cls, statement, serialize=False, **params):
+    def _record(cls, session, row, now, event, ends_attempt, notify):
+        """What a change writes beside its UPDATE, in its transaction: its event in the job's history (one INSERT
+        of what the UPDATE returned: JobEvent.READS), and with notify, its outbox rows if the owner wants them
+        (the UPDATE returned NOTIFY_WANTED). How many outbox rows it wrote."""
+        if row is None:
+            return 0
+        if event:
+            session.execute(_INSERT_EVENT, JobEvent.values(event, row, now, ends_attempt))
+        if notify is None or not row.notify_wanted:
+            return 0
+        job = cls(**session.execute(select(*cls.__table__.c).where(cls.id == row.id)).one()._mapping)  # to send
+        return notify_module.enqueue_for_job(session, row.owner, notify, now, job.to_dict())
+
+    @classmethod
+    def _prepared(cls, statement, serialize=False, event=None, ends_attempt=False, notify=None, **params):
         """Run one of the prebuilt transitions below (_claim_next_statement…), as _transition would: under the
-        write lock, with `now` taken there (callable params get it too); the changed row, or None.
+        write lock, with `now` taken there (callable params get it too), writing its event and outbox rows in
+        its transaction (_record: the statement returns JobEvent.READS, and NOTIFY_WANTED for a notify); the
+        changed row, or None.
 
         The transitions on every job's path (claim, renew, complete) are built once with their values as
         parameters: building an UPDATE and its cache key costs more CPU than SQLite takes to run it."""
@@ -354,8 +398,11 @@ class Job(db.Model):
             now = utcnow()
             row = session.execute(statement, {"now": now, **{
                 key: (value(now) if callable(value) else value) for key, value in params.items()}}).first()
+            wrote_events = cls._record(session, row, now, event, ends_attempt, notify)
         if row is not None:
             events.publish(row.owner)
+        if wrote_events:
+            notify_module.wrote_events()
         return row
 
     @classmethod
@@ -373,8 +420,11 @@ class Job(db.Model):
         values = {"id": new_id(), "status": Status.QUEUED, "progress": 0, "attempts": 0, "dead_letter": False,
                   "correlation_id": secrets.token_hex(8), **fields}
         with write_transaction() as session:
-            values["created_at"] = values["updated_at"] = values["queue_key"] = utcnow()
-            session.execute(_INSERT_JOB, values)
+            now = utcnow()
+            values["created_at"] = values["updated_at"] = values["queue_key"] = now
+            session.execute(_INSERT_JOB, values)  # the job's row before its first event's
+            session.execute(_INSERT_EVENT, {"job_id": values["id"], "at": now, "kind": EventKind.CREATED,
+                                            "status": Status.QUEUED, "attempt": 0})
         events.publish(values["owner"])
         return cls(**values)
 
@@ -389,6 +439,7 @@ class Job(db.Model):
             cls.status == Status.QUEUED,
             processing < capacity,
             cls.is_due(utcnow()),
+            event=EventKind.ATTEMPT,
             serialize=True,
             returning=CLAIMED,
             status=Status.PROCESSING,
@@ -404,8 +455,8 @@ class Job(db.Model):
     def claim_next(cls, worker, lease_seconds, capacity):
         """Claim the queued, due job that fair share puts first (see the class docstring), if any and if capacity
         allows (as claim); one statement."""
-        return cls._prepared(_claim_next_statement(), serialize=True, worker=worker, capacity=capacity,
-                             lease_until=lambda now: now + timedelta(seconds=lease_seconds))
+        return cls._prepared(_claim_next_statement(), serialize=True, event=EventKind.ATTEMPT, worker=worker,
+                             capacity=capacity, lease_until=lambda now: now + timedelta(seconds=lease_seconds))
 
     @classmethod
     def next_choice(cls, now):
@@ -441,8 +492,8 @@ class Job(db.Model):
         def front(_now):
             first = db.session.scalar(select(func.min(cls.queue_key)).where(cls.status == Status.QUEUED))
             return min(first or RUN_NEXT_BEFORE, RUN_NEXT_BEFORE) - timedelta(seconds=1)
-        return cls._transition(job_id, cls.status == Status.QUEUED, serialize=True, queue_key=front,
-                               next_attempt_at=None)
+        return cls._transition(job_id, cls.status == Status.QUEUED, event=EventKind.RUN_NEXT, serialize=True,
+                               queue_key=front, next_attempt_at=None)
 
     @classmethod
     def renew_lease(cls, job_id, worker, lease_seconds, progress=None):
@@ -454,23 +505,24 @@ class Job(db.Model):
     @classmethod
     def complete(cls, job_id, worker, result_path):
         """processing → complete with the stored result."""
-        return cls._prepared(_complete_statement(), job_id=job_id, worker=worker,
+        return cls._prepared(_complete_statement(), event=EventKind.COMPLETE, ends_attempt=True,
+                             notify=notify_module.JOB_COMPLETE, job_id=job_id, worker=worker,
                              result_path=result_path) is not None
 
     @classmethod
     def fail(cls, job_id, worker, code, message, dead_letter=False):
         """processing → failed, for good (until a person retries it); worker None: its lease lapsed."""
         return cls._transition(
-            job_id, cls._leased_by(worker),
+            job_id, cls._leased_by(worker), event=EventKind.FAILED, ends_attempt=True,
             status=Status.FAILED, error_code=code, error=message[:1000], dead_letter=dead_letter,
-            completed_at=lambda now: now, leased_by=None, lease_expires_at=None,
+            completed_at=lambda now: now, leased_by=None, lease_expires_at=None, notify=notify_module.JOB_FAILED,
         )
 
     @classmethod
     def retry_later(cls, job_id, worker, code, message, delay_seconds):
         """processing → queued, due after delay_seconds; the attempt stays spent. worker None: its lease lapsed."""
         return cls._transition(
-            job_id, cls._leased_by(worker),
+            job_id, cls._leased_by(worker), event=EventKind.RETRY, ends_attempt=True,
             status=Status.QUEUED, error_code=code, error=message[:1000], progress=0,
             next_attempt_at=lambda now: now + timedelta(seconds=delay_seconds),
             queue_key=lambda now: now + timedelta(seconds=delay_seconds),  # it queues by its retry time
@@ -486,6 +538,7 @@ class Job(db.Model):
             job_id = select(Job.id).where(cls._leased_by(worker)).limit(1).scalar_subquery()
         return cls._transition(
             job_id, cls._leased_by(worker), returning=returning,
+            event=EventKind.HELD if code == codes.CIRCUIT_OPEN else EventKind.RELEASED, ends_attempt=True,
             status=Status.QUEUED, attempts=cls.attempts - 1, progress=0, error_code=code, error=message,
             leased_by=None, lease_expires_at=None,
         )
@@ -494,26 +547,39 @@ class Job(db.Model):
     def hold(cls, job_id, message):
         """Mark a queued job as held by the open breaker (once; it stays queued, nothing is spent)."""
         return cls._transition(job_id, cls.status == Status.QUEUED, cls.error_code.is_distinct_from(codes.CIRCUIT_OPEN),
-                               error_code=codes.CIRCUIT_OPEN, error=message)
+                               event=EventKind.HELD, error_code=codes.CIRCUIT_OPEN, error=message)
 
     @classmethod
     def requeue(cls, job_id):
         """failed → queued from the kept PDF, attempts reset (a person asked for it)."""
         return cls._transition(
-            job_id, cls.status == Status.FAILED, cls.upload_path.is_not(None),
+            job_id, cls.status == Status.FAILED, cls.upload_path.is_not(None), event=EventKind.REQUEUED,
             status=Status.QUEUED, attempts=0, progress=0, error_code=None, error=None, dead_letter=False,
             completed_at=None, started_at=None, next_attempt_at=None, queue_key=lambda now: now,
         )
 
     @classmethod
+    def reconvert(cls, job_id, upload_path, filename):
+        """expired/failed without its PDF → queued from a new upload of the same file, as if just uploaded."""
+        spent = (((cls.status == Status.COMPLETE) & cls.result_path.is_(None))
+                 | ((cls.status == Status.FAILED) & cls.upload_path.is_(None)))
+        return cls._transition(
+            job_id, spent, event=EventKind.CREATED,  # uploaded again: its history goes on from a new upload
+            status=Status.QUEUED, upload_path=upload_path, filename=filename, result_path=None,
+            attempts=0, progress=0, error_code=None, error=None, dead_letter=False,
+            created_at=lambda now: now, completed_at=None, started_at=None, next_attempt_at=None,
+            queue_key=lambda now: now,  # its place in its owner's queue: the new upload's time
+        )
+
+    @classmethod
     def expire_result(cls, job_id):
         """complete → expired: retention removed the XML (the caller deletes the file)."""
-        return cls._transition(job_id, cls.status == Status.COMPLETE, result_path=None)
+        return cls._transition(job_id, cls.status == Status.COMPLETE, event=EventKind.RESULT_EXPIRED, result_path=None)
 
     @classmethod
     def forget_upload(cls, job_id):
         """Retention removed the PDF of a finished job (the caller deletes the file); it can no longer be retried."""
-        return cls._transition(job_id, cls.status.in_(FINISHED), upload_path=None)
+        return cls._transition(job_id, cls.status.in_(FINISHED), event=EventKind.UPLOAD_EXPIRED, upload_path=None)
 
     @classmethod
     def share_nonce_of(cls, job_id):
@@ -551,7 +617,88 @@ _INSERT_JOB = insert(Job.__table__)
 RUN_NEXT_BEFORE = datetime(2000, 1, 1)
 
 # What a worker needs of a job it claimed, returned by the claim itself (no second read).
-CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts)
+CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts, Job.created_at)
+# Whether a changed job's owner has any webhook or email choice, returned by the change itself (built once).
+NOTIFY_WANTED = notify_module.subscribed(Job.owner).label("notify_wanted")
+
+
+def _distinct(columns):
+    """The columns without repeats (by identity: a column's == builds SQL), in order."""
+    kept = []
+    for column in columns:
+        if not any(column is seen for seen in kept):
+            kept.append(column)
+    return kept
+
+
+class EventKind(StrEnum):
+    """What a JobEvent records: the transition that wrote it."""
+
+    CREATED = "created"                # (upload) → queued
+    ATTEMPT = "attempt"                # queued → processing: an attempt starts
+    COMPLETE = "complete"              # processing → complete
+    FAILED = "failed"                  # processing → failed, for good
+    RETRY = "retry_scheduled"          # processing → queued after a transient error, due at due_at
+    HELD = "held"                      # held by the open breaker (mid-attempt: the attempt given back)
+    RELEASED = "released"              # processing → queued, the attempt given back (the worker stopped)
+    REQUEUED = "requeued"              # failed → queued: a person asked
+    RUN_NEXT = "run_next"              # queued, moved to the front of the queue by an admin (Job.run_next)
+    RESULT_EXPIRED = "result_expired"  # retention removed the XML
+    UPLOAD_EXPIRED = "upload_expired"  # retention removed the PDF
+
+
+class JobEvent(db.Model):
+    """One step of a job's history, written by the transition that made it, in its transaction (Job._transition,
+    Job._prepared).
+
+    Rows go with their job (ON DELETE CASCADE), whoever deletes it, and follow its id should it ever change."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE", onupdate="CASCADE"))
+    at: Mapped[datetime] = mapped_column(DateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # the job's status after it
+    attempt: Mapped[int] = mapped_column(Integer)  # the attempt it concerns (outside one: the attempts spent)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)  # an ended attempt's, from its claim
+    due_at: Mapped[datetime | None] = mapped_column(DateTime)  # a scheduled retry's
+
+    # What a transition's UPDATE returns for its event (no read of its own).
+    READS = (Job.status, Job.attempts, Job.error_code, Job.error, Job.started_at, Job.next_attempt_at)
+
+    @classmethod
+    def values(cls, kind, row, now, ends_attempt=False):
+        """The event's columns, from the changed job's row (READS) at time now.
+
+        ends_attempt: the change settled an attempt, whose duration runs from its claim (started_at) to now;
+        one given back (held, released) no longer counts in the job's attempts, but the event still names it."""
+        duration = None
+        if ends_attempt and row.started_at is not None:
+            duration = round((now - row.started_at).total_seconds() * 1000)
+        given_back = ends_attempt and kind in (EventKind.HELD, EventKind.RELEASED)
+        says_why = kind in (EventKind.FAILED, EventKind.RETRY, EventKind.HELD, EventKind.RELEASED)
+        return {"job_id": row.id, "at": now, "kind": kind, "status": row.status,
+                "attempt": row.attempts + (1 if given_back else 0),
+                "error_code": row.error_code if says_why else None, "message": row.error if says_why else None,
+                "duration_ms": duration, "due_at": row.next_attempt_at if kind == EventKind.RETRY else None}
+
+    @classmethod
+    def of(cls, job_id):
+        """The job's history, oldest first."""
+        return db.session.execute(select(cls).where(cls.job_id == job_id).order_by(cls.id)).scalars().all()
+
+    def to_dict(self):
+        """The event as GET /api/jobs/<id>/events shows it."""
+        return {"at": isoformat(self.at), "kind": self.kind, "status": self.status, "attempt": self.attempt,
+                "error_code": self.error_code, "message": self.message, "duration_ms": self.duration_ms,
+                "due_at": isoformat(self.due_at)}
+
+
+_INSERT_EVENT = insert(JobEvent.__table__)
 
 
 @functools.cache
@@ -567,7 +714,7 @@ def _claim_next_statement():
             .values(status=Status.PROCESSING, leased_by=bindparam("worker", type_=String),
                     lease_expires_at=bindparam("lease_until", type_=DateTime), started_at=now, updated_at=now,
                     next_attempt_at=None, attempts=jobs.c.attempts + 1, progress=10)
-            .returning(Job.id, Job.owner, *CLAIMED))
+            .returning(*_distinct((Job.id, Job.owner, *JobEvent.READS, *CLAIMED))))
 
 
 def _held_by_worker(jobs):
@@ -597,7 +744,7 @@ def _complete_statement():
             .values(status=Status.COMPLETE, result_path=bindparam("result_path", type_=String), progress=100,
                     completed_at=now, updated_at=now, leased_by=None, lease_expires_at=None, error_code=None,
                     error=None)
-            .returning(jobs.c.id, jobs.c.owner))
+            .returning(jobs.c.id, jobs.c.owner, *JobEvent.READS, NOTIFY_WANTED))
 
 
 def _seconds_between(start, end):

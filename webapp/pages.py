@@ -5,16 +5,17 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import select
+from markupsafe import Markup, escape
+from sqlalchemy import select, tuple_
 from xml.etree.ElementTree import ParseError, indent, tostring
 
-from . import api, breaker, chart, codes, events, htmx
+from . import api, breaker, chart, codes, events, htmx, review
 from .clock import isoformat, parse_iso, utcnow
 from .errors import ApiError
 from .accounts import User
 from .db import db
 from .identity import current_owner, is_admin, owner_scope
-from .models import SLOW_AFTER, STATUS_GROUPS, Job, JobRemoval, Status
+from .models import SLOW_AFTER, STATUS_GROUPS, EventKind, Job, JobEvent, JobRemoval, Status
 
 bp = Blueprint("pages", __name__)
 
@@ -138,31 +139,83 @@ def totals_partial():
 
 @bp.get("/review/<job_id>")
 def review_page(job_id):
-    """Show one job's details and, when it is complete, its XML."""
+    """Show one job: its result as a person reads it (an invoice and its checks), the source PDF, its history."""
     job = api.owned_or_404(job_id)
-    xml, note = None, None
+    view = queue_view(request.args)
+    root, note = None, None
     if job.has_result:
-        xml, note = _pretty_xml(current_app.config["DATA_DIR"], job.result_path)
+        root, note = _stored_xml(current_app.config["DATA_DIR"], job.result_path)
     elif job.result_expired:
         note = "The result was removed by retention."
-    return render_template("review.html", job=job, xml=xml, note=note)
+    reading = review.read(job.mapping, root) if root is not None else None
+    xml = None
+    if root is not None:
+        indent(root)
+        xml = tostring(root, encoding="unicode")
+    previous, following = neighbours(job, view)
+    return render_template("review.html", job=job, xml=xml, note=note, reading=reading,
+                           reading_kind=type(reading).__name__.lower() if reading else None, view=view,
+                           history=JobEvent.of(job.id), describe_event=describe_event, previous=previous,
+                           following=following, pdf_kept=job.upload_path is not None)
 
 
-def _pretty_xml(data_dir, result_path):
-    """The stored XML indented for reading, or a note saying why it is not shown."""
+def describe_event(event):
+    """One line of the review page's timeline for a JobEvent."""
+    attempt = f"Attempt {event.attempt}"
+    if event.kind == EventKind.CREATED:
+        return "Uploaded and queued"
+    if event.kind == EventKind.ATTEMPT:
+        return f"{attempt} started"
+    if event.kind == EventKind.COMPLETE:
+        return f"{attempt} converted it"
+    if event.kind == EventKind.FAILED:
+        return f"{attempt} failed for good"
+    if event.kind == EventKind.RETRY:
+        return f"{attempt} failed; retry due {when(event.due_at)} UTC" if event.due_at else f"{attempt} failed; retrying"
+    if event.kind == EventKind.HELD:
+        if event.duration_ms is not None:
+            return f"{attempt} held by the breaker: the gateway is down (the attempt is not counted)"
+        return "Held by the breaker: the gateway is down"
+    if event.kind == EventKind.RELEASED:
+        return f"{attempt} given back: the worker stopped (the attempt is not counted)"
+    if event.kind == EventKind.REQUEUED:
+        return "Queued again by a person"
+    if event.kind == EventKind.RUN_NEXT:
+        return "Moved to the front of the queue by an admin"
+    if event.kind == EventKind.RESULT_EXPIRED:
+        return "Retention removed the XML"
+    if event.kind == EventKind.UPLOAD_EXPIRED:
+        return "Retention removed the PDF"
+    return event.kind
+
+
+def _stored_xml(data_dir, result_path):
+    """The stored XML's root element, or a note saying why it is not shown."""
     from pathlib import Path
 
     path = Path(data_dir) / result_path
     try:
         if path.stat().st_size > PREVIEW_MAX_BYTES:
             return None, "The result is too large to preview here; download it instead."
-        root = SafeET.fromstring(path.read_bytes())
+        return SafeET.fromstring(path.read_bytes()), None
     except FileNotFoundError:
         return None, "The result file is missing."
     except (ParseError, DefusedXmlException):
         return None, "The result is not well-formed XML; download it to inspect it."
-    indent(root)
-    return tostring(root, encoding="unicode"), None
+
+
+def neighbours(job, view):
+    """The jobs just above and below this one in the queue's view (newest first): (previous, next), None at an end."""
+    conditions = list(Job._of(view["owner"]))
+    if view["statuses"]:
+        conditions.append(Job.status.in_(view["statuses"]))
+    if view["q"]:
+        conditions.append(Job.name_contains(view["q"]))
+    key, here = tuple_(Job.created_at, Job.id), tuple_(job.created_at, job.id)
+    newer = select(Job.id, Job.filename).where(key > here, *conditions).order_by(Job.created_at, Job.id).limit(1)
+    older = (select(Job.id, Job.filename).where(key < here, *conditions)
+             .order_by(Job.created_at.desc(), Job.id.desc()).limit(1))
+    return db.session.execute(newer).first(), db.session.execute(older).first()
 
 
 # -- template helpers ---------------------------------------------------------------------------
@@ -195,6 +248,25 @@ def seconds(value):
 @bp.app_template_filter("when")
 def when(value):
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+MISSING = Markup('<span class="missing">missing</span>')
+MARKS = {True: Markup('<span class="mark mark-ok" aria-hidden="true">✓</span><span class="visually-hidden">Passes:</span>'),
+         False: Markup('<span class="mark mark-bad" aria-hidden="true">✗</span><span class="visually-hidden">Fails:</span>'),
+         None: Markup('<span class="mark mark-unknown" aria-hidden="true">?</span>'
+                      '<span class="visually-hidden">Cannot check:</span>')}
+
+
+@bp.app_template_filter("or_missing")
+def or_missing(value):
+    """A field's text, or "missing" marked as such where the gateway found nothing (never a blank)."""
+    return MISSING if value is None else escape(value)
+
+
+@bp.app_template_filter("check_mark")
+def check_mark(ok):
+    """✓, ✗ or ? for a check's outcome (True, False, None), with words for screen readers."""
+    return MARKS[ok]
 
 
 @bp.app_template_filter("one_line")

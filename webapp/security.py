@@ -1,16 +1,29 @@
 """Security headers on every response, no CORS, ProxyFix behind one trusted reverse proxy, a body read deadline."""
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-# Scripts and styles come only from our own static files: no inline script, no eval, no framing.
+# Scripts and styles come only from our own static files: no inline script, no eval, no framing. The review
+# page's pdf.js runs its parser in a module worker of our own origin (worker-src), and needs no eval.
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
     "script-src 'self'",
+    "worker-src 'self'",
     "style-src 'self'",
     "img-src 'self' data:",
     "connect-src 'self'",
     "object-src 'none'",
     "base-uri 'none'",
     "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+
+# A PDF opened on its own is shown by the browser's viewer in a page it makes up around an <embed>, which the pages'
+# object-src 'none' and style-src 'self' would blank (Chrome). This answer is a PDF (nosniff), never our HTML.
+PDF_DOCUMENT_POLICY = "; ".join([
+    "default-src 'none'",
+    "object-src 'self'",
+    "style-src 'unsafe-inline'",
+    "base-uri 'none'",
+    "form-action 'none'",
     "frame-ancestors 'none'",
 ])
 

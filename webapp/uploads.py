@@ -1,5 +1,6 @@
 """Incoming files: streamed to disk while hashed, checked, then kept under a name we choose."""
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -13,14 +14,17 @@ from werkzeug.sansio.multipart import MultipartDecoder
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import codes
+from . import codes, metrics
 from .accounts import storage_used
 from .errors import ApiError, from_os_error, insufficient_storage
+from .db import db
 from .models import Job, new_id
 
 PDF_MAGIC = b"%PDF-"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_FILENAME = 255
+
+logger = logging.getLogger("pdfqueue.web")
 
 
 class IncomingFile:
@@ -164,18 +168,39 @@ def accept(storage, owner, mapping):
         incoming.kept = True
     except OSError as exc:
         raise from_os_error(exc) from exc
+    upload_path = f"uploads/{job_id}.pdf"
+    sha256 = incoming.sha256.hexdigest()
     try:
         job = Job.create(id=job_id, owner=owner, filename=name, mapping=mapping, bytes=incoming.size,
-                         sha256=incoming.sha256.hexdigest(), upload_path=f"uploads/{job_id}.pdf")
+                         sha256=sha256, upload_path=upload_path)
     except IntegrityError:
-        final.unlink(missing_ok=True)
-        existing = Job.query.filter_by(owner=owner, sha256=incoming.sha256.hexdigest(), mapping=mapping,
-                                       bytes=incoming.size).one()
-        return existing, False
+        existing = Job.query.filter_by(owner=owner, sha256=sha256, mapping=mapping, bytes=incoming.size).one()
+        job, outcome = _dedupe(existing, upload_path, name)
+        if outcome == "duplicate":
+            final.unlink(missing_ok=True)
     except BaseException:
         final.unlink(missing_ok=True)
         raise
-    return job, True
+    else:
+        outcome = "new"
+    metrics.add((metrics.UPLOADS_ACCEPTED, {"outcome": outcome}, 1))
+    if outcome != "duplicate":
+        logger.info("job %s queued", job.id, extra={
+            "job_id": job.id, "correlation_id": job.correlation_id, "bytes": job.bytes, "mapping": job.mapping,
+            "to": "queued", "reconverted": outcome == "reconverted"})
+    return job, outcome != "duplicate"
+
+
+def _dedupe(existing, upload_path, name):
+    """The same file again: (the live job, "duplicate"), or the spent job converted again from the new PDF
+    (Job.reconvert, "reconverted"), since "same file, same result" must hold after retention too."""
+    old_upload = existing.upload_path
+    if existing.spent and Job.reconvert(existing.id, upload_path, name):
+        if old_upload and old_upload != upload_path:  # an expired job may still have had its PDF
+            (Path(current_app.config["DATA_DIR"]) / old_upload).unlink(missing_ok=True)
+        db.session.refresh(existing)
+        return existing, "reconverted"
+    return existing, "duplicate"
 
 
 def init_app(app):

@@ -1,13 +1,13 @@
 """fair share: each job's place in its owner's queue (jobs.queue_key), and the indexes the fair claim reads
 
 Revision ID: 0006_fair_share
-Revises: 0008_share_nonce
+Revises: 0007b_job_events
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0006_fair_share'
-down_revision = '0008_share_nonce'
+down_revision = '0007b_job_events'
 branch_labels = None
 depends_on = None
 

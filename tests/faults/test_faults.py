@@ -299,8 +299,9 @@ def test_gateway_stopped_for_a_minute_then_restarted(start_stack):
 
 def test_gateway_answering_500_then_hanging_past_its_timeout(fake, start_stack):
     base = FAST["RETRY_BASE_SECONDS"]
-    # The breaker stays out of this drill (threshold 100): it is the retries that are under test here.
-    stack = start_stack(gateway_url=fake.url, BREAKER_THRESHOLD=100)
+    # The breaker stays out of this drill (threshold 100, no distinct-jobs rate: these are four distinct failing
+    # jobs): it is the retries that are under test here.
+    stack = start_stack(gateway_url=fake.url, BREAKER_THRESHOLD=100, BREAKER_DISTINCT_JOBS=0)
     session = owner_session(stack)
     fake.status = 500
     injected("the gateway answers every /process with 500; 2 uploads")
@@ -342,6 +343,35 @@ def test_gateway_answering_500_then_hanging_past_its_timeout(fake, start_stack):
     with check:
         assert all("GW_TIMEOUT" in c for c in codes), f"the worker logged GW_TIMEOUT for the hung attempt — {codes}"
     check_invariants(stack, fake.url, ids + ids2)
+
+
+def test_a_broken_process_behind_a_healthy_healthz_opens_the_breaker(fake, start_stack):
+    stack = start_stack(gateway_url=fake.url, BREAKER_THRESHOLD=100, BREAKER_DISTINCT_JOBS=3, BREAKER_WINDOW_SECONDS=10)
+    session = owner_session(stack)
+    fake.status = 500  # /healthz still says ok: a shallow health check in front of a broken /process
+    injected("the gateway answers every /process with 500 while /healthz says ok; 8 uploads")
+    ids = upload_ids(stack, session, [pdf(f"shallow-{n}") for n in range(8)])
+    with check:
+        assert wait_for(lambda: healthz(stack).get("breaker") == "open", 30), \
+            "the breaker opens once several distinct jobs failed"
+    with check:
+        assert wait_for(lambda: not jobs(stack, "status = 'processing'"), 10), "and holds the jobs queued"
+    rows = jobs(stack, "id IN (%s)" % ",".join("?" * len(ids)), ids)
+    with check:
+        assert not [row for row in rows if row["status"] == "failed"], "no job spent all its attempts — " + \
+            ", ".join(f"{r['status']}/{r['error_code']} after {r['attempts']}" for r in rows)
+    with check:
+        assert fake.total_calls() < len(ids) * FAST["MAX_ATTEMPTS"], \
+            f"far fewer /process calls than every job's every attempt — {fake.total_calls()}"
+    fake.status = 200
+    injected("/process works again")
+    with check:
+        assert settle(stack, 90), "every job leaves the queue once a probe closes the breaker"
+    rows = jobs(stack, "id IN (%s)" % ",".join("?" * len(ids)), ids)
+    with check:
+        assert all(row["status"] == "complete" for row in rows), "and completes — " + \
+            ", ".join(f"{r['status']}/{r['error_code']}" for r in rows)
+    check_invariants(stack, fake.url, ids)
 
 
 def test_web_restarted_while_uploads_stream_in(fake, start_stack):
