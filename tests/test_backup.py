@@ -34,12 +34,16 @@ def live(make_app, fake, tmp_path):
     return make_app(DATA_DIR=str(tmp_path / "live"), GATEWAY_URL=fake.url, UPLOADS_PER_MINUTE=1000, **WORKER_SETTINGS)
 
 
-def test_a_backup_taken_under_load_restores_every_job_and_its_files(live, make_app, tmp_path):
+def test_a_backup_taken_under_load_restores_every_job_and_its_files(live, make_app, tmp_path, fake):
     api = ApiClient(live.test_client())
+    # Half complete, half queued with a retry an hour away: each run takes the job just uploaded (fair share
+    # takes the first due one), and the load below, which runs whatever is due, leaves these as they are.
+    live.config["RETRY_BASE_SECONDS"] = 3600
     for n in range(12):
         job = api.upload((pdf_bytes(f"before{n}"), f"before{n}.pdf")).get_json()["jobs"][0]
-        if n % 2:
-            run(live, job["id"])
+        fake.status = 200 if n % 2 else 500
+        run(live, job["id"])
+    fake.status = 200
     with live.app_context():  # a secret key generated into instance/ (no SECRET_KEY set) goes with the backup
         (Path(live.config["INSTANCE_DIR"]) / "secret_key").write_text("generated-key")
     before = snapshot(live)

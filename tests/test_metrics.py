@@ -122,14 +122,14 @@ def test_samples_are_buffered_and_written_together(worker_app, api):
 
 def test_accepted_uploads_job_durations_and_retry_outcomes_are_counted(worker_app, api, fake):
     first = upload(api, "one")
-    upload(api, "two")
     assert api.upload((pdf_bytes("one"), "one.pdf")).get_json()["jobs"][0]["duplicate"] is True
     run(worker_app, first["id"])
     fake.status = 500
-    second = upload(api, "three")
+    second = upload(api, "three")  # alone in the queue, so each run is its attempt (fair share takes the first due)
     run(worker_app, second["id"])  # a transient failure: retried automatically
     fake.status = 200
     run(worker_app, second["id"])
+    upload(api, "two")
     samples = scrape(api)
     assert value(samples, "pdfqueue_uploads_accepted_total", outcome="new") == 3
     assert value(samples, "pdfqueue_uploads_accepted_total", outcome="duplicate") == 1
