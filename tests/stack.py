@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -61,6 +62,25 @@ class Stack:
         if health_url:
             wait_until_answering(health_url, proc, name)
         return proc
+
+    def pause(self, name, tries=200):
+        """SIGSTOP the process at a moment it holds neither SQLite database's write lock (the jobs' and Huey's).
+
+        Stopped inside a write transaction (its heartbeat, Huey's scheduler, the deliverer's look at the outbox:
+        several a second), it would keep every other process's write waiting out its busy timeout, 15 s, as long
+        as the browser's own timeout: the page's upload would fail. Resume it with SIGCONT."""
+        proc = self.procs[name]
+        instance = Path(self.env.get("INSTANCE_DIR") or self.data_dir / "instance")
+        # With DATABASE_URL the jobs are in PostgreSQL, where no write waits on another's idle session.
+        candidates = [instance / "huey.db"] + ([] if self.env.get("DATABASE_URL") else [instance / "pdfqueue.db"])
+        databases = [path for path in candidates if path.exists()]
+        for _ in range(tries):
+            proc.send_signal(signal.SIGSTOP)
+            if not any(_write_locked(path) for path in databases):
+                return
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+        raise AssertionError(f"{name} held a write lock at each of {tries} stops")
 
     def start_again(self, name):
         """Start a stopped process as it was started before (same command, port and environment)."""
@@ -167,3 +187,19 @@ def children(pid):
     """The pids of a process's children (a gunicorn master's workers)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _write_locked(path):
+    """True if another connection holds this SQLite database's write lock right now."""
+    import sqlite3
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return True
+        raise
+    finally:
+        connection.close()

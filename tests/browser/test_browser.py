@@ -115,7 +115,7 @@ def test_polling_fallback_brings_a_row_to_complete_then_stops(page, stack):
     polls = []
     page.route("**/api/events**", lambda route: route.abort())
     page.on("request", lambda request: "/queue/rows" in request.url and polls.append(time.monotonic()))
-    stack.procs["worker"].send_signal(signal.SIGSTOP)  # keep the job queued until the page is polling
+    stack.pause("worker")  # keep the job queued until the page is polling
     try:
         upload_via_api(page, stack.web_url, invoices(1, seed=200))
         page.goto(f"{stack.web_url}/queue")

@@ -167,7 +167,7 @@ def test_a_notification_when_a_batch_ends_in_a_hidden_tab_once_asked_for(page, m
     expect(page.get_by_role("button", name="Notifications on")).to_have_attribute("aria-pressed", "true")
     assert page.evaluate("window.__asked") == 1
     page.evaluate("window.__hidden = true")
-    month_end.procs["worker"].send_signal(signal.SIGSTOP)  # both queued before either ends: one batch
+    month_end.pause("worker")  # both queued before either ends: one batch
     try:
         upload_via_api(page, url, [(f"batch-{n}.pdf", pdf_bytes(f"batch-{n}"), None) for n in range(2)])
         expect(page.locator('tr.job-row[data-status="queued"]')).to_have_count(2)
