@@ -416,7 +416,8 @@ class Job(db.Model):
     def create(cls, **fields):
         """(upload) → queued; raise IntegrityError if this owner already has the same file and mapping.
 
-        One Core INSERT: the job returned is not in the session (nothing to flush, nothing to reload)."""
+        One Core INSERT, and one of its 'created' event: the job returned is not in the session (nothing to
+        flush, nothing to reload)."""
         values = {"id": new_id(), "status": Status.QUEUED, "progress": 0, "attempts": 0, "dead_letter": False,
                   "correlation_id": secrets.token_hex(8), **fields}
         with write_transaction() as session:
