@@ -28,6 +28,27 @@ def _stop_reading(sock):
             pass
 
 
+LINGER_SECONDS = 2
+
+
+def _close_lingering(sock):
+    """After an answer sent before its body was read: end our side (FIN), read and drop what the client still
+    sends for at most LINGER_SECONDS, then stop reading. Closing with unread bytes would send a reset, which
+    can destroy the answer (a 507, a 413) before the client reads it; the cap keeps a trickler from holding on."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
+    _stop_reading(sock)
+
+
 class DeadlineInput:
     """wsgi.input whose reads fail with 408 once the body has taken longer than its deadline."""
 
@@ -126,7 +147,7 @@ class BodyDeadline:
         if sock is not None:
             watchdog.watch(body)
         result = self.app(environ, start_response)
-        return _ClosingIterable(result, lambda: None if body.finished else _stop_reading(sock))
+        return _ClosingIterable(result, lambda: None if body.finished else _close_lingering(sock))
 
 
 class _ClosingIterable:

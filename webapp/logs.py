@@ -40,7 +40,7 @@ class AccessFormatter(JsonFormatter):
     """gunicorn's access lines as fields (method, path, status, bytes, duration_ms, …) rather than one
     Apache-style string: gunicorn hands its atoms to the record as its args (glogging.Logger.access)."""
 
-    ATOMS = {"method": "m", "path": "U", "status": "s", "bytes": "B", "remote_addr": "h", "user_agent": "a",
+    ATOMS = {"method": "m", "path": "U", "query": "q", "status": "s", "bytes": "B", "remote_addr": "h", "user_agent": "a",
              "protocol": "H"}
 
     def add_fields(self, log_record, record, message_dict):
