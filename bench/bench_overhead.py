@@ -58,9 +58,16 @@ def cpu_all(stack):
     return {name: cpu_ms(stack.procs[name].pid) for name in ("web", "worker", "gateway")}
 
 
+_readers = {}
+
+
 def db_rows(stack, sql, args=()):
-    with sqlite3.connect(f"{stack.data_dir}/instance/pdfqueue.db", timeout=15) as conn:
-        return conn.execute(sql, args).fetchall()
+    """Rows of a query on the stack's database, through one connection kept open: the bench polls it every few
+    ms, and opening a connection each time would take its CPU from the app being measured."""
+    path = f"{stack.data_dir}/instance/pdfqueue.db"
+    if path not in _readers:
+        _readers[path] = sqlite3.connect(path, timeout=15, isolation_level=None)  # autocommit: each read sees the latest
+    return _readers[path].execute(sql, args).fetchall()
 
 
 def post_direct(gateway_url, pdf, tag):
