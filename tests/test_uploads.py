@@ -232,3 +232,38 @@ def test_the_upload_window_can_be_shortened(make_app):
     response = client.upload((pdf_bytes("s9"), "9.pdf"))
     assert response.get_json()["error"]["message"] == "Too many uploads (2 per 1 second); wait and try again."
     assert int(response.headers["Retry-After"]) in (0, 1)  # Flask-Limiter rounds the last second down
+
+
+def _werkzeug_regexes(boundary):
+    """The two regexes werkzeug's MultipartDecoder compiles for a boundary (what BoundaryFinder stands for)."""
+    from werkzeug.sansio.multipart import MultipartDecoder
+    decoder = MultipartDecoder(boundary)
+    return decoder.preamble_re, decoder.boundary_re
+
+
+def test_the_boundary_finder_matches_as_werkzeugs_regexes_do():
+    import random
+    rng = random.Random(1234)
+    pieces = [b"\r\n", b"\r", b"\n", b"--", b" ", b"\t", b"x", b"-", b"--b0undary", b"b0undary"]
+    boundary = b"b0undary"
+    preamble, between = _werkzeug_regexes(boundary)
+    finders = uploads.BoundaryFinder(boundary, break_required=False), uploads.BoundaryFinder(boundary, break_required=True)
+    found = 0
+    for _ in range(20000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        pos = rng.randint(0, len(data))
+        for regex, finder in zip((preamble, between), finders):
+            want, got = regex.search(data, pos), finder.search(data, pos)
+            assert (want is None) == (got is None), (data, pos)
+            if want is not None:
+                found += 1
+                assert (got.start(), got.end(), got.group(1)) == (want.start(), want.end(), want.group(1)), (data, pos)
+    assert found > 1000  # the random data held boundaries often enough to compare the matches themselves
+
+
+def test_the_decoder_sets_what_werkzeugs_does():
+    from werkzeug.sansio.multipart import MultipartDecoder
+    ours, theirs = uploads.TolerantMultipartDecoder(b"abc", 10, max_parts=3), MultipartDecoder(b"abc", 10, max_parts=3)
+    assert vars(ours).keys() == vars(theirs).keys()  # a newer werkzeug that sets more would fail here
+    assert {key: value for key, value in vars(ours).items() if not key.endswith("_re")} == \
+        {key: value for key, value in vars(theirs).items() if not key.endswith("_re")}
