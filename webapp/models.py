@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from . import codes, events
 from . import notify as notify_module
 from .clock import isoformat, utcnow
-from .db import db, write_transaction
+from .db import db, write_connection, write_transaction
 
 
 class Status(StrEnum):
@@ -352,8 +352,7 @@ class Job(db.Model):
             returning = (*returning, NOTIFY_WANTED)
         with write_transaction() as session:
             if serialize and session.get_bind().dialect.name != "sqlite":
-                # Claims count processing jobs; serialize them where the database does not (SQLite does).
-                session.execute(select(Coordination.name).where(Coordination.name == "claims").with_for_update())
+                session.execute(_SERIALIZE_CLAIMS)
             now = utcnow()  # taken under the write lock, so commit order follows updated_at
             values = {key: (value(now) if callable(value) else value) for key, value in values.items()}
             values["updated_at"] = now
@@ -362,7 +361,7 @@ class Job(db.Model):
             stmt = update(cls.__table__).where(cls.id == job_id, *where).values(**values)
             columns = _distinct((cls.id, cls.owner, *(JobEvent.READS if event else ()), *returning))
             row = session.execute(stmt.returning(*columns)).first()
-            wrote_events = cls._record(session, row, now, event, ends_attempt, notify)
+            wrote_events = cls._record(session.connection(), row, now, event, ends_attempt, notify)
         if row is not None:
             events.publish(row.owner)
         if wrote_events:
@@ -370,18 +369,18 @@ class Job(db.Model):
         return row if asked else row is not None
 
     @classmethod
-    def _record(cls, session, row, now, event, ends_attempt, notify):
-        """What a change writes beside its UPDATE, in its transaction: its event in the job's history (one INSERT
-        of what the UPDATE returned: JobEvent.READS), and with notify, its outbox rows if the owner wants them
-        (the UPDATE returned NOTIFY_WANTED). How many outbox rows it wrote."""
+    def _record(cls, connection, row, now, event, ends_attempt, notify):
+        """What a change writes beside its UPDATE, on its transaction's connection: its event in the job's history
+        (one INSERT of what the UPDATE returned: JobEvent.READS), and with notify, its outbox rows if the owner
+        wants them (the UPDATE returned NOTIFY_WANTED). How many outbox rows it wrote."""
         if row is None:
             return 0
         if event:
-            session.execute(_INSERT_EVENT, JobEvent.values(event, row, now, ends_attempt))
+            connection.execute(_INSERT_EVENT, JobEvent.values(event, row, now, ends_attempt))
         if notify is None or not row.notify_wanted:
             return 0
-        job = cls(**session.execute(select(*cls.__table__.c).where(cls.id == row.id)).one()._mapping)  # to send
-        return notify_module.enqueue_for_job(session, row.owner, notify, now, job.to_dict())
+        job = cls(**connection.execute(select(*cls.__table__.c).where(cls.id == row.id)).one()._mapping)  # to send
+        return notify_module.enqueue_for_job(connection, row.owner, notify, now, job.to_dict())
 
     @classmethod
     def _prepared(cls, statement, serialize=False, event=None, ends_attempt=False, notify=None, **params):
@@ -391,14 +390,15 @@ class Job(db.Model):
         changed row, or None.
 
         The transitions on every job's path (claim, renew, complete) are built once with their values as
-        parameters: building an UPDATE and its cache key costs more CPU than SQLite takes to run it."""
-        with write_transaction() as session:
-            if serialize and session.get_bind().dialect.name != "sqlite":
-                session.execute(select(Coordination.name).where(Coordination.name == "claims").with_for_update())
+        parameters: building an UPDATE and its cache key costs more CPU than SQLite takes to run it; and they run
+        on a Core connection (write_connection), past the ORM session's bookkeeping."""
+        with write_connection() as connection:
+            if serialize and connection.dialect.name != "sqlite":
+                connection.execute(_SERIALIZE_CLAIMS)
             now = utcnow()
-            row = session.execute(statement, {"now": now, **{
+            row = connection.execute(statement, {"now": now, **{
                 key: (value(now) if callable(value) else value) for key, value in params.items()}}).first()
-            wrote_events = cls._record(session, row, now, event, ends_attempt, notify)
+            wrote_events = cls._record(connection, row, now, event, ends_attempt, notify)
         if row is not None:
             events.publish(row.owner)
         if wrote_events:
@@ -420,12 +420,12 @@ class Job(db.Model):
         flush, nothing to reload)."""
         values = {"id": new_id(), "status": Status.QUEUED, "progress": 0, "attempts": 0, "dead_letter": False,
                   "correlation_id": secrets.token_hex(8), **fields}
-        with write_transaction() as session:
+        with write_connection() as connection:
             now = utcnow()
             values["created_at"] = values["updated_at"] = values["queue_key"] = now
-            session.execute(_INSERT_JOB, values)  # the job's row before its first event's
-            session.execute(_INSERT_EVENT, {"job_id": values["id"], "at": now, "kind": EventKind.CREATED,
-                                            "status": Status.QUEUED, "attempt": 0})
+            connection.execute(_INSERT_JOB, values)  # the job's row before its first event's
+            connection.execute(_INSERT_EVENT, {"job_id": values["id"], "at": now, "kind": EventKind.CREATED,
+                                               "status": Status.QUEUED, "attempt": 0})
         events.publish(values["owner"])
         return cls(**values)
 
@@ -837,3 +837,6 @@ class Coordination(db.Model):
         cls.ensure(name)
         with write_transaction() as session:
             session.execute(update(cls).where(cls.name == name).values(updated_at=utcnow(), **values))
+
+# Claims count processing jobs; where the database does not serialize writers (SQLite does), this row lock does.
+_SERIALIZE_CLAIMS = select(Coordination.__table__.c.name).where(Coordination.__table__.c.name == "claims").with_for_update()

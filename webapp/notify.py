@@ -202,8 +202,9 @@ def subscribed(owner):
             .correlate_except(Subscription.__table__).exists())
 
 
-def enqueue_for_job(session, owner, event, now, job):
-    """In the caller's transaction: an outbox row per subscription of the owner that wants this job event.
+def enqueue_for_job(connection, owner, event, now, job):
+    """On the caller's transaction's connection: an outbox row per subscription of the owner that wants this job
+    event.
 
     One INSERT … SELECT on the subscriptions index (the transition calls it only for an owner who has any).
     A finished job is also a candidate end of a batch, for owners who chose that email. How many rows."""
@@ -215,7 +216,7 @@ def enqueue_for_job(session, owner, event, now, job):
               "batch_payload": payload_text(BATCH_FINISHED, now, job)}
     # On the transition's connection, past the ORM: building and running an ORM statement costs more than the
     # statement itself, on every complete and fail.
-    return session.connection().execute(_insert_for_job(), params).rowcount
+    return connection.execute(_insert_for_job(), params).rowcount
 
 
 @functools.cache
