@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask_login import UserMixin
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String, Text, delete, func, select, update
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String, Text, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -252,10 +252,7 @@ class ApiToken(db.Model):
         """The active user this token belongs to, or None (unknown, revoked, malformed, or a disabled user)."""
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
             return None
-        row = db.session.execute(
-            select(User, cls.id, cls.last_used_at).join(cls, cls.user_id == User.id)
-            .where(cls.secret_digest == digest(secret), User.disabled.is_(False))
-        ).first()
+        row = db.session.execute(_token_user_statement(), {"digest": digest(secret)}).first()
         if row is None:
             return None
         user, token_id, last_used = row
@@ -312,5 +309,19 @@ class OneTimeLink(db.Model):
 
 def storage_used(owner):
     """Bytes of uploaded PDFs this owner's jobs keep (the quota counts what the user can make us keep)."""
-    return db.session.scalar(select(func.coalesce(func.sum(Job.bytes), 0))
-                             .where(Job.owner == owner, Job.upload_path.is_not(None)))
+    return db.session.scalar(_storage_used_statement(), {"owner": owner})
+
+
+# Every request with a token, and every upload, runs these: built once, their values bound parameters (building a
+# statement and its cache key costs more CPU than SQLite takes to run it).
+
+@functools.cache
+def _token_user_statement():
+    return (select(User, ApiToken.id, ApiToken.last_used_at).join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.secret_digest == bindparam("digest"), User.disabled.is_(False)))
+
+
+@functools.cache
+def _storage_used_statement():
+    return select(func.coalesce(func.sum(Job.bytes), 0)).where(Job.owner == bindparam("owner"),
+                                                               Job.upload_path.is_not(None))
