@@ -31,6 +31,7 @@ CHUNK = 64 * 1024
 IN_MEMORY_BYTES = 1024 * 1024  # a PDF up to this size is sent from memory (see _multipart)
 
 _local = threading.local()
+DEFAULT_HEADERS = {"User-Agent": requests.utils.default_user_agent()}
 
 
 def _session():
@@ -86,9 +87,12 @@ def process(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_
     with open(pdf_path, "rb") as pdf:
         body, content_type = _multipart(pdf, mapping)
         headers = {"Content-Type": content_type, "Accept": "application/xml", "X-Correlation-ID": correlation_id}
+        url = f"{base_url}/process"
         try:
-            response = _session().post(f"{base_url}/process", data=body, headers=headers, stream=True,
-                                       timeout=(CONNECT_TIMEOUT, read_timeout))
+            # Prepared and sent by the session's adapter: Session.post's merging of session settings, cookies
+            # and redirects (none of which a gateway call uses) costs a sixth of the call's CPU.
+            request = requests.Request("POST", url, data=body, headers={**DEFAULT_HEADERS, **headers}).prepare()
+            response = _session().get_adapter(url).send(request, stream=True, timeout=(CONNECT_TIMEOUT, read_timeout))
         except requests.Timeout as exc:
             raise TransientError(GW_TIMEOUT, f"the gateway did not answer within {read_timeout:g} s") from exc
         except requests.ConnectionError as exc:
