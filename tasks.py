@@ -130,9 +130,7 @@ def _claim(job_id, worker):
     lease, capacity = config["LEASE_SECONDS"], config["WORKER_CONCURRENCY"]
     if job_id is None:
         return Job.claim_next(worker, lease, capacity)
-    status, next_attempt_at = db.session.execute(
-        select(Job.status, Job.next_attempt_at).where(Job.id == job_id)).first() or (None, None)
-    db.session.commit()
+    status, next_attempt_at = Job.status_of(job_id)
     if status != Status.QUEUED or (next_attempt_at and next_attempt_at > utcnow()):
         return None  # a duplicate or early wake-up: settled by a read, without the write lock
     # The wake-up says there is work; fair share says which (the woken job, or one that is owed a turn first:
