@@ -32,7 +32,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.figures import table  # noqa: E402
+from bench.figures import db_rows, table  # noqa: E402
 from tests.invoicegen import make_invoice  # noqa: E402
 from tests.stack import children, owner_session, running_stack  # noqa: E402
 
@@ -58,18 +58,6 @@ def cpu_all(stack):
     return {name: cpu_ms(stack.procs[name].pid) for name in ("web", "worker", "gateway")}
 
 
-_readers = {}
-
-
-def db_rows(stack, sql, args=()):
-    """Rows of a query on the stack's database, through one connection kept open: the bench polls it every few
-    ms, and opening a connection each time would take its CPU from the app being measured."""
-    path = f"{stack.data_dir}/instance/pdfqueue.db"
-    if path not in _readers:
-        _readers[path] = sqlite3.connect(path, timeout=15, isolation_level=None)  # autocommit: each read sees the latest
-    return _readers[path].execute(sql, args).fetchall()
-
-
 def post_direct(gateway_url, pdf, tag):
     response = requests.post(f"{gateway_url}/process", files={"file": ("a.pdf", pdf, "application/pdf")},
                              data={"mapping": MAPPING}, headers={"X-Correlation-ID": f"direct-{tag}"}, timeout=60)
@@ -88,10 +76,10 @@ def app_round(stack, session, pdfs):
     for n, pdf in enumerate(pdfs):
         response = session.post(f"{stack.web_url}/api/upload", files={"file": (f"{n}.pdf", pdf, "application/pdf")})
         assert response.status_code == 202, response.text
-    while db_rows(stack, "SELECT count(*) FROM jobs WHERE status IN ('queued', 'processing')")[0][0]:
+    while db_rows(stack.data_dir, "SELECT count(*) FROM jobs WHERE status IN ('queued', 'processing')")[0][0]:
         time.sleep(0.005)
     elapsed = time.perf_counter() - began
-    failed = db_rows(stack, "SELECT count(*) FROM jobs WHERE status = 'failed'")[0][0]
+    failed = db_rows(stack.data_dir, "SELECT count(*) FROM jobs WHERE status = 'failed'")[0][0]
     assert not failed, f"{failed} jobs failed"
     return elapsed
 
@@ -133,7 +121,7 @@ def latency(stack, samples):
         uploaded = utc_now()
         response = session.post(f"{stack.web_url}/api/upload", files={"file": ("l.pdf", pdf, "application/pdf")})
         job_id = response.json()["jobs"][0]["id"]
-        while not (done := db_rows(stack, "SELECT completed_at FROM jobs WHERE id = ?", (job_id,))[0][0]):
+        while not (done := db_rows(stack.data_dir, "SELECT completed_at FROM jobs WHERE id = ?", (job_id,))[0][0]):
             time.sleep(0.002)
         app_times.append((datetime.fromisoformat(done) - uploaded).total_seconds())
     # Each sample pairs an upload with a direct call made just before it; the median of the pairs' differences
@@ -148,18 +136,18 @@ def crash_recovery():
         session = owner_session(stack)
         response = session.post(f"{stack.web_url}/api/upload", files={"file": ("k.pdf", b"%PDF-1.4\n% kill me\n")})
         job_id = response.json()["jobs"][0]["id"]
-        while db_rows(stack, "SELECT status FROM jobs WHERE id = ?", (job_id,))[0][0] != "processing":
+        while db_rows(stack.data_dir, "SELECT status FROM jobs WHERE id = ?", (job_id,))[0][0] != "processing":
             time.sleep(0.01)
         time.sleep(0.5)  # mid-call
         stack.stop("worker", signal.SIGKILL)
         restarted = time.perf_counter()
         stack.start_again("worker")
-        while db_rows(stack, "SELECT status FROM jobs WHERE id = ?", (job_id,))[0][0] != "complete":
+        while db_rows(stack.data_dir, "SELECT status FROM jobs WHERE id = ?", (job_id,))[0][0] != "complete":
             if time.perf_counter() - restarted > 120:
                 return float("inf"), None
             time.sleep(0.01)
         elapsed = time.perf_counter() - restarted
-        (attempts,) = db_rows(stack, "SELECT attempts FROM jobs WHERE id = ?", (job_id,))[0]
+        (attempts,) = db_rows(stack.data_dir, "SELECT attempts FROM jobs WHERE id = ?", (job_id,))[0]
         return elapsed, attempts
 
 

@@ -8,7 +8,6 @@ our real gateway, where the app's CPU competes with the conversions'. The worker
 from /proc over the idle wait.
 """
 import argparse
-import sqlite3
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_overhead import cpu_ms  # noqa: E402
-from bench.figures import rss_kib, summary, table  # noqa: E402
+from bench.figures import db_rows, rss_kib, summary, table  # noqa: E402
 from tests.stack import owner_session, running_stack  # noqa: E402
 
 DELAY = 0.25
@@ -45,11 +44,6 @@ def direct_calls(gateway_url, n):
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         list(pool.map(call, range(n)))
     return time.perf_counter() - began
-
-
-def db_rows(data_dir, sql, args=()):
-    with sqlite3.connect(f"{data_dir}/instance/pdfqueue.db", timeout=15) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 def through_app(stack, n):

@@ -1,4 +1,5 @@
 """What the benchmarks measure with and how they print it: memory of a process, percentiles, a Markdown table."""
+import sqlite3
 import statistics
 from pathlib import Path
 
@@ -30,3 +31,15 @@ def table(rows, headers=("figure", "target", "measured")):
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+_readers = {}
+
+
+def db_rows(data_dir, sql, args=()):
+    """Rows of a query on a stack's SQLite database, through one connection kept open per database: benches poll
+    it every few ms, and opening a connection each time would take its CPU from the app being measured."""
+    path = f"{data_dir}/instance/pdfqueue.db"
+    if path not in _readers:
+        _readers[path] = sqlite3.connect(path, timeout=15, isolation_level=None)  # autocommit: each read is fresh
+    return _readers[path].execute(sql, args).fetchall()
