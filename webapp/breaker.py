@@ -38,7 +38,7 @@ def _remember(value, failures):
 
 def state():
     """'open' or 'closed', as the database says now."""
-    row = Coordination.get(NAME)
+    row = Coordination.state_and_count(NAME)
     if row is None:
         return _remember(CLOSED, 0)
     return _remember(OPEN if row.state == OPEN else CLOSED, row.count or 0)

@@ -812,6 +812,13 @@ class Coordination(db.Model):
         return db.session.get(cls, name)
 
     @classmethod
+    def state_and_count(cls, name):
+        """(state, count) of the named row, or None: the breaker's look before each claim, read on a Core
+        connection with a statement built once (past the ORM session, which the claim does not use)."""
+        with db.engine.connect() as connection:
+            return connection.execute(_STATE_AND_COUNT, {"name": name}).first()
+
+    @classmethod
     def ensure(cls, name, **defaults):
         """Create the row if missing (racing creators are fine)."""
         if db.session.get(cls, name) is None:
@@ -848,3 +855,5 @@ class Coordination(db.Model):
 
 # Claims count processing jobs; where the database does not serialize writers (SQLite does), this row lock does.
 _SERIALIZE_CLAIMS = select(Coordination.__table__.c.name).where(Coordination.__table__.c.name == "claims").with_for_update()
+_STATE_AND_COUNT = select(Coordination.__table__.c.state, Coordination.__table__.c.count).where(
+    Coordination.__table__.c.name == bindparam("name"))
