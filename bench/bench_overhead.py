@@ -12,6 +12,8 @@ recovery, and the fair claim's time with 100k jobs queued.
   call for the same file just before; the median of those differences.
 - Crash recovery: worker.py SIGKILLed while the (fake, 2 s) gateway converts a job, started again at once
   with LEASE_SECONDS=600; seconds from the restart to that job complete.
+- Fair share: with a 2 s fake gateway and every slot busy with a first owner's jobs, 10 (then 500) more of
+  them queued, a second owner uploads one: seconds from its upload to its start (≤ one conversion: 2 s).
 - Claim: Job.claim_next against a SQLite database of N queued jobs of 20 owners (one owner holding half),
   in this process; the median of 200 claims (each released again, not timed).
 """
@@ -151,6 +153,25 @@ def crash_recovery():
         return elapsed, attempts
 
 
+def fair_share_wait(ahead):
+    """Seconds from a second owner's upload to its job starting, behind `ahead` queued jobs of a first owner
+    (a 2 s fake gateway, CONCURRENCY slots, all busy with the first owner's jobs)."""
+    with running_stack(gateway_delay=2.0, WORKER_CONCURRENCY=CONCURRENCY, UPLOADS_PER_MINUTE=100000) as stack:
+        first, second = owner_session(stack), owner_session(stack)
+        for n in range(ahead + CONCURRENCY):
+            pdf = f"%PDF-1.4\n% first {n}\n".encode()
+            response = first.post(f"{stack.web_url}/api/upload", files={"file": (f"f{n}.pdf", pdf)})
+            assert response.status_code == 202, response.text
+        while db_rows(stack.data_dir, "SELECT count(*) FROM jobs WHERE status = 'processing'")[0][0] < CONCURRENCY:
+            time.sleep(0.01)
+        response = second.post(f"{stack.web_url}/api/upload", files={"file": ("s.pdf", b"%PDF-1.4\n% second\n")})
+        job_id = response.json()["jobs"][0]["id"]
+        query = "SELECT created_at, started_at FROM jobs WHERE id = ?"
+        while not (row := db_rows(stack.data_dir, query, (job_id,))[0])[1]:
+            time.sleep(0.01)
+        return (datetime.fromisoformat(row[1]) - datetime.fromisoformat(row[0])).total_seconds()
+
+
 def claim_time(queued):
     """Median seconds of one Job.claim_next with this many jobs queued (20 owners; one with half of them)."""
     from flask_migrate import upgrade
@@ -198,6 +219,7 @@ def main():
         ratios, directs, apps, cpu, gateway_direct = throughput(stack, args.jobs, args.rounds)
         overhead, app_latency, direct_latency = latency(stack, args.latency_samples)
     recovered, attempts = crash_recovery()
+    waits = {ahead: fair_share_wait(ahead) for ahead in (10, 500)}
     claim, claim_max = claim_time(args.queued)
     ratio = statistics.median(ratios)
     table([
@@ -213,6 +235,8 @@ def main():
          f"{overhead * 1000:.0f} ms (app {app_latency * 1000:.0f} ms, direct {direct_latency * 1000:.0f} ms)"),
         ("crash recovery: restart of a SIGKILLed worker → its job complete (2 s gateway, LEASE_SECONDS=600)", "≤ 5 s",
          f"{recovered:.1f} s (attempts {attempts})"),
+        *((f"fair share: a second owner's job, upload → started, behind {ahead} queued of a first owner's "
+           f"({CONCURRENCY} slots busy, 2 s gateway)", "≤ 2 s", f"{wait:.2f} s") for ahead, wait in waits.items()),
         (f"fair claim (Job.claim_next) with {args.queued} jobs queued, 20 owners", "—",
          f"{claim * 1000:.2f} ms (max {claim_max * 1000:.2f})"),
     ])

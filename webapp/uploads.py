@@ -149,7 +149,8 @@ class TolerantMultipartDecoder(MultipartDecoder):
     Its boundary search is a BoundaryFinder, not two regexes compiled for each request."""
 
     def __init__(self, boundary, max_form_memory_size=None, *, max_parts=None):
-        # MultipartDecoder.__init__ less its two re.compile calls (tests/test_uploads.py checks the attributes).
+        # A copy of werkzeug 3.1.x's MultipartDecoder.__init__ (pinned in pyproject.toml) less its two re.compile
+        # calls; tests/test_uploads.py checks it sets the same attributes.
         self.buffer = bytearray()
         self.complete = False
         self.max_form_memory_size = max_form_memory_size
