@@ -35,7 +35,7 @@ def _wait_healthy(stack, deadline):
 @pytest.fixture(scope="package")
 def gateway():
     fake = FakeGateway().start()
-    fake.delay = 0.2  # long enough that jobs overlap and both workers get some
+    fake.delay = 0.2  # long enough that jobs overlap
     yield fake
     fake.stop()
 
