@@ -123,13 +123,16 @@ def test_a_pdf_retention_removed_says_so(page, stack):
     upload_via_api(page, stack.web_url, [("old.pdf", pdf_bytes("unreadable-old"), None)])
     job = wait_finished(page, stack.web_url, 1)[0]
     import tasks
+    from sqlalchemy import update
     from webapp.clock import utcnow
-    from webapp.db import db
+    from webapp.db import write_transaction
     from webapp.models import Job
     app = stack.app()
     with app.app_context():  # this job alone is past retention: other tests' PDFs stay
-        db.session.get(Job, job["id"]).created_at = utcnow() - timedelta(days=app.config["RETENTION_PDF_DAYS"] + 1)
-        db.session.commit()
+        # Under the write lock from its start: a read turned write fails at once if the stack's worker wrote meanwhile.
+        with write_transaction() as session:
+            session.execute(update(Job).where(Job.id == job["id"]).values(
+                created_at=utcnow() - timedelta(days=app.config["RETENTION_PDF_DAYS"] + 1)))
         assert tasks.apply_retention()["pdf"] == 1
     assert page.request.get(f"{stack.web_url}/api/jobs/{job['id']}/pdf").status == 410
     page.goto(f"{stack.web_url}/review/{job['id']}")
