@@ -123,7 +123,7 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (REPO / "README.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)?", readme, re.M))
     documented = {name for pair in documented for name in pair if name}
-    read_by_app = set(re.findall(r"""(?:_int|_list|environ\.get)\(\s*["']([A-Z_]+)["']""",
+    read_by_app = set(re.findall(r"""(?:_int|_float|_flag|_list|environ\.get)\(\s*["']([A-Z_]+)["']""",
                                  (REPO / "webapp" / "config.py").read_text()))
     templated = set(env_example())
     assert read_by_app - documented == set()

@@ -10,6 +10,15 @@ def _int(name, default):
     return int(os.environ.get(name, default))
 
 
+def _float(name, default):
+    return float(os.environ.get(name, default))
+
+
+def _flag(name):
+    """An on/off setting: unset, empty, 0 or false is off."""
+    return os.environ.get(name, "") not in ("", "0", "false")
+
+
 def _list(name, default):
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -28,7 +37,7 @@ def from_env():
         "SECRET_KEY_FALLBACKS": _list("SECRET_KEY_FALLBACKS", ""),
         "GATEWAY_URL": (os.environ.get("GATEWAY_URL") or f"http://127.0.0.1:{gateway_port}").rstrip("/"),
         "GATEWAY_PORT": gateway_port,
-        "GATEWAY_TIMEOUT": float(os.environ.get("GATEWAY_TIMEOUT", 180)),
+        "GATEWAY_TIMEOUT": _float("GATEWAY_TIMEOUT", 180),
         "MAPPINGS": mappings,
         "DEFAULT_MAPPING": os.environ.get("DEFAULT_MAPPING") or mappings[0],
         "MAX_UPLOAD_MB": _int("MAX_UPLOAD_MB", 50),
@@ -39,20 +48,20 @@ def from_env():
         "RETENTION_XML_DAYS": _int("RETENTION_XML_DAYS", 30),
         "LEASE_SECONDS": _int("LEASE_SECONDS", 45),
         "MAX_ATTEMPTS": _int("MAX_ATTEMPTS", 3),
-        "RETRY_BASE_SECONDS": float(os.environ.get("RETRY_BASE_SECONDS", 5)),
-        "RETRY_JITTER_SECONDS": float(os.environ.get("RETRY_JITTER_SECONDS", 5)),
+        "RETRY_BASE_SECONDS": _float("RETRY_BASE_SECONDS", 5),
+        "RETRY_JITTER_SECONDS": _float("RETRY_JITTER_SECONDS", 5),
         "BREAKER_THRESHOLD": _int("BREAKER_THRESHOLD", 5),
         "BREAKER_DISTINCT_JOBS": _int("BREAKER_DISTINCT_JOBS", 3),
-        "BREAKER_WINDOW_SECONDS": float(os.environ.get("BREAKER_WINDOW_SECONDS", 60)),
-        "RETENTION_XML_AFTER_DOWNLOAD": os.environ.get("RETENTION_XML_AFTER_DOWNLOAD", "") not in ("", "0", "false"),
-        "MAINTENANCE_SECONDS": float(os.environ.get("MAINTENANCE_SECONDS", 5)),
-        "REAP_SECONDS": float(os.environ.get("REAP_SECONDS", 30)),
-        "WORKER_POLL_SECONDS": float(os.environ.get("WORKER_POLL_SECONDS", 0.01)),
-        "WORKER_IDLE_POLL_SECONDS": float(os.environ.get("WORKER_IDLE_POLL_SECONDS", 0.03)),
-        "WORKER_SHUTDOWN_SECONDS": float(os.environ.get("WORKER_SHUTDOWN_SECONDS", 30)),
+        "BREAKER_WINDOW_SECONDS": _float("BREAKER_WINDOW_SECONDS", 60),
+        "RETENTION_XML_AFTER_DOWNLOAD": _flag("RETENTION_XML_AFTER_DOWNLOAD"),
+        "MAINTENANCE_SECONDS": _float("MAINTENANCE_SECONDS", 5),
+        "REAP_SECONDS": _float("REAP_SECONDS", 30),
+        "WORKER_POLL_SECONDS": _float("WORKER_POLL_SECONDS", 0.01),
+        "WORKER_IDLE_POLL_SECONDS": _float("WORKER_IDLE_POLL_SECONDS", 0.03),
+        "WORKER_SHUTDOWN_SECONDS": _float("WORKER_SHUTDOWN_SECONDS", 30),
         "SHARE_TTL_SECONDS": _int("SHARE_TTL_SECONDS", 900),
         "MAX_RESULT_MB": _int("MAX_RESULT_MB", 64),
-        "BEHIND_PROXY": os.environ.get("BEHIND_PROXY", "") not in ("", "0", "false"),
+        "BEHIND_PROXY": _flag("BEHIND_PROXY"),
         "HOST": os.environ.get("HOST") or "127.0.0.1",
         "PUBLIC_URL": (os.environ.get("PUBLIC_URL") or "").rstrip("/"),
         "AUTH": os.environ.get("AUTH") or "password",
@@ -63,23 +72,23 @@ def from_env():
         "USER_QUOTA_MB": _int("USER_QUOTA_MB", 2048),
         "MIN_FREE_MB": _int("MIN_FREE_MB", 200),
         "WEBHOOK_ALLOWED_HOSTS": _list("WEBHOOK_ALLOWED_HOSTS", ""),
-        "WEBHOOK_CONNECT_TIMEOUT": float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", 5)),
-        "WEBHOOK_READ_TIMEOUT": float(os.environ.get("WEBHOOK_READ_TIMEOUT", 10)),
-        "WEBHOOK_RETRY_BASE_SECONDS": float(os.environ.get("WEBHOOK_RETRY_BASE_SECONDS", 10)),
-        "WEBHOOK_RETRY_MAX_SECONDS": float(os.environ.get("WEBHOOK_RETRY_MAX_SECONDS", 3600)),
-        "WEBHOOK_GIVE_UP_HOURS": float(os.environ.get("WEBHOOK_GIVE_UP_HOURS", 24)),
-        "WEBHOOK_LEASE_MARGIN_SECONDS": float(os.environ.get("WEBHOOK_LEASE_MARGIN_SECONDS", 30)),
-        "WEBHOOK_POLL_SECONDS": float(os.environ.get("WEBHOOK_POLL_SECONDS", 1)),
+        "WEBHOOK_CONNECT_TIMEOUT": _float("WEBHOOK_CONNECT_TIMEOUT", 5),
+        "WEBHOOK_READ_TIMEOUT": _float("WEBHOOK_READ_TIMEOUT", 10),
+        "WEBHOOK_RETRY_BASE_SECONDS": _float("WEBHOOK_RETRY_BASE_SECONDS", 10),
+        "WEBHOOK_RETRY_MAX_SECONDS": _float("WEBHOOK_RETRY_MAX_SECONDS", 3600),
+        "WEBHOOK_GIVE_UP_HOURS": _float("WEBHOOK_GIVE_UP_HOURS", 24),
+        "WEBHOOK_LEASE_MARGIN_SECONDS": _float("WEBHOOK_LEASE_MARGIN_SECONDS", 30),
+        "WEBHOOK_POLL_SECONDS": _float("WEBHOOK_POLL_SECONDS", 1),
         "WEBHOOK_CONCURRENCY": _int("WEBHOOK_CONCURRENCY", 4),
         "SMTP_URL": os.environ.get("SMTP_URL") or "",
         "SMTP_FROM": os.environ.get("SMTP_FROM") or "",
-        "SMTP_TIMEOUT": float(os.environ.get("SMTP_TIMEOUT", 20)),
+        "SMTP_TIMEOUT": _float("SMTP_TIMEOUT", 20),
         "MAX_FORM_PARTS": _int("MAX_FORM_PARTS", 0),  # 0: UPLOADS_PER_MINUTE + 5
-        "BODY_TIMEOUT_SECONDS": float(os.environ.get("BODY_TIMEOUT_SECONDS", 60)),
+        "BODY_TIMEOUT_SECONDS": _float("BODY_TIMEOUT_SECONDS", 60),
         "ACTIONS_PER_MINUTE": _int("ACTIONS_PER_MINUTE", 30),
         "STREAMS_PER_USER": _int("STREAMS_PER_USER", 10),
         "STREAMS_PER_ADDRESS": _int("STREAMS_PER_ADDRESS", 30),
-        "STREAM_MAX_SECONDS": float(os.environ.get("STREAM_MAX_SECONDS", 3600)),
+        "STREAM_MAX_SECONDS": _float("STREAM_MAX_SECONDS", 3600),
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or "",
         "METRICS_PORT": _int("METRICS_PORT", 0),  # 0: no metrics listener of its own
     }

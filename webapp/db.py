@@ -73,3 +73,10 @@ def write_connection():
         connection.execution_options(**{_IMMEDIATE: True})
         with connection.begin():
             yield connection
+
+
+def read_first(statement, params):
+    """The first row of a read on a Core connection of its own, past the ORM session (a statement built once,
+    on a path every job takes), or None."""
+    with db.engine.connect() as connection:
+        return connection.execute(statement, params).first()

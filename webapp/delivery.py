@@ -30,7 +30,7 @@ from standardwebhooks import Webhook
 from . import metrics, notify
 from .accounts import User
 from .clock import isoformat, utcnow
-from .db import db, write_transaction
+from .db import db, read_first, write_transaction
 from .models import FINISHED, Job, Status
 from .notify import EMAIL, PENDING, OutboxEvent, Subscription
 
@@ -105,9 +105,8 @@ def claim_due(limit, lease_seconds):
     free = OutboxEvent.lease_expires_at.is_(None) | (OutboxEvent.lease_expires_at < now)
     due = (select(OutboxEvent.id).where(OutboxEvent.state == PENDING, OutboxEvent.next_attempt_at <= now, free)
            .order_by(OutboxEvent.next_attempt_at).limit(limit))
-    with db.engine.connect() as connection:  # a read first: an empty outbox, looked at every second, takes no write lock
-        if connection.execute(due.limit(1)).first() is None:
-            return []
+    if read_first(due.limit(1), {}) is None:  # a read first: an empty outbox, looked at every second, takes no write lock
+        return []
     with write_transaction() as session:
         stmt = (update(OutboxEvent.__table__)
                 .where(OutboxEvent.id.in_(due.scalar_subquery()), OutboxEvent.state == PENDING, free)

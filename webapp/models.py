@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from . import codes, events
 from . import notify as notify_module
 from .clock import isoformat, utcnow
-from .db import db, write_connection, write_transaction
+from .db import db, read_first, write_connection, write_transaction
 
 
 class Status(StrEnum):
@@ -330,8 +330,7 @@ class Job(db.Model):
     def status_of(cls, job_id):
         """(status, next_attempt_at) of the job, or (None, None) if there is none: a worker's look at the job a
         wake-up names, read on a Core connection with a statement built once (every wake-up costs one)."""
-        with db.engine.connect() as connection:
-            return connection.execute(_STATUS_OF, {"job_id": job_id}).first() or (None, None)
+        return read_first(_STATUS_OF, {"job_id": job_id}) or (None, None)
 
     @classmethod
     def lapsed(cls):
@@ -815,8 +814,7 @@ class Coordination(db.Model):
     def state_and_count(cls, name):
         """(state, count) of the named row, or None: the breaker's look before each claim, read on a Core
         connection with a statement built once (past the ORM session, which the claim does not use)."""
-        with db.engine.connect() as connection:
-            return connection.execute(_STATE_AND_COUNT, {"name": name}).first()
+        return read_first(_STATE_AND_COUNT, {"name": name})
 
     @classmethod
     def ensure(cls, name, **defaults):

@@ -129,14 +129,14 @@ class BoundaryFinder:
         marker, length = self.marker, len(self.marker)
         at = data.find(marker, pos)
         while at >= 0:
-            tail = _AFTER_BOUNDARY.match(data, at + length)
             if at - 2 >= pos and data[at - 2:at] == b"\r\n":
                 start = at - 2
             elif at - 1 >= pos and data[at - 1:at] in (b"\r", b"\n"):
                 start = at - 1
             else:
                 start = None if self.break_required else at
-            if tail is not None and start is not None:
+            tail = None if start is None else _AFTER_BOUNDARY.match(data, at + length)
+            if tail is not None:
                 return _BoundaryMatch(start, tail.end(), tail.group(1))
             at = data.find(marker, at + 1)
         return None
