@@ -14,6 +14,9 @@ recovery, and the fair claim's time with 100k jobs queued.
   with LEASE_SECONDS=600; seconds from the restart to that job complete.
 - Fair share: with a 2 s fake gateway and every slot busy with a first owner's jobs, 10 (then 500) more of
   them queued, a second owner uploads one: seconds from its upload to its start (≤ one conversion: 2 s).
+- Request floor: web CPU of one request that does nearly nothing, on the idle stack (a static file; an API
+  request signed in with a token: GET /api/session), beside one upload: what any request costs before the app
+  does its work, and so how far the queue's CPU a job can fall at best.
 - Claim: Job.claim_next against a SQLite database of N queued jobs of 20 owners (one owner holding half),
   in this process; the median of 200 claims (each released again, not timed).
 """
@@ -132,6 +135,39 @@ def latency(stack, samples):
     return overhead, statistics.median(app_times), statistics.median(direct_times)
 
 
+def request_floor(stack, session, count=300):
+    """Web CPU ms per request (mean of count, after a warm-up) for a static file, a token-signed GET /api/session
+    and an upload of a 5 KB PDF, one at a time on the idle stack."""
+    anonymous = requests.Session()
+    # Its own cookie jar: /api/session hands out a CSRF token in a session cookie, and a token request that also
+    # carries a session cookie must send that token (shared/spec/api.md), which the uploads do not.
+    asking = requests.Session()
+    asking.headers.update(session.headers)
+    pdf = make_invoice(n_lines=30, seed=515151)[0]
+    uploads = iter(range(10 * count))
+
+    def upload():
+        n = next(uploads)  # a new file name and content each time: each upload is a new job
+        return session.post(f"{stack.web_url}/api/upload",
+                            files={"file": (f"floor{n}.pdf", pdf + f"%{n}\n".encode(), "application/pdf")})
+
+    kinds = {"static file": lambda: anonymous.get(f"{stack.web_url}/static/vendor/htmx.min.js"),
+             "GET /api/session (token)": lambda: asking.get(f"{stack.web_url}/api/session"),
+             "upload": upload}
+    web = stack.procs["web"].pid
+    floors = {}
+    for name, call in kinds.items():
+        for _ in range(20):
+            call()
+        time.sleep(1)
+        before = cpu_ms(web)
+        for _ in range(count):
+            response = call()
+            assert response.status_code in (200, 202), response.text
+        floors[name] = (cpu_ms(web) - before) / count
+    return floors
+
+
 def crash_recovery():
     """Seconds from restarting a SIGKILLed worker to the job it was converting being complete."""
     with running_stack(gateway_delay=2.0, LEASE_SECONDS=600, UPLOADS_PER_MINUTE=100000) as stack:
@@ -218,6 +254,7 @@ def main():
     with running_stack(WORKER_CONCURRENCY=CONCURRENCY, UPLOADS_PER_MINUTE=100000, GATEWAY_TIMEOUT=60) as stack:
         ratios, directs, apps, cpu, gateway_direct = throughput(stack, args.jobs, args.rounds)
         overhead, app_latency, direct_latency = latency(stack, args.latency_samples)
+        floors = request_floor(stack, owner_session(stack))
     recovered, attempts = crash_recovery()
     waits = {ahead: fair_share_wait(ahead) for ahead in (10, 500)}
     claim, claim_max = claim_time(args.queued)
@@ -233,6 +270,8 @@ def main():
         (f"latency of one invoice on an idle stack, upload → complete minus a direct call just before (median of "
          f"{args.latency_samples} pairs)", "≤ 20 ms",
          f"{overhead * 1000:.0f} ms (app {app_latency * 1000:.0f} ms, direct {direct_latency * 1000:.0f} ms)"),
+        ("web CPU per request on the idle stack: " + " / ".join(floors), "—",
+         " / ".join(f"{ms:.2f} ms" for ms in floors.values())),
         ("crash recovery: restart of a SIGKILLed worker → its job complete (2 s gateway, LEASE_SECONDS=600)", "≤ 5 s",
          f"{recovered:.1f} s (attempts {attempts})"),
         *((f"fair share: a second owner's job, upload → started, behind {ahead} queued of a first owner's "

@@ -202,6 +202,27 @@ def collect(runs):
     return list(figures.values())
 
 
+GENERATED = {"Figures", "Targets", "Gaps", "Runs", "Output of each bench (its last run)"}
+
+
+def kept_sections(path):
+    """The lines of the sections of the doc at path that this script does not write (a hand-written account of
+    an issue's figures, say), each with its heading, to be written again after the figures."""
+    if not path.exists():
+        return []
+    kept, keeping = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keeping = line[3:].strip() not in GENERATED
+            if keeping:
+                kept.append("")
+        if keeping:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return kept
+
+
 def write_doc(path, runs, info, loads, quick, elapsed):
     figures = collect(runs)
     lines = [
@@ -234,6 +255,7 @@ def write_doc(path, runs, info, loads, quick, elapsed):
     if adapted:
         lines += ["", f"Rows of {', '.join(f'`{name}`' for name in adapted)} are read from the plain table each "
                   "prints (its output is at the end)."]
+    lines += kept_sections(path)
     lines += ["", "## Targets", ""]
     for figure in figures:
         if figure.result:

@@ -85,6 +85,37 @@ def test_archive_with_a_bad_query_is_400(client, query):
     assert response.status_code == 400 and response.get_json()["error"]["code"] == "BAD_REQUEST"
 
 
+def test_with_retention_after_download_an_archive_is_each_results_download(make_app):
+    app = make_app(UPLOADS_PER_MINUTE=100, RETENTION_XML_AFTER_DOWNLOAD=True)
+    client = ApiClient(app.test_client())
+    jobs = [upload(client, f"once{n}") for n in range(3)]
+    kept = upload(client, "kept")
+    for job in jobs + [kept]:
+        finish(app, job["id"])
+    ids = ",".join(job["id"] for job in jobs)
+    assert len(unzip(client.get(f"/api/jobs/archive?ids={ids}"))) == 3
+    assert [client.get(f"/api/jobs/{job['id']}").get_json()["result_expired"] for job in jobs] == [True] * 3
+    assert client.get(f"/api/jobs/archive?ids={ids}").get_json()["error"]["code"] == "NOT_READY"
+    assert [path.name for path in Path(app.config["RESULT_DIR"]).iterdir()] == [f"{kept['id']}.xml"]
+    assert client.get(f"/api/jobs/{kept['id']}/download").status_code == 200
+
+
+def test_an_archive_given_up_midway_expires_nothing_it_did_not_send(make_app, monkeypatch):
+    monkeypatch.setattr(bulk, "CHUNK", 2)
+    app = make_app(UPLOADS_PER_MINUTE=100, RETENTION_XML_AFTER_DOWNLOAD=True)
+    client = ApiClient(app.test_client())
+    jobs = [upload(client, f"half{n}") for n in range(4)]
+    for job in jobs:
+        finish(app, job["id"])
+    response = client.get("/api/jobs/archive", buffered=False)
+    stream = iter(response.response)
+    next(stream)  # the first chunk's first bytes: nothing of it has been sent whole yet
+    response.close()
+    assert sorted(path.name for path in Path(app.config["RESULT_DIR"]).iterdir()) == \
+        sorted(f"{job['id']}.xml" for job in jobs)
+    assert not any(client.get(f"/api/jobs/{job['id']}").get_json()["result_expired"] for job in jobs)
+
+
 def test_archive_streams_with_flat_memory(client, monkeypatch):
     """60 results of 256 KB each (15 MB) stream through in chunks of 16 jobs, holding far less than one of them."""
     monkeypatch.setattr(bulk, "CHUNK", 16)

@@ -74,6 +74,7 @@ def archive():
     if not db.session.scalar(select(func.count()).select_from(Job).where(*where)):
         raise ApiError(codes.NOT_READY, 409, "None of these jobs has a result to download.")
     data_dir = Path(current_app.config["DATA_DIR"])
+    once = current_app.config["RETENTION_XML_AFTER_DOWNLOAD"]
 
     def generate():
         zipped, taken, after = ZipStream(compress_type=ZIP_DEFLATED), set(), None
@@ -83,11 +84,15 @@ def archive():
                 query = query.where(tuple_(Job.created_at, Job.id) < after)
             rows = db.session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(CHUNK)).all()
             db.session.commit()  # hold no read transaction while the chunk is sent
+            added = []
             for row in rows:
                 path = data_dir / row.result_path
                 if path.is_file():  # retention may have removed it since the count
                     zipped.add_path(str(path), entry_name(row.filename, taken))
+                    added.append((row.id, path))
             yield from zipped.all_files()
+            if once:  # each of these was read whole into the archive: this was its download
+                _expire(added)
             if len(rows) < CHUNK:
                 break
             after = tuple_(rows[-1].created_at, rows[-1].id)
@@ -100,6 +105,14 @@ def archive():
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
     return response
+
+
+def _expire(results):
+    """RETENTION_XML_AFTER_DOWNLOAD: the results just sent in an archive go, as at a single download. A client
+    gone mid-chunk never gets here (the generator is closed at its yield), so what it did not receive stays."""
+    for job_id, path in results:
+        if Job.expire_result(job_id):
+            path.unlink(missing_ok=True)
 
 
 # -- retry and delete ---------------------------------------------------------------------------
