@@ -46,12 +46,12 @@ def fill(db_path, owner, total, mine):
                      100 if status == "complete" else 0, 1, "GW_4XX" if status == "failed" else None,
                      "The gateway refused the file." if status == "failed" else None, secrets.token_hex(8),
                      f"uploads/{n}.pdf", f"results/{n}.xml" if status == "complete" else None,
-                     stamp(created), stamp(done or started or created), stamp(started), stamp(done)))
+                     stamp(created), stamp(done or started or created), stamp(started), stamp(done), stamp(created)))
     with sqlite3.connect(db_path) as conn:
         conn.executemany(
             "INSERT INTO jobs (id, owner, filename, mapping, bytes, sha256, status, progress, attempts, error_code,"
             " error, correlation_id, upload_path, result_path, created_at, updated_at, started_at, completed_at,"
-            " dead_letter) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)", rows)
+            " queue_key, dead_letter) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)", rows)
         conn.execute("ANALYZE")
 
 

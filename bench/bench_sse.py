@@ -1,8 +1,9 @@
 """How many open SSE streams one web process holds while a status change reaches all of them.
 
 Starts the web app under the project's gunicorn.conf.py (once per worker class) in a temporary DATA_DIR,
-opens N streams on loopback for one owner (the worst case: every stream must get every change), then
-changes a job from this process the way the worker does (another process, so the change travels through
+opens N streams on loopback for one owner (the worst case: every stream must get every change; STREAMS_PER_USER
+and STREAMS_PER_ADDRESS are lifted, as they are a policy and this measures capacity), then changes a job from
+this process the way the worker does (another process, so the change travels through
 the event hub's database poll, or Redis with --redis). Meanwhile a client times ordinary GET /api/jobs.
 
     .venv/bin/python bench/bench_sse.py [--streams 500] [--changes 5] [--classes gevent,gthread] [--redis]
@@ -43,6 +44,9 @@ def start_web(data_dir, worker_class, extra_env):
     port = free_port()
     env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(port), "HOST": "127.0.0.1", "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop",
            "WEB_WORKER_CLASS": worker_class, "LOG_LEVEL": "WARNING", "GATEWAY_URL": "http://127.0.0.1:9",
+           # What is measured is what one web process holds; one person in many tabs, from one address, is the
+           # worst case for the fan-out, so the per-person and per-address caps (10 and 30 by default) are lifted.
+           "STREAMS_PER_USER": "100000", "STREAMS_PER_ADDRESS": "100000",
            **extra_env}
     subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                    capture_output=True)

@@ -88,12 +88,19 @@ def run_bench(path, args, timeout):
 
 
 def table_rows(output):
-    """(figure, target, measured) for each body row of the Markdown tables in a bench's output."""
-    rows = []
+    """(figure, target, measured) for each body row of the Markdown tables headed figure | target | measured in a
+    bench's output (a bench's other tables are detail, left in its output)."""
+    rows, figures = [], False
     for line in output.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
-        if len(cells) >= 3 and cells[0] != "figure" and not set(cells[0]) <= set("-: "):
+        if len(cells) < 3:
+            figures = False
+        elif set(cells[0]) <= set("-: "):
+            continue
+        elif figures:
             rows.append((cells[0], cells[1], " | ".join(cells[2:])))
+        else:
+            figures = cells[0] == "figure"
     return rows
 
 

@@ -19,3 +19,10 @@ def test_a_new_run_rewrites_the_figures_and_keeps_the_hand_written_sections(tmp_
     assert text.index("## Figures") < text.index(hand) < text.index("## Targets")
     write_doc(doc, [run], machine(), (0.1, 0.2), quick=False, elapsed=60)  # and again: kept once, not doubled
     assert doc.read_text().count(hand) == 1
+
+
+def test_only_tables_headed_figure_target_measured_are_figures():
+    from bench.run_all import table_rows
+    output = ("| client | N | fds idle |\n|---|---|---|\n| token | 100 | 143 fds, 100 held |\n\n"
+              "| figure | target | measured |\n|---|---|---|\n| uploads still held | 0 | 0 (33 fds open) |\n")
+    assert table_rows(output) == [("uploads still held", "0", "0 (33 fds open)")]
