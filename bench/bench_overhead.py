@@ -21,6 +21,7 @@ recovery, and the fair claim's time with 100k jobs queued.
   in this process; the median of 200 claims (each released again, not timed).
 """
 import argparse
+import itertools
 import os
 import signal
 import sqlite3
@@ -144,7 +145,7 @@ def request_floor(stack, session, count=300):
     asking = requests.Session()
     asking.headers.update(session.headers)
     pdf = make_invoice(n_lines=30, seed=515151)[0]
-    uploads = iter(range(10 * count))
+    uploads = itertools.count()
 
     def upload():
         n = next(uploads)  # a new file name and content each time: each upload is a new job

@@ -227,10 +227,16 @@ def download_response(job):
     # send_file writes Content-Disposition with an ASCII fallback and the RFC 5987 filename*.
     response = send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
                          conditional=False, etag=False, max_age=0)
-    if current_app.config["RETENTION_XML_AFTER_DOWNLOAD"] and Job.expire_result(job.id):
-        # send_file holds the file open, so the answer streams whole though its name is gone already.
-        path.unlink(missing_ok=True)
+    # send_file holds the file open, so the answer streams whole though its name is gone already.
+    downloaded(job.id, path)
     return response
+
+
+def downloaded(job_id, path):
+    """The job's result at path was downloaded (alone, or in an archive): with RETENTION_XML_AFTER_DOWNLOAD it
+    expires now."""
+    if current_app.config["RETENTION_XML_AFTER_DOWNLOAD"] and Job.expire_result(job_id):
+        path.unlink(missing_ok=True)
 
 
 @bp.get("/jobs/<job_id>/download")

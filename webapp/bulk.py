@@ -12,7 +12,7 @@ from sqlalchemy import func, select, tuple_
 from zipstream import ZIP_DEFLATED, ZipStream
 
 from . import codes, htmx
-from .api import delete_with_files, job_filters, retry_failed
+from .api import delete_with_files, downloaded, job_filters, retry_failed
 from .clock import utcnow
 from .db import db
 from .errors import ApiError
@@ -74,7 +74,6 @@ def archive():
     if not db.session.scalar(select(func.count()).select_from(Job).where(*where)):
         raise ApiError(codes.NOT_READY, 409, "None of these jobs has a result to download.")
     data_dir = Path(current_app.config["DATA_DIR"])
-    once = current_app.config["RETENTION_XML_AFTER_DOWNLOAD"]
 
     def generate():
         zipped, taken, after = ZipStream(compress_type=ZIP_DEFLATED), set(), None
@@ -91,8 +90,10 @@ def archive():
                     zipped.add_path(str(path), entry_name(row.filename, taken))
                     added.append((row.id, path))
             yield from zipped.all_files()
-            if once:  # each of these was read whole into the archive: this was its download
-                _expire(added)
+            # Each of these was read whole into the archive: this was its download. A client gone mid-chunk never
+            # gets here (the generator is closed at its yield), so what it did not receive stays.
+            for job_id, path in added:
+                downloaded(job_id, path)
             if len(rows) < CHUNK:
                 break
             after = tuple_(rows[-1].created_at, rows[-1].id)
@@ -105,14 +106,6 @@ def archive():
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
     return response
-
-
-def _expire(results):
-    """RETENTION_XML_AFTER_DOWNLOAD: the results just sent in an archive go, as at a single download. A client
-    gone mid-chunk never gets here (the generator is closed at its yield), so what it did not receive stays."""
-    for job_id, path in results:
-        if Job.expire_result(job_id):
-            path.unlink(missing_ok=True)
 
 
 # -- retry and delete ---------------------------------------------------------------------------
