@@ -52,7 +52,13 @@ def test_a_completed_job_reaches_the_receiver_signed(stack):
                                                                                        "complete")
         completed = datetime.fromisoformat(payload["data"]["completed_at"].replace("Z", "+00:00"))
         print(f"delivered {(arrived - completed).total_seconds():.3f} s after completion")
-        hooks = session.get(f"{stack.web_url}/api/webhooks").json()["webhooks"]
+        # The deliverer records the answer once it has read it, after the receiver kept the request: wait for that.
+        deadline = time.monotonic() + 10
+        while True:
+            hooks = session.get(f"{stack.web_url}/api/webhooks").json()["webhooks"]
+            if hooks[0]["deliveries"]["last_status"] is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert hooks[0]["deliveries"]["last_status"] == "200"
     finally:
         receiver.stop()
