@@ -197,11 +197,59 @@ def test_a_token_is_shown_once_works_without_csrf_and_stops_when_revoked(app, cl
     assert client.delete(f"/api/tokens/{body['id']}").status_code == 404
 
 
-def test_a_token_beside_a_session_cookie_still_needs_csrf(app, client):
-    secret = client.post("/api/tokens", json={"name": "x"}).get_json()["token"]
+def test_a_token_beside_another_users_session_cookie_is_the_tokens_user_without_csrf(app, client):
+    script_user, secret = people.with_token(app)
     response = client.raw.post("/api/upload", headers={"Authorization": f"Bearer {secret}"},
                                data={"file": (io.BytesIO(pdf_bytes("mixed")), "m.pdf")})
-    assert response.status_code == 400 and response.get_json()["error"]["code"] == "CSRF"
+    assert response.status_code == 202 and "Set-Cookie" not in response.headers
+    with app.app_context():
+        assert Job.query.one().owner == script_user.id  # the token's user, not the cookie's
+    wrong = client.raw.get("/api/jobs", headers={"Authorization": "Bearer pdfq_wrong"})
+    assert wrong.status_code == 401  # never a fall back to the cookie's user
+    assert client.raw.post("/api/upload", headers={"Authorization": "Bearer pdfq_wrong", "X-CSRF-Token": client.token},
+                           data={"file": (io.BytesIO(pdf_bytes("w")), "w.pdf")}).status_code == 401
+
+
+def test_a_script_keeping_cookies_in_a_requests_session_works_with_its_token(make_app, fake):
+    """One requests.Session, as scripts are written: read /api/session, then upload, share, retry, bulk-delete."""
+    import requests
+    from werkzeug.serving import make_server
+    from tests.conftest import WORKER_SETTINGS, run
+    import threading
+    app = make_app(GATEWAY_URL=fake.url, **WORKER_SETTINGS)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        user, secret = people.with_token(app)
+        script = requests.Session()
+        script.headers["Authorization"] = f"Bearer {secret}"
+        me = script.get(f"{base}/api/session", timeout=10)
+        assert me.status_code == 200 and me.json()["user"]["email"] == user.email
+        assert "Set-Cookie" not in me.headers
+        # A cookie from anywhere (an earlier answer, a browser export) rides along from now on.
+        script.cookies.set(app.config["SESSION_COOKIE_NAME"], people.signed_in(app)[1], domain="127.0.0.1", path="/")
+        uploaded = script.post(f"{base}/api/upload", files={"file": ("a.pdf", pdf_bytes("a"), "application/pdf")},
+                               timeout=10)
+        assert uploaded.status_code == 202, uploaded.text
+        assert "Set-Cookie" not in uploaded.headers
+        done_id = uploaded.json()["jobs"][0]["id"]
+        run(app, done_id)
+        shared = script.post(f"{base}/api/jobs/{done_id}/share", timeout=10)
+        assert shared.status_code == 201, shared.text
+        failing = script.post(f"{base}/api/upload", files={"file": ("b.pdf", pdf_bytes("b"), "application/pdf")},
+                              timeout=10)
+        job_id = failing.json()["jobs"][0]["id"]
+        fake.status, fake.error_code = 422, "UNREADABLE"
+        run(app, job_id)
+        assert script.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["status"] == "failed"
+        retried = script.post(f"{base}/api/jobs/{job_id}/retry", timeout=10)
+        assert retried.status_code == 202, retried.text
+        deleted = script.post(f"{base}/api/jobs/bulk", json={"action": "delete", "ids": [job_id, done_id]}, timeout=10)
+        assert deleted.status_code == 200 and sorted(deleted.json()["done"]) == sorted([job_id, done_id]), deleted.text
+        assert not any("Set-Cookie" in r.headers for r in (shared, retried, deleted))
+    finally:
+        server.shutdown()
 
 
 def test_a_token_needs_a_name(client):

@@ -4,7 +4,8 @@ in this browser's cookie; and CSRF on every change made with a cookie.
 
 Flask-Login keeps the signed-in user: its cookie holds the key of a UserSession row (webapp/accounts.py),
 so signing out or disabling the user ends the session for good. A request that carries `Authorization: Bearer`
-and no session cookie needs no CSRF token, since no other site can make a browser send that header.
+is that token's user whatever cookie comes with it (a wrong token is 401, never the cookie's user), needs no CSRF
+token, since no other site can make a browser send that header, and is never answered with a Set-Cookie.
 """
 import os
 import secrets
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import current_app, g, redirect, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFProtect
 
@@ -58,6 +60,22 @@ class HeaderFirstCSRF(CSRFProtect):
 
 csrf = HeaderFirstCSRF()
 login_manager = LoginManager()
+
+
+def bearer_credentials(req):
+    """The credentials of `Authorization: Bearer …`, or None when the request carries no bearer header."""
+    scheme, _, credentials = req.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+class NoCookieForTokens(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, never sent back to a request authenticated by a bearer token: a script's
+    cookie jar would otherwise turn its token requests into cookie requests (and their POSTs into CSRF failures)."""
+
+    def save_session(self, app, session, response):
+        if bearer_credentials(request) is not None:
+            return
+        super().save_session(app, session, response)
 
 
 MIN_SECRET_BYTES = 32
@@ -152,19 +170,22 @@ def safe_next(target):
 
 @login_manager.user_loader
 def _user_of_session(key):
+    """The session cookie's user, unless the request carries a bearer token: then the token alone decides."""
+    if bearer_credentials(request) is not None:
+        return None  # Flask-Login then asks _user_of_request, which reads the token
     return UserSession.user(key, timedelta(days=current_app.config["SESSION_DAYS"]))
 
 
 @login_manager.request_loader
 def _user_of_request(req):
     """A personal API token (Authorization: Bearer), or the user a trusted proxy names (AUTH=proxy)."""
-    scheme, _, credentials = req.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
+    credentials = bearer_credentials(req)
+    if credentials is not None:
         g.bearer = True
         metrics_token = current_app.config.get("METRICS_TOKEN")
-        if metrics_token and secrets.compare_digest(credentials.strip().encode(), metrics_token.encode()):
+        if metrics_token and secrets.compare_digest(credentials.encode(), metrics_token.encode()):
             return None  # Prometheus: no user, and no database read (it must see a database that is down)
-        return ApiToken.user(credentials.strip())
+        return ApiToken.user(credentials)
     if current_app.config["AUTH"] == PROXY:
         email = req.headers.get(current_app.config["REMOTE_USER_HEADER"], "").strip()
         if email:
@@ -195,10 +216,8 @@ def _require_identity():
         if htmx.is_htmx():
             return htmx.redirect(current_app.make_response(""), target)
         return redirect(target)
-    if request.method in UNSAFE_METHODS:
-        token_only = g.get("bearer") and config["SESSION_COOKIE_NAME"] not in request.cookies
-        if not token_only:
-            csrf.protect()
+    if request.method in UNSAFE_METHODS and not (current_user.is_authenticated and g.get("bearer")):
+        csrf.protect()  # a valid token needs none: no other site can make a browser send Authorization
 
 
 def init_app(app):
@@ -227,6 +246,7 @@ def init_app(app):
     config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # dashboards stay open for days; the token lives with the session
     config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked in _require_identity, after credentials, token-only exempt
     csrf.init_app(app)
+    app.session_interface = NoCookieForTokens()
     login_manager.init_app(app)
     login_manager.session_protection = None  # the session row is the protection; "strong" breaks on a new address
     app.before_request(_require_identity)
