@@ -44,7 +44,7 @@ web: setup
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 worker: setup
-	$(BIN)/python worker.py
+	$(BIN)/python -m worker
 
 gateway: $(VENV)/.installed
 	$(BIN)/gunicorn -c gateway/gunicorn.conf.py gateway.wsgi:app
@@ -53,7 +53,7 @@ gateway: $(VENV)/.installed
 system-deps:
 	@scripts/system-deps.sh
 
-# Line coverage of webapp/, gateway/, tasks.py and worker.py (subprocesses included, see pyproject.toml); under 80 % fails.
+# Line coverage of webapp/, core/, worker/, gateway/ and tasks.py (subprocesses included, see pyproject.toml); under 80 % fails.
 COVERAGE_ARGS ?= --cov --cov-report=term --cov-fail-under=80
 test: setup system-deps
 	$(BIN)/python -m pytest $(COVERAGE_ARGS) $(PYTEST_ARGS)

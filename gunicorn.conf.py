@@ -10,7 +10,7 @@ SQLite calls are short local reads and writes. WEB_WORKER_CLASS=gthread switches
 import os
 import resource
 
-from webapp import logs
+from core import logs
 
 bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
 if int(os.environ.get("METRICS_PORT") or 0):
@@ -41,7 +41,7 @@ def on_starting(server):
 
 
 # gunicorn's own lines (start-up, worker exits, the access log) in the app's one JSON format; the app's loggers add
-# their handler to the root logger when it loads (webapp/logs.py).
+# their handler to the root logger when it loads (core/logs.py).
 logconfig_dict = logs.gunicorn_logconfig(os.environ.get("LOG_LEVEL", "INFO"))
 
 

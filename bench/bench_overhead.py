@@ -214,8 +214,8 @@ def claim_time(queued):
     from flask_migrate import upgrade
 
     from webapp import create_app
-    from webapp.db import db
-    from webapp.models import Job
+    from core.db import db
+    from core.models import Job
     with tempfile.TemporaryDirectory(prefix="pdfqueue-claim-") as data_dir:
         app = create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True})
         with app.app_context():

@@ -104,7 +104,7 @@ def api_timer(url, cookie, stop, latencies):
 
 def run(worker_class, n_streams, n_changes, extra_env):
     from webapp import create_app
-    from webapp.models import Job
+    from core.models import Job
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     process, url, port = start_web(data_dir, worker_class, extra_env)

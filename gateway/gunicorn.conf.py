@@ -3,7 +3,7 @@
 import multiprocessing
 import os
 
-from webapp import logs
+from gateway import logs
 
 bind = f"{os.environ.get('GATEWAY_HOST', '127.0.0.1')}:{os.environ.get('GATEWAY_PORT', '8002')}"
 # gevent workers: one OS thread each, so each can safely fork its parse children, and a greenlet per request,
@@ -20,6 +20,6 @@ graceful_timeout = 10
 preload_app = True  # load mappings and pypdfium2 once, before forking workers
 accesslog = None  # the app logs one JSON line per request itself
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()
-logconfig_dict = logs.gunicorn_logconfig(loglevel.upper(), access=False)  # gunicorn's own lines in the one format
+logconfig_dict = logs.gunicorn_logconfig(loglevel.upper())  # gunicorn's own lines in the one format
 # Web and gateway gunicorns share a box; neither uses gunicorn 27's control socket (one path for all).
 control_socket_disable = True

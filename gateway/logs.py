@@ -1,14 +1,38 @@
-"""JSON log lines on stderr: one per request from the access logger, plus any error tracebacks."""
+"""JSON log lines on stderr: one per request from the access logger, plus any error tracebacks.
+
+The gateway stands alone (it may run on a box of its own), so it keeps its own copy of pdfqueue's one log format:
+the same keys as every other process (ts, level, logger, message, plus each event's fields); a test holds the two
+formats together (tests/gateway/test_gw_logs.py).
+"""
 
 import logging
 import sys
 import time
 
 from flask import g, request
+from pythonjsonlogger.json import JsonFormatter
 
-from webapp.logs import formatter  # pdfqueue's one log format, shared by every process
+FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+RENAMED = {"asctime": "ts", "levelname": "level", "name": "logger"}
 
 access_logger = logging.getLogger("gateway.access")
+
+
+def formatter():
+    """A formatter writing records in the one format."""
+    return JsonFormatter(FIELDS, rename_fields=RENAMED)
+
+
+def gunicorn_logconfig(level):
+    """gunicorn's logconfig_dict: its own lines (start-up, worker exits) in the one format, on stderr."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": []},
+        "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False}},
+    }
 
 
 def init_app(app):

@@ -8,7 +8,7 @@ from werkzeug.serving import make_server
 from tests.fakegateway import FakeGateway
 from tests.people import signed_in
 from webapp import create_app
-from webapp.db import db
+from core.db import db
 from webapp.limits import limiter
 
 MINIMAL_PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
@@ -84,15 +84,15 @@ def upload(api, tag="x"):
 
 def run(app, job_id):
     """Run the worker's task body for one job, in this process."""
-    import tasks
+    from worker.run import run_job
     with app.app_context():
-        tasks.run_job(job_id)
+        run_job(job_id)
         db.session.remove()
 
 
 def load(app, job_id):
     """The job's row as the database has it now."""
-    from webapp.models import Job
+    from core.models import Job
     with app.app_context():
         job = db.session.get(Job, job_id)
         db.session.expunge_all()

@@ -6,7 +6,7 @@ else signs in this way, as fast as a cookie.
 import secrets
 from types import SimpleNamespace
 
-from webapp.accounts import ApiToken, User, UserSession
+from core.accounts import ApiToken, User, UserSession
 
 
 def new_email(tag="user"):

@@ -16,7 +16,7 @@ from gateway.testing import free_port, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
-WORKER = [sys.executable, "worker.py"]
+WORKER = [sys.executable, "-m", "worker"]
 GATEWAY = [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"]
 METRICS_TOKEN = "stack-metrics-token"
 # What Prometheus sends: /metrics and the details of /api/healthz need it.
@@ -113,7 +113,7 @@ class Stack:
     def stop_all(self):
         """Stop every process at once (each may take a few seconds), then wait for them all."""
         if self._app is not None:
-            from webapp.db import db
+            from core.db import db
             with self._app.app_context():
                 db.engine.dispose()
         for proc in self.procs.values():

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from core import operations
 from tests import people
 from tests.conftest import ApiClient, pdf_bytes
-from webapp.accounts import ApiToken, User, UserSession, hasher
-from webapp.db import db
-from webapp.models import Job
+from core.accounts import ApiToken, User, UserSession, hasher
+from core.db import db
+from core.models import Job
 
 PASSWORD = "correct horse battery"
 
@@ -471,15 +472,14 @@ def test_sessions_are_rows_whose_digest_only_is_stored(app, member):
 
 
 def test_retention_forgets_sessions_past_their_days_and_links_past_their_time(app, member):
-    import tasks
     from datetime import timedelta
 
-    from webapp.accounts import INVITE, OneTimeLink
-    from webapp.clock import utcnow
+    from core.accounts import INVITE, OneTimeLink
+    from core.clock import utcnow
     browser = app.test_client()
     sign_in(browser, member.email)
     with app.app_context():
         OneTimeLink.create(INVITE, timedelta(days=1), email="later@example.com")
-        removed = tasks.apply_retention(now=utcnow() + timedelta(days=app.config["SESSION_DAYS"] + 2))
+        removed = operations.apply_retention(now=utcnow() + timedelta(days=app.config["SESSION_DAYS"] + 2))
         assert (removed["sessions"], removed["links"]) == (1, 1)
         assert UserSession.query.count() == 0 and OneTimeLink.query.count() == 0

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pdf_bytes
-from webapp.models import Job
+from core.models import Job
 
 
 def upload(client, tag):
@@ -99,7 +99,7 @@ def test_healthz_says_degraded_when_the_database_is_gone(app, client):
     path = Path(app.config["INSTANCE_DIR"], "pdfqueue.db")
     path.unlink()
     path.mkdir()
-    from webapp.db import db
+    from core.db import db
     with app.app_context():
         db.engine.dispose()
     # With the database gone no session can be checked: the details go to the monitoring token.

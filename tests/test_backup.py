@@ -8,9 +8,9 @@ import pytest
 
 from gateway.testing import free_port
 from tests.conftest import WORKER_SETTINGS, ApiClient, pdf_bytes, run
-from webapp.clock import utcnow
-from webapp.db import db
-from webapp.models import Coordination, Job
+from core.clock import utcnow
+from core.db import db
+from core.models import Coordination, Job
 
 
 def invoke(app, *args, ok=True):

@@ -11,7 +11,7 @@ from tests import people
 from tests.conftest import ApiClient, pdf_bytes
 from tests.test_pages import finish
 from webapp import bulk
-from webapp.models import Job
+from core.models import Job
 
 
 def upload(client, tag, name=None):

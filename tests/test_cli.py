@@ -7,10 +7,10 @@ import pytest
 from sqlalchemy import update
 
 from tests.conftest import pdf_bytes
-from webapp import breaker
-from webapp.db import db
-from webapp.clock import utcnow
-from webapp.models import Job
+from worker import breaker
+from core.db import db
+from core.clock import utcnow
+from core.models import Job
 
 
 @pytest.fixture

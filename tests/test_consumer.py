@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from worker import Watch
+from worker.consumer import Watch
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def test_the_watcher_backs_off_while_the_queue_is_empty_and_speeds_up_after_a_ta
 
 
 def test_with_a_doorbell_the_watcher_looks_rarely_but_at_once_when_it_rings(tmp_path):
-    from webapp import doorbell
+    from core import queue
+    from worker import doorbell
     bell = doorbell.Doorbell(tmp_path)
     try:
         watch = Watch(fastest=0.01, slowest=0.03, backoff=1.1, bell=bell)
@@ -50,7 +51,7 @@ def test_with_a_doorbell_the_watcher_looks_rarely_but_at_once_when_it_rings(tmp_
         thread = threading.Thread(target=watch.wait, args=(watcher,), daemon=True)
         thread.start()
         threading.Event().wait(0.05)
-        doorbell.ring(tmp_path)  # what every enqueue into Huey's SQLite queue does (webapp/queue.py)
+        queue.ring(tmp_path)  # what every enqueue into Huey's SQLite queue does (core/queue.py)
         thread.join(timeout=10)
         assert not thread.is_alive() and watch.interval == 0.01
     finally:
@@ -58,13 +59,14 @@ def test_with_a_doorbell_the_watcher_looks_rarely_but_at_once_when_it_rings(tmp_
 
 
 def test_a_ring_skips_and_removes_the_bells_of_workers_that_are_gone(tmp_path):
-    from webapp import doorbell
+    from core import queue
+    from worker import doorbell
     bell = doorbell.Doorbell(tmp_path)
-    stale = doorbell.folder(tmp_path) / "424242.sock"
+    stale = queue.doorbell_folder(tmp_path) / "424242.sock"
     import socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dead:
         dead.bind(str(stale))  # bound, then closed: a file nobody listens on
-    doorbell.ring(tmp_path)
+    queue.ring(tmp_path)
     assert not stale.exists() and bell.path.exists()
     assert bell.wait(0)
     bell.close()

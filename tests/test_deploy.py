@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.services import require
-from webapp import config as app_config
+from core import config as app_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -124,7 +124,7 @@ def test_every_setting_is_documented_in_the_readme():
     documented = set(re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)?", readme, re.M))
     documented = {name for pair in documented for name in pair if name}
     read_by_app = set(re.findall(r"""(?:_int|_float|_flag|_list|environ\.get)\(\s*["']([A-Z_]+)["']""",
-                                 (REPO / "webapp" / "config.py").read_text()))
+                                 (REPO / "core" / "config.py").read_text()))
     templated = set(env_example())
     assert read_by_app - documented == set()
     assert templated - documented == set()

@@ -3,10 +3,10 @@ import defusedxml.ElementTree as SafeET
 import pytest
 
 import invoicegen
-import tasks
+from worker import run
 from gateway.testing import running_gateway
 from tests.conftest import ApiClient
-from webapp.db import db
+from core.db import db
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def e2e(make_app, gateway_url):
 def convert(app, api, pdf, name, mapping=None):
     job = api.upload((pdf, name), mapping=mapping).get_json()["jobs"][0]
     with app.app_context():
-        tasks.run_job(job["id"])
+        run.run_job(job["id"])
         db.session.remove()
     return api.get(f"/api/jobs/{job['id']}").get_json()
 

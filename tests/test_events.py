@@ -1,4 +1,4 @@
-"""GET /api/events (webapp/stream.py) and the changes it hears of (webapp/events.py), against a live server:
+"""GET /api/events (webapp/stream.py) and the changes it hears of (core/changes.py), against a live server:
 headers, ping, delivery, resume, deletions from any process, owners, the poll and Redis."""
 import json
 import shutil
@@ -12,12 +12,15 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
+from core import operations
 from tests import people
 from tests.conftest import pdf_bytes
-from webapp import create_app, events, stream as stream_module
-from webapp.db import db
-from webapp.clock import isoformat, parse_iso, utcnow
-from webapp.models import Job
+from webapp import create_app
+from core import changes
+from webapp import stream as stream_module
+from core.db import db
+from core.clock import isoformat, parse_iso, utcnow
+from core.models import Job
 
 
 class Browser:
@@ -88,13 +91,13 @@ class EventReader:
 def stop_hubs(make_app, monkeypatch):
     """Stop every app's event hub after the test, so its threads do not outlive their database."""
     built = []
-    original = events.Hub.__init__
+    original = changes.Hub.__init__
 
     def remember(self, app, changes_after):
         original(self, app, changes_after)
         built.append(self)
 
-    monkeypatch.setattr(events.Hub, "__init__", remember)
+    monkeypatch.setattr(changes.Hub, "__init__", remember)
     yield
     for hub in built:
         hub.stop()
@@ -264,7 +267,6 @@ def test_a_removal_missed_while_away_is_sent_on_reconnect(app, browser):
 
 
 def test_retention_reaches_an_open_dashboard(app, browser):
-    import tasks
     job = browser.upload("retained")
     with app.app_context():
         Job.claim(job["id"], "w1", 30, capacity=4)
@@ -275,7 +277,7 @@ def test_retention_reaches_an_open_dashboard(app, browser):
     worker = another_process(app)
     with worker.app_context():
         later = utcnow() + timedelta(days=worker.config["RETENTION_XML_DAYS"] + 1)
-        assert tasks.apply_retention(now=later)["xml"] == 1
+        assert operations.apply_retention(now=later)["xml"] == 1
         db.engine.dispose()
     # The row comes again without its download link once the XML is gone (a replay of the complete row, sent
     # again by the stream's overlap before retention ran, may come first: it is not the change awaited).
@@ -300,8 +302,8 @@ def test_other_owners_never_see_my_jobs(live_server, app, browser, fast_heartbea
 def test_one_poll_thread_serves_many_streams_and_streams_hold_no_connection(app, browser, fast_heartbeat,
                                                                               monkeypatch):
     idle = set()  # the streams that have read their first changes and sat down to wait
-    real_wait = events.Subscription.wait
-    monkeypatch.setattr(events.Subscription, "wait",
+    real_wait = changes.Subscription.wait
+    monkeypatch.setattr(changes.Subscription, "wait",
                         lambda subscription, timeout: idle.add(subscription) or real_wait(subscription, timeout))
     streams = [browser.events() for _ in range(5)]
     for stream in streams:
@@ -310,20 +312,20 @@ def test_one_poll_thread_serves_many_streams_and_streams_hold_no_connection(app,
     while len(idle) < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(idle) == 5
-    assert [t.name for t in events.hub(app).threads] == ["pdfqueue-events-poll"]
+    assert [t.name for t in changes.hub(app).threads] == ["pdfqueue-events-poll"]
     with app.app_context():
         samples = []
         for _ in range(20):
             samples.append(db.engine.pool.checkedout())
             time.sleep(0.01)
     assert max(samples) <= 1  # at most the hub's own poll, never one per idle stream
-    assert events.hub(app).subscription_count() == 5
+    assert changes.hub(app).subscription_count() == 5
     for stream in streams:
         stream.close()
     deadline = time.monotonic() + 3
-    while events.hub(app).subscription_count() and time.monotonic() < deadline:
+    while changes.hub(app).subscription_count() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert events.hub(app).subscription_count() == 0  # cleaned up once the heartbeat finds the client gone
+    assert changes.hub(app).subscription_count() == 0  # cleaned up once the heartbeat finds the client gone
 
 
 def test_sse_message_format():
@@ -363,7 +365,7 @@ def redis_url(tmp_path):
 def test_with_redis_a_change_in_another_process_is_published(make_app, redis_url, tmp_path, monkeypatch):
     from werkzeug.serving import make_server
 
-    monkeypatch.setattr(events, "POLL_WITH_REDIS_SECONDS", 60)  # only pub/sub can deliver in time
+    monkeypatch.setattr(changes, "POLL_WITH_REDIS_SECONDS", 60)  # only pub/sub can deliver in time
     web = make_app(REDIS_URL=redis_url, HUEY_MEMORY=True)
     server = make_server("127.0.0.1", 0, web, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

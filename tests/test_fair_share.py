@@ -5,9 +5,9 @@ import time
 
 from sqlalchemy import select, text
 
-from webapp.clock import utcnow
-from webapp.db import db
-from webapp.models import Job
+from core.clock import utcnow
+from core.db import db
+from core.models import Job
 
 
 def upload(owner, n, tag=""):
@@ -195,7 +195,7 @@ def test_workers_claiming_at_once_take_each_job_once_and_take_turns(app):
 def test_the_fair_claim_and_the_complete_write_their_history_in_one_update_and_one_insert_each(app):
     from sqlalchemy import event
 
-    from webapp.models import JobEvent
+    from core.models import JobEvent
     statements = []
 
     def seen(conn, cursor, statement, *args):

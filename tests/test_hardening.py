@@ -45,7 +45,7 @@ def test_the_shipped_env_file_sets_no_secret_and_the_readme_puts_none_on_a_comma
 
 
 def _read_key(instance_dir, start, queue):
-    from webapp.identity import secret_key
+    from core.keys import secret_key
     start.wait()
     try:
         queue.put(secret_key(instance_dir))
@@ -348,8 +348,8 @@ def test_an_event_stream_ends_after_its_lifetime_and_says_when_to_come_back(make
 
 def test_a_since_far_in_the_past_is_bounded_in_sql(app, client):
     from sqlalchemy import event
-    from webapp.clock import utcnow
-    from webapp.db import db
+    from core.clock import utcnow
+    from core.db import db
     from webapp.stream import RESUME_MAX, resume_point
     before = utcnow()
     with app.test_request_context("/api/events?last_id=1970-01-01T00:00:00Z"):
@@ -382,7 +382,7 @@ def test_an_over_limits_answer_fails_the_job_after_one_call(worker_app, api, fak
     assert "will not be retried" in stored.error and "fake gateway says 503" in stored.error
     assert fake.total_calls() == 1 and fake.health_checks == 0  # no breaker bookkeeping: the gateway is up
     with worker_app.app_context():
-        from webapp import breaker
+        from worker import breaker
         assert breaker.state() == "closed"
 
 
@@ -413,7 +413,7 @@ def test_the_gateway_answers_healthz_while_its_only_worker_parses_a_bomb():
 
 def test_the_gateway_clients_error_answer_is_read_only_so_far():
     import requests
-    from webapp import gateway_client
+    from worker import gateway_client
 
     class Endless(io.RawIOBase):
         read_so_far = 0
@@ -454,7 +454,7 @@ def test_format_characters_are_stripped_from_shown_and_download_names(worker_app
 def test_the_migration_strips_format_characters_from_names_kept_before(tmp_path):
     from flask_migrate import downgrade, upgrade
     from sqlalchemy import text
-    from webapp.db import db
+    from core.db import db
     app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": KEY, "HUEY_MEMORY": True})
     with app.app_context():
         upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0005")

@@ -8,7 +8,7 @@ from pathlib import Path
 import requests
 
 from gateway.testing import running_gateway
-from webapp import logs
+from core import logs
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"ts", "level", "logger", "message"}

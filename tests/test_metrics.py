@@ -4,12 +4,12 @@ from datetime import timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import tasks
+from worker import upkeep
 from tests.conftest import WORKER_SETTINGS, pdf_bytes, run, upload
-from webapp import metrics
-from webapp.db import db
-from webapp.clock import utcnow
-from webapp.models import Coordination
+from core import counters
+from core.db import db
+from core.clock import utcnow
+from core.models import Coordination
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_metrics_move_when_jobs_do(worker_app, api, fake):
 def test_latency_lands_in_the_right_cumulative_buckets(worker_app, api):
     with worker_app.app_context():
         for seconds in (0.05, 0.3, 0.3, 7, 500):
-            metrics.observe_gateway(seconds, "ok")
+            counters.observe_gateway(seconds, "ok")
     samples = scrape(api)
     buckets = {le: value(samples, "pdfqueue_gateway_request_seconds_bucket", outcome="ok", le=le)
                for le in ("0.1", "0.5", "10.0", "180.0", "+Inf")}
@@ -85,7 +85,7 @@ def test_breaker_and_worker_heartbeat_show(worker_app, api, fake):
     assert value(samples, "pdfqueue_worker_heartbeat_age_seconds") == float("inf")
     assert value(samples, "pdfqueue_workers_alive") == 0
     with worker_app.app_context():
-        tasks.maintain_once(first=True)  # writes this process's heartbeat, as the worker's upkeep loop does
+        upkeep.maintain_once(first=True)  # writes this process's heartbeat, as the worker's upkeep loop does
         Coordination.put("breaker", state="open", count=7, due_at=utcnow() + timedelta(seconds=60))
         db.session.remove()
     samples = scrape(api)
@@ -101,22 +101,22 @@ def test_a_metric_that_cannot_be_written_does_not_fail_the_caller(worker_app, ca
     with worker_app.app_context():
         db.session.execute(db.text("DROP TABLE metric_counters"))
         db.session.commit()
-        metrics.observe_gateway(1.0, "ok")  # buffered: the caller never touches the database
+        counters.observe_gateway(1.0, "ok")  # buffered: the caller never touches the database
         assert "metrics not recorded" not in caplog.text
-        metrics.flush()  # the write fails: logged, not raised
+        counters.flush()  # the write fails: logged, not raised
     assert "metrics not recorded" in caplog.text
 
 
 def test_samples_are_buffered_and_written_together(worker_app, api):
     with worker_app.app_context():
-        metrics.flush()
-        metrics.observe_gateway(0.3, "ok")
-        metrics.observe_gateway(0.4, "ok")  # both in the le=0.5 bucket
+        counters.flush()
+        counters.observe_gateway(0.3, "ok")
+        counters.observe_gateway(0.4, "ok")  # both in the le=0.5 bucket
         count = lambda: db.session.execute(db.text(  # noqa: E731
             "SELECT value FROM metric_counters WHERE name = 'gateway_request_seconds_bucket' AND labels LIKE '%0.5%'")).scalar()
         assert count() is None  # nothing written yet
         db.session.commit()
-        metrics.flush()
+        counters.flush()
         assert count() == 2
 
 
@@ -144,7 +144,7 @@ def test_accepted_uploads_job_durations_and_retry_outcomes_are_counted(worker_ap
 def test_job_duration_is_measured_from_the_upload(worker_app, api):
     job = upload(api)
     with worker_app.app_context():
-        from webapp.models import Job
+        from core.models import Job
         Job.query.filter_by(id=job["id"]).update({"created_at": utcnow() - timedelta(seconds=200)})
         db.session.commit()
     run(worker_app, job["id"])

@@ -4,8 +4,8 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from webapp.db import db, write_transaction
-from webapp.models import Job, new_id
+from core.db import db, write_transaction
+from core.models import Job, new_id
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_migration_0004_keeps_what_the_dropped_columns_said(tmp_path):
     from flask_migrate import downgrade, upgrade
 
     from webapp import create_app
-    from webapp.models import Coordination
+    from core.models import Coordination
     app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True})
     with app.app_context():
         upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0003")

@@ -9,9 +9,10 @@ import pytest
 
 from tests import people
 from tests.conftest import pdf_bytes
-from webapp import htmx, pages
-from webapp.clock import parse_iso
-from webapp.models import Coordination, Job
+from webapp import htmx
+from webapp import pages
+from core.clock import parse_iso
+from core.models import Coordination, Job
 
 HX = {"HX-Request": "true"}
 
@@ -154,7 +155,7 @@ def test_totals_count_states_and_average_the_processing_time(app, client):
         finish(app, job_id)
     finish(app, failed, "failed")
     with app.app_context():
-        from webapp.db import db
+        from core.db import db
         for job_id, took in zip(done, (3, 5)):
             job = db.session.get(Job, job_id)
             job.completed_at = job.started_at + timedelta(seconds=took)
@@ -304,7 +305,7 @@ def test_live_rows_respect_the_search(app, client):
 def test_an_active_job_past_five_minutes_is_taking_longer_than_usual(app, client):
     slow, fresh, stuck = upload(client, "slow"), upload(client, "fresh"), upload(client, "stuck")
     with app.app_context():
-        from webapp.db import db
+        from core.db import db
         assert Job.claim(slow["id"], "w1", 30, capacity=4) and Job.claim(fresh["id"], "w1", 30, capacity=4)
         db.session.get(Job, slow["id"]).started_at -= timedelta(minutes=6)
         db.session.get(Job, stuck["id"]).updated_at -= timedelta(minutes=5, seconds=1)  # queued, never started
@@ -321,13 +322,13 @@ def test_an_active_job_past_five_minutes_is_taking_longer_than_usual(app, client
 
 def test_the_chart_counts_the_last_day_per_hour(app, client):
     from webapp import chart
-    from webapp.clock import utcnow
+    from core.clock import utcnow
     jobs = [upload(client, f"c{n}") for n in range(4)]
     for job, status in zip(jobs, ("complete", "complete", "failed", "complete")):
         finish(app, job["id"], status)
     now = utcnow()
     with app.app_context():
-        from webapp.db import db
+        from core.db import db
         old = db.session.get(Job, jobs[3]["id"])  # finished two days ago: not in the chart
         old.completed_at = now - timedelta(days=2)
         two_hours_ago = db.session.get(Job, jobs[1]["id"])

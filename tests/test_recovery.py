@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-import tasks
-from webapp.db import db
-from webapp.models import Job
+from worker import leases
+from core.db import db
+from core.models import Job
 
 
 def dead_pid():
@@ -18,8 +18,8 @@ def dead_pid():
 
 
 def holder(host=None, boot=None, namespace=None, pid=None, started=None):
-    """A lease holder as tasks.PROCESS_ID writes one (plus a thread), this process's unless told otherwise."""
-    mine_host, mine_boot, mine_namespace, mine_pid, mine_started = tasks.PROCESS_ID.rsplit(":", 4)
+    """A lease holder as leases.PROCESS_ID writes one (plus a thread), this process's unless told otherwise."""
+    mine_host, mine_boot, mine_namespace, mine_pid, mine_started = leases.PROCESS_ID.rsplit(":", 4)
     return ":".join(str(part) for part in (host or mine_host, boot or mine_boot, namespace or mine_namespace,
                                            pid or mine_pid, started or mine_started, 1234))
 
@@ -42,7 +42,7 @@ def state(app, job_id):
         return job.status, job.attempts, job.leased_by
 
 
-@pytest.mark.skipif(tasks.BOOT == "-" or tasks.PID_NAMESPACE == "-", reason="needs Linux's /proc")
+@pytest.mark.skipif(leases.BOOT == "-" or leases.PID_NAMESPACE == "-", reason="needs Linux's /proc")
 @pytest.mark.parametrize("who, reclaimed", [
     (lambda: holder(pid=dead_pid()), True),                    # this host, its pid has no process
     (lambda: holder(started="1"), True),                       # this host, its pid now another process's
@@ -55,7 +55,7 @@ def state(app, job_id):
 def test_a_starting_worker_reclaims_only_its_own_hosts_dead_leases(app, leased, who, reclaimed):
     job_id = leased(by := who())
     with app.app_context():
-        assert tasks.reclaim_orphaned_leases() == (1 if reclaimed else 0)
+        assert leases.reclaim_orphaned_leases() == (1 if reclaimed else 0)
     if reclaimed:
         assert state(app, job_id) == ("queued", 0, None)  # back in the queue, its attempt not spent
     else:
@@ -65,7 +65,7 @@ def test_a_starting_worker_reclaims_only_its_own_hosts_dead_leases(app, leased, 
 def test_a_job_is_reclaimed_once_by_workers_reclaiming_at_once(app, leased):
     job_id = leased(holder(pid=dead_pid()))
     with app.app_context():
-        assert tasks.reclaim_orphaned_leases() + tasks.reclaim_orphaned_leases() == 1
+        assert leases.reclaim_orphaned_leases() + leases.reclaim_orphaned_leases() == 1
         assert Job.claim_next("w-new", 30, 4).id == job_id
-        assert tasks.reclaim_orphaned_leases() == 0  # the new holder's lease ("w-new") is not taken away
+        assert leases.reclaim_orphaned_leases() == 0  # the new holder's lease ("w-new") is not taken away
     assert state(app, job_id) == ("processing", 1, "w-new")

@@ -1,8 +1,8 @@
 """The retry policy alone: next_step() of a failure, the attempts spent and the configuration, without a database."""
 import pytest
 
-from webapp import codes
-from webapp.retry import (Fail, FinalError, Hold, LeaseLapsed, Retry, StorageError, TransientError, next_step)
+from core import codes
+from worker.retry import (Fail, FinalError, Hold, LeaseLapsed, Retry, StorageError, TransientError, next_step)
 
 CONFIG = {"MAX_ATTEMPTS": 3, "RETRY_BASE_SECONDS": 5, "RETRY_JITTER_SECONDS": 2}
 

@@ -8,15 +8,17 @@ import defusedxml.ElementTree as SafeET
 import pytest
 from sqlalchemy import event, text
 
-import tasks
+from core.models import Coordination
+from core import operations
 from gateway.convert import convert_pdf
 from gateway.mappings import load_all
 from tests.conftest import ApiClient, load, pdf_bytes, run, upload
 from tests.invoicegen import make_invoice, make_text_pdf
-from webapp import pages, review
-from webapp.clock import utcnow
-from webapp.db import db
-from webapp.models import EventKind, Job, JobEvent
+from webapp import pages
+from webapp import review
+from core.clock import utcnow
+from core.db import db
+from core.models import EventKind, Job, JobEvent
 
 MAPPINGS = load_all()
 
@@ -215,10 +217,10 @@ def test_a_job_run_by_the_worker_has_its_attempts_errors_and_durations(worker_ap
 
 
 def test_the_breakers_hold_is_in_the_history(worker_app, api, fake):
-    from webapp import breaker
+    from worker import breaker
     job = upload(api, "held")
     with worker_app.app_context():
-        tasks.Coordination.put(breaker.NAME, state=breaker.OPEN, due_at=utcnow() + timedelta(minutes=5))
+        Coordination.put(breaker.NAME, state=breaker.OPEN, due_at=utcnow() + timedelta(minutes=5))
         assert breaker.state() == breaker.OPEN  # this process's cached look too
         db.session.remove()
     try:
@@ -264,7 +266,7 @@ def test_the_pdf_is_gone_after_retention(app, client):
     with app.app_context():
         assert Job.claim(job["id"], "w", 30, capacity=4)
         assert Job.fail(job["id"], "w", "GW_4XX", "refused")
-        removed = tasks.apply_retention(now=utcnow() + timedelta(days=app.config["RETENTION_PDF_DAYS"] + 1))
+        removed = operations.apply_retention(now=utcnow() + timedelta(days=app.config["RETENTION_PDF_DAYS"] + 1))
     assert removed["pdf"] == 1
     answer = client.get(f"/api/jobs/{job['id']}/pdf")
     assert answer.status_code == 410 and answer.get_json()["error"]["code"] == "EXPIRED"

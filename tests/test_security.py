@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-import tasks
+from worker import run
 from tests import people
 from tests.conftest import ApiClient, pdf_bytes
-from webapp.db import db
+from core.db import db
 from webapp.security import HEADERS
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "webapp" / "templates"
@@ -19,7 +19,7 @@ def completed(app, client, fake):
     app.config["GATEWAY_URL"] = fake.url
     job = client.upload((pdf_bytes("sec"), "fatura ç 2024.pdf")).get_json()["jobs"][0]
     with app.app_context():
-        tasks.run_job(job["id"])
+        run.run_job(job["id"])
         db.session.remove()
     return job
 

@@ -110,7 +110,7 @@ def test_disk_full_answers_507_and_keeps_nothing(app, client, monkeypatch):
 def test_database_down_answers_503_with_retry_after(app, client):
     Path(app.config["INSTANCE_DIR"], "pdfqueue.db").unlink()
     Path(app.config["INSTANCE_DIR"], "pdfqueue.db").mkdir()  # cannot be opened as a database any more
-    from webapp.db import db
+    from core.db import db
     with app.app_context():
         db.engine.dispose()
     response = client.upload((pdf_bytes(), "a.pdf"))

@@ -1,6 +1,7 @@
 """Notifications: webhooks made through the API and the page, the outbox written with the job's change, signed
 deliveries to a real receiver on loopback (down, then up; redirecting; rebinding its DNS), email through a real
 local SMTP server (aiosmtpd), and what the user and /metrics see of it all."""
+from worker import upkeep
 import email
 import secrets
 import socket
@@ -17,12 +18,15 @@ from gateway.testing import free_port
 from tests.conftest import ApiClient
 from tests.people import signed_in
 from tests.receiver import Receiver
-from webapp import codes, delivery, notify
-from webapp.accounts import User
-from webapp.clock import utcnow
-from webapp.db import db
-from webapp.models import Job
-from webapp.notify import OutboxEvent
+from core import operations
+from core import codes
+from worker import delivery
+from core import outbox as outbox_module
+from core.accounts import User
+from core.clock import utcnow
+from core.db import db
+from core.models import Job
+from core.outbox import OutboxEvent
 
 # Retries within a fraction of a second, so "down for a while" takes a second or two, not minutes.
 FAST = {"WEBHOOK_ALLOWED_HOSTS": ["127.0.0.1", "hooks.test"], "WEBHOOK_RETRY_BASE_SECONDS": 0.05,
@@ -179,7 +183,7 @@ def test_the_outbox_row_and_the_jobs_change_commit_together(notify_app, api, mon
     def broken(session, *args):
         session.execute(text("SELECT 1"))
         raise RuntimeError("the outbox insert failed")
-    monkeypatch.setattr(notify, "enqueue_for_job", broken)
+    monkeypatch.setattr(outbox_module, "enqueue_for_job", broken)
     with notify_app.app_context():
         job_id = Job.create(owner=api.user.id, filename="a.pdf", mapping="m", bytes=1, sha256="5" * 64).id
         Job.claim(job_id, "w", 30, capacity=10)
@@ -258,7 +262,6 @@ def test_after_24_hours_of_failing_an_event_is_given_up_visibly(notify_app, api,
 
 
 def test_retention_forgets_settled_events_after_30_days_but_never_a_pending_one(notify_app, api, receiver):
-    import tasks
     hook(api, receiver.url + "/h")
     finish(notify_app, api.user.id)
     finish(notify_app, api.user.id)
@@ -267,7 +270,7 @@ def test_retention_forgets_settled_events_after_30_days_but_never_a_pending_one(
             connection.execute(update(OutboxEvent.__table__).values(created_at=utcnow() - timedelta(days=31)))
             first = connection.execute(select(OutboxEvent.id).limit(1)).scalar()
             connection.execute(update(OutboxEvent.__table__).where(OutboxEvent.id == first).values(state="delivered"))
-        assert tasks.apply_retention()["notifications"] == 1
+        assert operations.apply_retention()["notifications"] == 1
         db.session.remove()
     assert [row.state for row in outbox(notify_app)] == ["pending"]
 
@@ -313,7 +316,7 @@ def resolver(mapping, calls=None):
 
 def test_a_host_that_resolves_to_a_private_address_at_delivery_is_refused_dns_rebinding(notify_app, api, receiver):
     with notify_app.app_context():  # made while the name resolved to a public address
-        notify.Subscription.add_webhook(api.user.id, f"https://rebind.example:{receiver.port}/h", ["job.complete"], [],
+        outbox_module.Subscription.add_webhook(api.user.id, f"https://rebind.example:{receiver.port}/h", ["job.complete"], [],
                                         resolve=resolver({"rebind.example": [PUBLIC]}))
         db.session.remove()
     finish(notify_app, api.user.id)
@@ -344,18 +347,18 @@ def test_delivery_connects_to_the_very_address_it_checked(notify_app, api, recei
 def test_every_address_a_name_resolves_to_must_be_public(addresses, refused):
     resolve = resolver({"h.example": addresses})
     if refused is None:
-        assert notify.pinned_address("h.example", 443, [], resolve) == PUBLIC
+        assert outbox_module.pinned_address("h.example", 443, [], resolve) == PUBLIC
     else:
-        with pytest.raises(notify.NotifyError, match=refused) as caught:
-            notify.pinned_address("h.example", 443, [], resolve)
+        with pytest.raises(outbox_module.NotifyError, match=refused) as caught:
+            outbox_module.pinned_address("h.example", 443, [], resolve)
         assert caught.value.code == codes.PRIVATE_ADDRESS
-    assert notify.pinned_address("h.example", 443, ["H.example"], resolve) == addresses[0]  # listed: any address
+    assert outbox_module.pinned_address("h.example", 443, ["H.example"], resolve) == addresses[0]  # listed: any address
 
 
 def test_the_back_off_doubles_to_its_cap_with_jitter():
     config = {"WEBHOOK_RETRY_BASE_SECONDS": 10, "WEBHOOK_RETRY_MAX_SECONDS": 3600}
-    assert [notify.next_delay(n, config, rand=lambda: 0) for n in (1, 2, 3, 10, 30)] == [10, 20, 40, 3600, 3600]
-    assert notify.next_delay(2, config, rand=lambda: 1) == 30  # up to half the delay again
+    assert [outbox_module.next_delay(n, config, rand=lambda: 0) for n in (1, 2, 3, 10, 30)] == [10, 20, 40, 3600, 3600]
+    assert outbox_module.next_delay(2, config, rand=lambda: 1) == 30  # up to half the delay again
 
 
 # -- email, through a real SMTP server on loopback ----------------------------------------------------
@@ -426,17 +429,16 @@ def test_admins_get_a_daily_digest_of_failures(mail_app, smtp):
 
 
 def test_the_digest_is_due_once_a_day(mail_app, smtp):
-    import tasks
     signed_in(mail_app, admin=True)
     user, _ = signed_in(mail_app)
     finish(mail_app, user.id, failed=True)
     with mail_app.app_context():
-        tasks.send_failure_digest()  # the first tick only sets when
+        upkeep.send_failure_digest()  # the first tick only sets when
         assert outbox(mail_app) == []
-        from webapp.models import Coordination
-        Coordination.put(tasks.FAILURE_DIGEST, due_at=utcnow() - timedelta(seconds=1))
-        tasks.send_failure_digest()
-        tasks.send_failure_digest()
+        from core.models import Coordination
+        Coordination.put(upkeep.FAILURE_DIGEST, due_at=utcnow() - timedelta(seconds=1))
+        upkeep.send_failure_digest()
+        upkeep.send_failure_digest()
         db.session.remove()
     assert [row.type for row in outbox(mail_app)] == ["digest.failures"]
 
@@ -485,14 +487,14 @@ def test_migration_0009_up_and_down(tmp_path):
     with app.app_context():
         upgrade(directory=app.config["MIGRATIONS_DIR"])
         user_id = User.create("m@example.com").id
-        notify.Subscription.choose_email(user_id, ["job.failed"])
-        assert notify.Subscription.email_of(user_id) == ["job.failed"]
+        outbox_module.Subscription.choose_email(user_id, ["job.failed"])
+        assert outbox_module.Subscription.email_of(user_id) == ["job.failed"]
         db.session.remove()
         downgrade(directory=app.config["MIGRATIONS_DIR"], revision="0008_share_nonce")
         tables = {row[0] for row in db.session.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
         assert "outbox" not in tables and "subscriptions" not in tables and "users" in tables
         db.session.remove()
         upgrade(directory=app.config["MIGRATIONS_DIR"])
-        assert notify.Subscription.email_of(user_id) == []
+        assert outbox_module.Subscription.email_of(user_id) == []
         db.session.remove()
         db.engine.dispose()

@@ -15,7 +15,7 @@ from tests.conftest import pdf_bytes
 from tests.receiver import Receiver
 from tests.stack import owner_session, running_stack
 
-# Leases of a delivery are its timeouts plus a margin (webapp/delivery.py): short timeouts keep the wait short.
+# Leases of a delivery are its timeouts plus a margin (worker/delivery.py): short timeouts keep the wait short.
 SETTINGS = {"WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEBHOOK_RETRY_BASE_SECONDS": 0.2, "WEBHOOK_RETRY_MAX_SECONDS": 0.5,
             "WEBHOOK_CONNECT_TIMEOUT": 1, "WEBHOOK_READ_TIMEOUT": 1, "SMTP_TIMEOUT": 0.5, "WEBHOOK_LEASE_MARGIN_SECONDS": 1,
             "WEBHOOK_POLL_SECONDS": 0.2, "MAINTENANCE_SECONDS": 0.5, "UPLOADS_PER_MINUTE": 1000}

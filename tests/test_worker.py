@@ -12,11 +12,15 @@ from pathlib import Path
 import pytest
 
 import tasks
+from worker import leases
+from core import queue
+from worker import upkeep
+from core import operations
 from tests.conftest import ApiClient, load, pdf_bytes, run, upload
-from webapp import breaker
-from webapp.db import db
-from webapp.clock import utcnow
-from webapp.models import Coordination, Job
+from worker import breaker
+from core.db import db
+from core.clock import utcnow
+from core.models import Coordination, Job
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,15 +115,15 @@ def test_breaker_holds_jobs_queued_through_an_outage_and_drains_after(make_app, 
     assert [load(app, j["id"]).attempts for j in jobs] == [1, 0, 0, 0]  # held jobs spend nothing
     assert api.get("/api/healthz").get_json()["gateway"] == "down"
     with app.app_context():
-        tasks.probe_gateway()  # probe not due yet: stays open
+        upkeep.probe_gateway()  # probe not due yet: stays open
         assert breaker.is_open()
         Coordination.put(breaker.NAME, due_at=utcnow() - timedelta(seconds=1))
-        tasks.probe_gateway()  # due, gateway still down: stays open, probes later
+        upkeep.probe_gateway()  # due, gateway still down: stays open, probes later
         assert breaker.is_open()
     fake.status, fake.healthy = 200, True
     with app.app_context():
         Coordination.put(breaker.NAME, due_at=utcnow() - timedelta(seconds=1))
-        tasks.probe_gateway()
+        upkeep.probe_gateway()
         assert not breaker.is_open()
         db.session.remove()
     with app.app_context():
@@ -192,7 +196,7 @@ def test_retention_removes_old_files_but_never_an_active_jobs(worker_app, api, f
         Job.query.update({"created_at": long_ago})
         Job.query.filter_by(id=done["id"]).update({"completed_at": long_ago})
         db.session.commit()
-        removed = tasks.apply_retention()
+        removed = operations.apply_retention()
     assert removed["pdf"] == 1 and removed["xml"] == 1
     uploads = Path(worker_app.config["UPLOAD_DIR"])
     assert not (uploads / f"{done['id']}.pdf").exists() and (uploads / f"{active['id']}.pdf").exists()
@@ -205,7 +209,7 @@ def test_retention_keeps_recent_files(worker_app, api, fake):
     job = upload(api, "recent")
     run(worker_app, job["id"])
     with worker_app.app_context():
-        assert tasks.apply_retention() == {"pdf": 0, "xml": 0, "partial": 0, "sessions": 0, "links": 0,
+        assert operations.apply_retention() == {"pdf": 0, "xml": 0, "partial": 0, "sessions": 0, "links": 0,
                                           "notifications": 0}
     assert api.get(f"/api/jobs/{job['id']}/download").status_code == 200
 
@@ -225,7 +229,7 @@ def stack(make_app, fake, tmp_path):
     def start_worker(**overrides):
         env = {**os.environ, "DATA_DIR": str(tmp_path), "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop", "LOG_LEVEL": "WARNING",
                **{k: str(v) for k, v in {**settings, **overrides}.items()}}
-        proc = subprocess.Popen([sys.executable, str(REPO / "worker.py")], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
         return proc
@@ -281,7 +285,7 @@ def test_a_job_whose_worker_dies_every_time_is_dead_lettered_after_max_attempts(
             # The worker dies mid-call: its lease is never renewed and lapses.
             Job.query.filter_by(id=job["id"]).update({"lease_expires_at": utcnow() - timedelta(seconds=1)})
             db.session.commit()
-            tasks.reap_lapsed_leases()
+            upkeep.reap_lapsed_leases()
             reaped = load(worker_app, job["id"])
             states.append((reaped.status, reaped.attempts, reaped.error_code, reaped.dead_letter))
     assert states == [("queued", 1, "LEASE_EXPIRED", False), ("queued", 2, "LEASE_EXPIRED", False),
@@ -304,7 +308,7 @@ def test_duplicate_wakeups_never_run_a_job_twice(stack, fake):
     job = upload(api, "dup-wake")
     with stack.app_context():
         for _ in range(5):
-            tasks.wake(job["id"])
+            queue.wake(job["id"])
     stack.start_worker()
     assert wait_for(lambda: load(stack, job["id"]).status == "complete")
     time.sleep(1)  # let the extra wake-ups be consumed
@@ -349,28 +353,28 @@ def test_gateway_calls_never_exceed_the_concurrency_across_processes(stack, fake
 
 
 def test_lost_wakeups_are_rewoken_without_flooding_the_queue(worker_app):
-    from webapp.queue import huey
+    from core.queue import huey
     with worker_app.app_context():
         ids = [Job.create(owner="o", filename=f"{n}.pdf", mapping="m", bytes=n, sha256="8" * 64).id for n in range(10)]
         assert Job.claim(ids[0], "w", 30, capacity=4) and Job.claim(ids[1], "w", 30, capacity=4)
         Job.query.update({"updated_at": utcnow() - timedelta(minutes=5)})
         db.session.commit()
         huey.flush()
-        tasks.rewake_lost()
+        upkeep.rewake_lost()
         assert huey.pending_count() == 2  # WORKER_CONCURRENCY 4, two processing: two free slots
-        tasks.rewake_lost()
+        upkeep.rewake_lost()
         assert huey.pending_count() == 2  # wake-ups still pending: nothing was lost, nothing is added
         huey.flush()
-        tasks.rewake_lost(first=True)
+        upkeep.rewake_lost(first=True)
         assert huey.pending_count() == 8  # a leader's first tick wakes everything queued
 
 
 def test_a_queue_that_refuses_the_wakeup_does_not_fail_the_upload(worker_app, api, monkeypatch):
-    from webapp.queue import huey
+    from core.queue import huey
 
     def broken(*args, **kwargs):
         raise OSError("queue storage unavailable")
-    monkeypatch.setattr(huey, "enqueue", broken)
+    monkeypatch.setattr(huey.storage, "enqueue", broken)
     response = api.upload((pdf_bytes("no-wake"), "a.pdf"))
     assert response.status_code == 202 and response.get_json()["jobs"][0]["status"] == "queued"
 
@@ -404,7 +408,7 @@ def test_5xx_for_one_file_from_a_healthy_gateway_does_not_open_the_breaker(make_
 
 
 def test_progress_moves_forward_through_each_step(worker_app, api, fake, monkeypatch):
-    from webapp import events
+    from core import changes
     database = Path(worker_app.config["INSTANCE_DIR"]) / "pdfqueue.db"
     seen = []
 
@@ -412,12 +416,12 @@ def test_progress_moves_forward_through_each_step(worker_app, api, fake, monkeyp
         with sqlite3.connect(database) as conn:
             seen.append(conn.execute("SELECT progress FROM jobs").fetchone()[0])  # the test's one job
 
-    monkeypatch.setattr(events, "publish", record)
+    monkeypatch.setattr(changes, "publish", record)
     # Each step lasts well past the keeper's STEP_SECONDS: the gateway works 0.3 s, and storing the answer
     # takes 0.3 s (a slow disk's fsync).
-    monkeypatch.setattr(tasks.LeaseKeeper, "STEP_SECONDS", 0.05)
+    monkeypatch.setattr(leases.LeaseKeeper, "STEP_SECONDS", 0.05)
     fsync = os.fsync
-    monkeypatch.setattr(tasks.os, "fsync", lambda fd: (time.sleep(0.3), fsync(fd)))
+    monkeypatch.setattr(leases.os, "fsync", lambda fd: (time.sleep(0.3), fsync(fd)))
     fake.delay = 0.3
     job = upload(api, "steps")
     run(worker_app, job["id"])
@@ -425,10 +429,10 @@ def test_progress_moves_forward_through_each_step(worker_app, api, fake, monkeyp
 
 
 def test_progress_steps_too_short_to_see_are_not_written(worker_app, api, fake, monkeypatch):
-    from webapp import events
+    from core import changes
     seen = []
-    monkeypatch.setattr(events, "publish", seen.append)
-    monkeypatch.setattr(tasks.LeaseKeeper, "STEP_SECONDS", 5)  # far longer than this conversion's steps
+    monkeypatch.setattr(changes, "publish", seen.append)
+    monkeypatch.setattr(leases.LeaseKeeper, "STEP_SECONDS", 5)  # far longer than this conversion's steps
     job = upload(api, "quick")  # the fake gateway answers at once and the answer is tiny
     run(worker_app, job["id"])
     assert len(seen) == 3  # created, claimed, stored: no write for a step nobody could have seen
@@ -438,7 +442,7 @@ def test_progress_steps_too_short_to_see_are_not_written(worker_app, api, fake, 
 def test_the_process_request_is_a_multipart_form_any_parser_reads(tmp_path, size):
     from werkzeug.formparser import parse_form_data
 
-    from webapp import gateway_client
+    from worker import gateway_client
     pdf = tmp_path / "a.pdf"
     pdf.write_bytes(b"%PDF-1.4\n" + os.urandom(size))
     with pdf.open("rb") as opened:
@@ -466,7 +470,7 @@ def test_the_same_file_after_its_result_expired_is_converted_again(worker_app, a
     run(worker_app, job["id"])
     _age(worker_app, job["id"], completed_at=utcnow() - timedelta(days=400), created_at=utcnow() - timedelta(days=400))
     with worker_app.app_context():
-        assert tasks.apply_retention()["xml"] == 1
+        assert operations.apply_retention()["xml"] == 1
     assert api.get(f"/api/jobs/{job['id']}/download").status_code == 410
     again = api.upload((pdf_bytes("again"), "again-2.pdf")).get_json()["jobs"][0]
     assert (again["id"], again["status"], again["duplicate"], again["filename"]) == (job["id"], "queued", False, "again-2.pdf")
@@ -486,7 +490,7 @@ def test_the_same_file_after_its_failed_job_lost_its_pdf_is_converted_again(work
     assert (again["duplicate"], again["status"]) == (True, "failed")  # its PDF is kept: a retry can run it
     _age(worker_app, job["id"], created_at=utcnow() - timedelta(days=400))
     with worker_app.app_context():
-        assert tasks.apply_retention()["pdf"] == 1
+        assert operations.apply_retention()["pdf"] == 1
     assert api.post(f"/api/jobs/{job['id']}/retry").status_code == 409
     fake.status = 200
     again = api.upload((pdf_bytes("gone"), "gone.pdf")).get_json()["jobs"][0]
@@ -521,7 +525,7 @@ def test_a_5xx_from_several_distinct_jobs_opens_the_breaker_though_healthz_answe
     # the probe closes it on a healthy /healthz; the failing jobs are remembered until a conversion works
     with app.app_context():
         Coordination.put(breaker.NAME, due_at=utcnow() - timedelta(seconds=1))
-        tasks.probe_gateway()
+        upkeep.probe_gateway()
         assert not breaker.is_open()
     run(app, jobs[3]["id"])
     with app.app_context():

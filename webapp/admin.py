@@ -3,9 +3,9 @@ from flask import Blueprint, abort, render_template, request
 from flask_login import current_user
 from sqlalchemy import select
 
-from .accounts import AccountError, User
+from core.accounts import AccountError, User
 from .auth import invite_link, reset_link
-from .db import db
+from core.db import db
 from .identity import is_admin
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")

@@ -1,7 +1,4 @@
 """The public JSON API under /api: uploads, jobs, downloads, retries, health."""
-import base64
-import binascii
-import json
 import hmac
 import logging
 import time
@@ -12,54 +9,25 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import text
 
-import tasks
-
-from . import breaker, codes, events, htmx, limits, queue, security, uploads
-from .clock import isoformat, parse_iso, utcnow
-from .db import db
-from .errors import ApiError, not_found
-from .accounts import User
+from . import htmx, limits, security, uploads
+from core import breaker_state as breaker
+from core import codes
+from core import queue
+from core.clock import isoformat, utcnow
+from core.db import db
+from core.errors import ApiError, not_found
 from .identity import current_owner, is_admin, owner_scope
+from .lookup import list_jobs, owned_or_404, with_owners
 from .limits import upload_limits
 from . import metrics
-from .metrics import worker_heartbeat
-from .models import STATUS_GROUPS, Job, JobEvent, Status
+from core.models import worker_heartbeat
+from core.models import Job, JobEvent, Status
+from core.operations import delete_with_files, downloaded, retry_failed
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 logger = logging.getLogger("pdfqueue.web")
-
-DEFAULT_PAGE, MAX_PAGE = 50, 200
-MAX_QUERY = 200  # longest file-name search (?q=)
-
-
-def owned_or_404(job_id):
-    """My job with this id (an admin: anyone's), or a 404 (another owner's job is as good as absent)."""
-    owner = None if is_admin() else current_owner()
-    job = Job.owned(owner, job_id)
-    if job is None:
-        refused("owner", job_id, owner)
-    return job
-
-
-def refused(why, job_id, owner):
-    """Answer 404 for a job this caller may not have, logging who asked (ids only: never a file name)."""
-    exists = owner is not None and db.session.get(Job, job_id) is not None
-    # Another owner's job is worth a look (a guessed or leaked id); an unknown one is usually a stale page.
-    logger.log(logging.WARNING if exists else logging.INFO, "job %s refused: %s", job_id,
-               "another owner's" if exists else "no such job",
-               extra={"job_id": job_id, "owner": owner, "refused": why, "exists": exists, "path": request.path})
-    raise not_found()
-
-
-def with_owners(jobs, owner):
-    """The jobs as JSON; in the everyone view each also says whose it is (owner_email null: no account)."""
-    if owner is not None:
-        return [job.to_dict() for job in jobs]
-    emails = User.emails(job.owner for job in jobs)
-    return [{**job.to_dict(), "owner": job.owner, "owner_email": emails.get(job.owner)} for job in jobs]
-
 
 @bp.get("/session")
 def session_info():
@@ -72,82 +40,12 @@ def session_info():
 @upload_limits
 def upload():
     """Accept one or more PDFs, each becoming a queued job (or the existing one, for a repeat)."""
-    files = request.files.getlist("file")
-    if not files:
-        raise ApiError(codes.NO_FILE, 400, "Send at least one PDF in a multipart part named 'file'.")
-    mapping = uploads.normalize_mapping(request.form.get("mapping") or current_app.config["DEFAULT_MAPPING"],
-                                        current_app.config["MAPPINGS"])
-    owner = current_owner()
-    accepted, rejected = [], []
-    for storage in files:
-        try:
-            job, created = uploads.accept(storage, owner, mapping)
-        except ApiError as error:
-            rejected.append({"filename": uploads.display_name(storage.filename), **error.to_dict()})
-            last_error = error
-            continue
-        if created:
-            tasks.wake(job.id)
-        accepted.append({**job.to_dict(), "duplicate": not created})
+    accepted, rejected, last_error = uploads.accept_request(current_owner())
     if not accepted:
         if len(rejected) == 1:
             raise last_error
         return jsonify(jobs=[], rejected=rejected), last_error.status
     return jsonify(jobs=accepted, rejected=rejected), 202
-
-
-def _decode_cursor(raw):
-    try:
-        created, job_id = json.loads(base64.urlsafe_b64decode(raw.encode()))
-        return parse_iso(created), job_id
-    except (ValueError, TypeError, binascii.Error):
-        raise ApiError(codes.BAD_REQUEST, 400, "The cursor is not one this server gave out.")
-
-
-def _encode_cursor(job):
-    return base64.urlsafe_b64encode(json.dumps([isoformat(job.created_at), job.id]).encode()).decode()
-
-
-def job_filters(args):
-    """SQL conditions for the filters of GET /api/jobs (since, status, q), shared by the list, the archive and
-    bulk actions; raise a 400 for one that cannot be read."""
-    where = []
-    if args.get("since"):
-        try:
-            where.append(Job.updated_at > parse_iso(args["since"]))
-        except ValueError:
-            raise ApiError(codes.BAD_REQUEST, 400, "'since' must be an ISO-8601 timestamp.")
-    status = args.get("status")
-    if status:
-        wanted = status.split(",")
-        if not set(wanted) <= set(STATUS_GROUPS):
-            raise ApiError(codes.BAD_REQUEST, 400, f"'status' must be among: {', '.join(STATUS_GROUPS)}.")
-        statuses = {member for name in wanted for member in STATUS_GROUPS[name]}
-        if "all" not in wanted:
-            where.append(Job.status.in_(sorted(statuses)))
-    q = (args.get("q") or "").strip()
-    if len(q) > MAX_QUERY:
-        raise ApiError(codes.BAD_REQUEST, 400, f"'q' is at most {MAX_QUERY} characters.")
-    if q:
-        where.append(Job.name_contains(q))
-    return where
-
-
-def list_jobs(owner, args):
-    """The owner's jobs (owner None: everyone's), newest first, filtered and paginated as asked; pages use it too."""
-    query = select(Job).where(*Job._of(owner), *job_filters(args))
-    try:
-        limit = min(max(int(args.get("limit", DEFAULT_PAGE)), 1), MAX_PAGE)
-    except ValueError:
-        raise ApiError(codes.BAD_REQUEST, 400, "'limit' must be a whole number.")
-    if args.get("cursor"):
-        created, job_id = _decode_cursor(args["cursor"])
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
-    # Lag server_time behind now, so a change committed while we read is not skipped by the next ?since=.
-    server_time = utcnow() - events.OVERLAP
-    jobs = db.session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).scalars().all()
-    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return jobs[:limit], next_cursor, server_time
 
 
 @bp.get("/jobs")
@@ -163,23 +61,6 @@ def jobs_index():
 def job_show(job_id):
     """Show one of my jobs."""
     return jsonify(owned_or_404(job_id).to_dict())
-
-
-def delete_with_files(job):
-    """Delete the job, then its files (the API's delete and the admin CLI's)."""
-    data_dir = Path(current_app.config["DATA_DIR"])
-    for path in Job.remove(job.id) or ():
-        if path:
-            (data_dir / path).unlink(missing_ok=True)
-
-
-def retry_failed(job):
-    """Queue a failed job again from its kept PDF and wake it; raise NOT_RETRYABLE if it cannot be."""
-    kept = job.retryable and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
-    if not kept or not Job.requeue(job.id):
-        why = "its PDF is gone" if job.status == Status.FAILED else f"it is {job.status}, not failed"
-        raise ApiError(codes.NOT_RETRYABLE, 409, f"This job cannot be retried: {why}.")
-    tasks.wake(job.id)
 
 
 @bp.delete("/jobs/<job_id>")
@@ -210,7 +91,7 @@ def job_priority(job_id):
     job = owned_or_404(job_id)
     if not Job.run_next(job.id):
         raise ApiError(codes.NOT_QUEUED, 409, f"Only a queued job can be moved to the front: it is {job.status}.")
-    tasks.wake(job.id)
+    queue.wake(job.id)
     db.session.refresh(job)
     return jsonify(job.to_dict())
 
@@ -230,13 +111,6 @@ def download_response(job):
     # send_file holds the file open, so the answer streams whole though its name is gone already.
     downloaded(job.id, path)
     return response
-
-
-def downloaded(job_id, path):
-    """The job's result at path was downloaded (alone, or in an archive): with RETENTION_XML_AFTER_DOWNLOAD it
-    expires now."""
-    if current_app.config["RETENTION_XML_AFTER_DOWNLOAD"] and Job.expire_result(job_id):
-        path.unlink(missing_ok=True)
 
 
 @bp.get("/jobs/<job_id>/download")

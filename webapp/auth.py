@@ -4,11 +4,11 @@ from datetime import timedelta
 from flask import Blueprint, current_app, has_request_context, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from . import codes
-from .accounts import (INVITE, RESET, SETUP, AccountError, ApiToken, OneTimeLink, User, authenticate, check_password,
+from core import codes
+from core.accounts import (INVITE, RESET, SETUP, AccountError, ApiToken, OneTimeLink, User, authenticate, check_password,
                        normalize_email)
-from .db import db
-from .errors import ApiError
+from core.db import db
+from core.errors import ApiError
 from .identity import safe_next, sign_in, sign_out
 from .limits import action_limit, client_address, limiter
 

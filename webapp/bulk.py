@@ -11,14 +11,15 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from sqlalchemy import func, select, tuple_
 from zipstream import ZIP_DEFLATED, ZipStream
 
-from . import codes, htmx
-from .api import delete_with_files, downloaded, job_filters, retry_failed
-from .clock import utcnow
-from .db import db
-from .errors import ApiError
+from . import htmx
+from core import codes
+from core.operations import delete_with_files, downloaded, job_filters, retry_failed
+from core.clock import utcnow
+from core.db import db
+from core.errors import ApiError
 from .identity import current_owner, is_admin, owner_scope
 from .limits import archive_limit, bulk_limit
-from .models import Job, Status
+from core.models import Job, Status
 from .uploads import display_name
 
 bp = Blueprint("bulk", __name__, url_prefix="/api")

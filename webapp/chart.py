@@ -6,8 +6,8 @@ same markup travels with the totals over SSE and polling. This module only count
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .clock import utcnow
-from .models import Job, Status
+from core.clock import utcnow
+from core.models import Job, Status
 
 HOURS = 24
 WIDTH, HEIGHT = 720, 170  # the SVG's user units; CSS scales it to the page

@@ -10,16 +10,15 @@ import click
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-import tasks
 
-from . import backup as backup_module
-from . import breaker as breaker_module
-from .accounts import AccountError, ApiToken, User
-from .api import delete_with_files, retry_failed
-from .clock import isoformat
-from .db import db
-from .errors import ApiError
-from .models import Coordination, Job, Status
+from core import backup as backup_module
+from core import breaker_state as breaker_module
+from core.accounts import AccountError, ApiToken, User
+from core.operations import apply_retention, delete_with_files, retry_failed, wake_due
+from core.clock import isoformat
+from core.db import db
+from core.errors import ApiError
+from core.models import Coordination, Job, Status
 
 jobs = AppGroup("jobs", help="List, show, retry and delete jobs of every owner.")
 # Ids made before new_id() skipped a leading "-" still look like options; an unknown option is taken as the id.
@@ -169,7 +168,7 @@ def jobs_delete(job_id):
 @with_appcontext
 def cleanup():
     """Apply retention now: delete PDFs and results past their time, and stray partial files."""
-    removed = tasks.apply_retention()
+    removed = apply_retention()
     click.echo(f"removed {removed['pdf']} PDFs, {removed['xml']} results, {removed['partial']} partial files")
 
 
@@ -221,7 +220,7 @@ def breaker_status():
 def breaker_reset():
     """Close the breaker now and wake the jobs it held."""
     breaker_module.reset()
-    click.echo(f"breaker closed; {tasks.wake_due()} queued jobs woken")
+    click.echo(f"breaker closed; {wake_due()} queued jobs woken")
 
 
 def init_app(app):

@@ -1,52 +1,25 @@
 """One place that turns every failure into the right answer: JSON under /api, a page elsewhere."""
-import errno
 import logging
 import math
 import time
 
-from flask import jsonify, render_template, request
+from flask import jsonify, make_response, render_template, request
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import codes
-from .db import db
+from core import codes
+from core.db import db
+from core.errors import ApiError, from_os_error, unavailable
 from .htmx import is_htmx
+from .limits import limiter
 
 logger = logging.getLogger(__name__)
 
 _CODES_BY_STATUS = {400: codes.BAD_REQUEST, 404: codes.NOT_FOUND, 405: codes.METHOD_NOT_ALLOWED,
                     409: codes.CONFLICT, 410: codes.EXPIRED, 413: codes.TOO_LARGE, 415: codes.NOT_PDF,
                     429: codes.RATE_LIMITED, 503: codes.UNAVAILABLE}
-
-
-class ApiError(Exception):
-    """A failure with a stable code, an HTTP status and one line a person can read."""
-
-    def __init__(self, code, status, message, headers=None):
-        super().__init__(message)
-        self.code, self.status, self.message, self.headers = code, status, message, headers or {}
-
-    def to_dict(self):
-        return {"error": {"code": self.code, "message": self.message}}
-
-
-def not_found():
-    return ApiError(codes.NOT_FOUND, 404, "No such job.")
-
-
-def unavailable(message="Storage or database is unavailable; try again shortly."):
-    return ApiError(codes.UNAVAILABLE, 503, message, {"Retry-After": "5"})
-
-
-def insufficient_storage():
-    return ApiError(codes.INSUFFICIENT_STORAGE, 507, "The server's disk is full; nothing of the upload was kept.")
-
-
-def from_os_error(exc):
-    """Map a storage failure to the answer the API promises."""
-    return insufficient_storage() if exc.errno in (errno.ENOSPC, errno.EDQUOT) else unavailable()
 
 
 def render(error):
@@ -64,14 +37,12 @@ def render(error):
 
 
 def _as_response(value):
-    from flask import make_response
     return make_response(value)
 
 
 def _seconds_until_free(limit):
     """Seconds until the breached limit takes a request again: in a moving window, when its oldest hit expires
     (not the whole window, so that a page sending files a few at a time waits no longer than it must)."""
-    from .limits import limiter  # here: limits needs identity, which needs this module
     breached = limiter.current_limit
     if breached is None:
         return int(limit.limit.get_expiry())

@@ -2,16 +2,13 @@
 user a trusted SSO proxy names (AUTH=proxy), or — with AUTH=none, one person on loopback — an anonymous owner
 in this browser's cookie; and CSRF on every change made with a cookie.
 
-Flask-Login keeps the signed-in user: its cookie holds the key of a UserSession row (webapp/accounts.py),
+Flask-Login keeps the signed-in user: its cookie holds the key of a UserSession row (core/accounts.py),
 so signing out or disabling the user ends the session for good. A request that carries `Authorization: Bearer`
 is that token's user whatever cookie comes with it (a wrong token is 401, never the cookie's user), needs no CSRF
 token, since no other site can make a browser send that header, and is never answered with a Set-Cookie.
 """
-import os
 import secrets
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import current_app, g, redirect, request, session, url_for
@@ -19,9 +16,10 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFProtect
 
-from . import codes, htmx
-from .accounts import AccountError, ApiToken, User, UserSession
-from .errors import ApiError
+from . import htmx
+from core import codes
+from core.accounts import AccountError, ApiToken, User, UserSession
+from core.errors import ApiError
 
 PASSWORD, PROXY, NONE = "password", "proxy", "none"
 MODES = (PASSWORD, PROXY, NONE)
@@ -76,46 +74,6 @@ class NoCookieForTokens(SecureCookieSessionInterface):
         if bearer_credentials(request) is not None:
             return
         super().save_session(app, session, response)
-
-
-MIN_SECRET_BYTES = 32
-# Values that templates, tutorials and our own old example file put in SECRET_KEY: never a real key.
-PLACEHOLDER_SECRETS = {"change-me", "changeme", "change_me", "secret", "secret-key", "secret_key", "secretkey",
-                       "dev", "development", "test", "testing", "password", "replace-me", "your-secret-key",
-                       "insecure", "default", "xxx", "todo"}
-
-
-def check_secret(value, name="SECRET_KEY"):
-    """Raise SystemExit, saying what to do, if value is a known placeholder or shorter than 32 bytes."""
-    if value.strip().lower() in PLACEHOLDER_SECRETS:
-        raise SystemExit(f"{name} is the placeholder {value!r}: unset it (a key is generated into instance/secret_key) "
-                         "or set one from: python3 -c 'import secrets; print(secrets.token_hex(32))'")
-    if len(value.encode()) < MIN_SECRET_BYTES:
-        raise SystemExit(f"{name} is {len(value.encode())} bytes long; it needs at least {MIN_SECRET_BYTES}: unset it "
-                         "(a key is generated into instance/secret_key) or set one from: "
-                         "python3 -c 'import secrets; print(secrets.token_hex(32))'")
-    return value
-
-
-def secret_key(instance_dir):
-    """The key generated once into the instance folder (mode 0600), made so that racing processes read one key.
-
-    The key is written whole to a temp file first and then hard-linked into place: link() fails if the name
-    exists, so exactly one process's key wins and nobody can read a half-written file."""
-    path = Path(instance_dir) / "secret_key"
-    if not path.exists():
-        fd, temp = tempfile.mkstemp(dir=instance_dir, prefix=".secret_key-")  # mode 0600
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.link(temp, path)
-        except FileExistsError:
-            pass  # another process won the race: its key is the one
-        finally:
-            os.unlink(temp)
-    return check_secret(path.read_text().strip(), str(path))
 
 
 def current_owner():
@@ -229,13 +187,6 @@ def init_app(app):
         raise SystemExit(f"AUTH=none serves one person on this machine: it refuses HOST={config['HOST']}")
     if config["AUTH"] == PROXY and not config.get("BEHIND_PROXY"):
         raise SystemExit("AUTH=proxy trusts a header only a proxy may set: it needs BEHIND_PROXY=1")
-    if config.get("SECRET_KEY"):
-        check_secret(config["SECRET_KEY"])
-    else:
-        config["SECRET_KEY"] = secret_key(config["INSTANCE_DIR"])
-    # Rotation: new cookies and links are signed with SECRET_KEY; those signed with an older key still check.
-    for index, old in enumerate(config.get("SECRET_KEY_FALLBACKS") or ()):
-        check_secret(old, f"SECRET_KEY_FALLBACKS[{index}]")
     config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     if config.get("BEHIND_PROXY") and config["SESSION_COOKIE_NAME"] == "session":

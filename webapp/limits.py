@@ -64,9 +64,9 @@ def archive_limit(view):
 
 
 def upload_limits(view):
-    """Decorate the upload view with both limits."""
-    view = limiter.limit(owner_limit, key_func=current_owner, cost=files_in_request, scope="upload-owner")(view)
-    view = limiter.limit(address_limit, key_func=client_address, cost=files_in_request, scope="upload-ip")(view)
+    """Decorate an upload view (the API's, the plain form's) with both limits, shared by every upload view."""
+    view = limiter.shared_limit(owner_limit, key_func=current_owner, cost=files_in_request, scope="upload-owner")(view)
+    view = limiter.shared_limit(address_limit, key_func=client_address, cost=files_in_request, scope="upload-ip")(view)
     return view
 
 

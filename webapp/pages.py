@@ -9,18 +9,23 @@ from markupsafe import Markup, escape
 from sqlalchemy import select, tuple_
 from xml.etree.ElementTree import ParseError, indent, tostring
 
-from . import api, breaker, chart, codes, events, htmx, review
-from .clock import isoformat, parse_iso, utcnow
-from .errors import ApiError
-from .accounts import User
-from .db import db
+from . import chart, htmx, review, uploads
+from .lookup import MAX_PAGE, list_jobs, owned_or_404
+from core import breaker_state as breaker
+from core import codes, operations
+from core import changes
+from core.clock import isoformat, parse_iso, utcnow
+from core.errors import ApiError
+from core.accounts import User
+from core.db import db
 from .identity import current_owner, is_admin, owner_scope
-from .models import SLOW_AFTER, STATUS_GROUPS, EventKind, Job, JobEvent, JobRemoval, Status
+from .limits import upload_limits
+from core.models import SLOW_AFTER, STATUS_GROUPS, EventKind, Job, JobEvent, JobRemoval, Status
 
 bp = Blueprint("pages", __name__)
 
 PAGE_SIZE = 50
-POLL_LIMIT = api.MAX_PAGE
+POLL_LIMIT = MAX_PAGE
 PREVIEW_MAX_BYTES = 2 * 1024 * 1024  # larger results are offered as a download only
 
 
@@ -47,15 +52,16 @@ def upload_page():
 
 
 @bp.post("/upload")
+@upload_limits
 def upload_form():
-    """Take the plain form's files through the API's upload, then show the queue (works without JavaScript)."""
-    response = api.upload()
-    body = response[0] if isinstance(response, tuple) else response
-    answer = body.get_json()
-    for job in answer["jobs"]:
+    """Take the plain form's files as the API's upload does, then show the queue (works without JavaScript)."""
+    accepted, rejected, last_error = uploads.accept_request(current_owner())
+    if not accepted and len(rejected) == 1:
+        raise last_error  # one file, refused: its error page says why
+    for job in accepted:
         flash(f"{job['filename']}: {'already uploaded' if job['duplicate'] else 'queued'}", "ok")
-    for rejected in answer.get("rejected", []):
-        flash(rejected["error"]["message"], "error")
+    for refused in rejected:
+        flash(refused["error"]["message"], "error")
     return redirect(url_for("pages.queue_page"), code=303)
 
 
@@ -68,7 +74,7 @@ def queue_view(args):
     and the query to carry along to its partials and its event stream (so each shows the same view)."""
     owner = owner_scope(args)
     status = args.get("status", "") if args.get("status", "") in FILTERS else ""
-    q = (args.get("q") or "").strip()[:api.MAX_QUERY]
+    q = (args.get("q") or "").strip()[:operations.MAX_QUERY]
     query = {key: value for key, value in (("owner", args.get("owner") if is_admin() else None),
                                            ("status", status), ("q", q)) if value}
     return {"owner": owner, "owner_column": owner != current_owner(), "status": status,
@@ -92,7 +98,7 @@ def queue_page():
     view = queue_view(request.args)
     args = {"limit": PAGE_SIZE, "cursor": request.args.get("cursor", ""), "status": ",".join(view["statuses"]),
             "q": view["q"]}
-    jobs, next_cursor, server_time = api.list_jobs(view["owner"], args)
+    jobs, next_cursor, server_time = list_jobs(view["owner"], args)
     people = db.session.execute(select(User.id, User.email).order_by(User.email)).all() if is_admin() else []
     heading = "Queue"
     if view["owner"] is None:
@@ -116,7 +122,7 @@ def rows_partial():
         since = parse_iso(request.args.get("since", ""))
     except ValueError:
         raise ApiError(codes.BAD_REQUEST, 400, "'since' must be an ISO-8601 timestamp.")
-    server_time = utcnow() - events.OVERLAP
+    server_time = utcnow() - changes.OVERLAP
     # By updated_at (its own index), not list_jobs' created_at order, which scans all my jobs to filter. Oldest
     # first: rows put on top of the table one after the other then end newest first.
     # At most POLL_LIMIT of each, chosen in SQL: a ?since= far in the past reads no more than a recent one.
@@ -140,7 +146,7 @@ def totals_partial():
 @bp.get("/review/<job_id>")
 def review_page(job_id):
     """Show one job: its result as a person reads it (an invoice and its checks), the source PDF, its history."""
-    job = api.owned_or_404(job_id)
+    job = owned_or_404(job_id)
     view = queue_view(request.args)
     root, note = None, None
     if job.has_result:

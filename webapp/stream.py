@@ -1,8 +1,8 @@
-"""GET /api/events: Server-Sent Events of my jobs' changes, read when webapp/events.py says they changed.
+"""GET /api/events: Server-Sent Events of my jobs' changes, read when core/changes.py says they changed.
 
 An event's id is the stream's high-water mark: the newest updated_at (or removal) it sent, ISO with
 microseconds. A reconnect passes it back as Last-Event-ID (the browser's own retry) or ?last_id= (the htmx
-extension's retry, which cannot set the header); the stream then re-reads from events.OVERLAP before it,
+extension's retry, which cannot set the header); the stream then re-reads from OVERLAP before it,
 so a commit that became visible late is not skipped, and drops what it already sent.
 """
 import json
@@ -13,20 +13,21 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, render_template, request, stream_with_context
 
-from . import codes, events
-from .clock import isoformat, parse_iso, utcnow
-from .db import db
-from .errors import ApiError
+from core import codes
+from core.changes import OVERLAP, subscribe
+from core.clock import isoformat, parse_iso, utcnow
+from core.db import db
+from core.errors import ApiError
 from .identity import current_owner
 from .limits import client_address
-from .models import Job, JobRemoval
+from core.models import Job, JobRemoval
 from .pages import queue_view, row_context, totals_context
 
 bp = Blueprint("stream", __name__, url_prefix="/api")
 
 HEARTBEAT_SECONDS = 15
 RETRY_MS = 3000
-# Resuming from further back than this starts from here: removals are not kept longer (tasks.REMOVALS_KEPT),
+# Resuming from further back than this starts from here: removals are not kept longer (core/operations.py REMOVALS_KEPT),
 # and a page away that long reloads anyway.
 RESUME_MAX = timedelta(days=1)
 
@@ -120,7 +121,7 @@ class Stream:
 
     def changes(self):
         """Messages for whatever changed since the cursor (minus what was already sent)."""
-        since = self.cursor - events.OVERLAP
+        since = self.cursor - OVERLAP
         owner = self.subscription.owner
         # Read and render once for all of this owner's streams that are notified together. Their cursors agree
         # once each has sent a change; streams just opened each have their own, so the read starts at the whole
@@ -137,7 +138,7 @@ class Stream:
             messages.append(self.with_id(body))
         if messages and totals:
             messages.append(self.with_id(totals))
-        floor = self.cursor - events.OVERLAP
+        floor = self.cursor - OVERLAP
         self.sent = {key: at for key, at in self.sent.items() if at > floor}
         return messages
 
@@ -160,7 +161,7 @@ def events_stream():
     ends = time.monotonic() + config["STREAM_MAX_SECONDS"]
 
     def generate():
-        with events.subscribe(view["owner"]) as subscription:
+        with subscribe(view["owner"]) as subscription:
             stream = Stream(subscription, cursor, view if dashboard else None)
             try:
                 yield sse(comment="ping") + f"retry: {RETRY_MS}\n\n"

@@ -8,17 +8,17 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from flask import Request, current_app, g
+from flask import Request, current_app, g, request
 from werkzeug import formparser
 from werkzeug.sansio.multipart import MultipartDecoder, State
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import codes, metrics
-from .accounts import storage_used
-from .errors import ApiError, from_os_error, insufficient_storage
-from .db import db
-from .models import Job, new_id
+from core import codes, counters, queue
+from core.accounts import storage_used
+from core.errors import ApiError, from_os_error, insufficient_storage
+from core.db import db
+from core.models import Job, new_id
 
 PDF_MAGIC = b"%PDF-"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -247,7 +247,7 @@ def accept(storage, owner, mapping):
         raise
     else:
         outcome = "new"
-    metrics.add((metrics.UPLOADS_ACCEPTED, {"outcome": outcome}, 1))
+    counters.add((counters.UPLOADS_ACCEPTED, {"outcome": outcome}, 1))
     if outcome != "duplicate":
         logger.info("job %s queued", job.id, extra={
             "job_id": job.id, "correlation_id": job.correlation_id, "bytes": job.bytes, "mapping": job.mapping,
@@ -273,3 +273,26 @@ def init_app(app):
     # MultiPartParser builds its decoder from this module-level name and offers no hook to pass one.
     formparser.MultipartDecoder = TolerantMultipartDecoder
     app.teardown_request(discard_incoming)
+
+
+def accept_request(owner):
+    """Accept the request's PDFs (multipart parts named 'file') for owner, each becoming a queued job (woken) or the
+    live job it repeats: (accepted job dicts with "duplicate", rejected {"filename", "error"} dicts, the last ApiError
+    of a rejection or None). The API's upload and the plain form's both come here."""
+    files = request.files.getlist("file")
+    if not files:
+        raise ApiError(codes.NO_FILE, 400, "Send at least one PDF in a multipart part named 'file'.")
+    config = current_app.config
+    mapping = normalize_mapping(request.form.get("mapping") or config["DEFAULT_MAPPING"], config["MAPPINGS"])
+    accepted, rejected, last_error = [], [], None
+    for storage in files:
+        try:
+            job, created = accept(storage, owner, mapping)
+        except ApiError as error:
+            rejected.append({"filename": display_name(storage.filename), **error.to_dict()})
+            last_error = error
+            continue
+        if created:
+            queue.wake(job.id)
+        accepted.append({**job.to_dict(), "duplicate": not created})
+    return accepted, rejected, last_error

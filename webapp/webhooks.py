@@ -2,9 +2,9 @@
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from . import codes
-from .errors import ApiError
-from .notify import EMAIL_EVENTS, WEBHOOK_EVENTS, NotifyError, OutboxEvent, Subscription
+from core import codes
+from core.errors import ApiError
+from core.outbox import EMAIL_EVENTS, WEBHOOK_EVENTS, NotifyError, OutboxEvent, Subscription
 
 bp = Blueprint("webhooks", __name__)
 

@@ -122,18 +122,18 @@ def test_the_review_page_reads_checks_and_draws_the_invoice(page, stack, artifac
 def test_a_pdf_retention_removed_says_so(page, stack):
     upload_via_api(page, stack.web_url, [("old.pdf", pdf_bytes("unreadable-old"), None)])
     job = wait_finished(page, stack.web_url, 1)[0]
-    import tasks
+    from core import operations
     from sqlalchemy import update
-    from webapp.clock import utcnow
-    from webapp.db import write_transaction
-    from webapp.models import Job
+    from core.clock import utcnow
+    from core.db import write_transaction
+    from core.models import Job
     app = stack.app()
     with app.app_context():  # this job alone is past retention: other tests' PDFs stay
         # Under the write lock from its start: a read turned write fails at once if the stack's worker wrote meanwhile.
         with write_transaction() as session:
             session.execute(update(Job).where(Job.id == job["id"]).values(
                 created_at=utcnow() - timedelta(days=app.config["RETENTION_PDF_DAYS"] + 1)))
-        assert tasks.apply_retention()["pdf"] == 1
+        assert operations.apply_retention()["pdf"] == 1
     assert page.request.get(f"{stack.web_url}/api/jobs/{job['id']}/pdf").status == 410
     page.goto(f"{stack.web_url}/review/{job['id']}")
     expect(page.get_by_text("The PDF was removed by retention.")).to_be_visible()
@@ -150,7 +150,7 @@ def test_every_page_is_accessible(fresh_page, stack, chromium):
             failures[path] = found
 
     visit("/login")
-    from webapp.accounts import INVITE, OneTimeLink
+    from core.accounts import INVITE, OneTimeLink
     with stack.app().app_context():
         secret = OneTimeLink.create(INVITE, timedelta(days=1), email=new_email("invited"))
     visit(f"/link/{secret}")  # the password form

@@ -226,7 +226,7 @@ def multipart(payload, name):
 def test_worker_sigkill_mid_job(fake, start_stack):
     fake.delay = 2.0
     # A lease of 10 minutes: the jobs killed mid-call can only be done within the drill's minute if the restarted
-    # worker reclaims them at once, as leases of its own host's dead process (tasks.reclaim_orphaned_leases).
+    # worker reclaims them at once, as leases of its own host's dead process (worker/leases.py reclaim_orphaned_leases).
     stack = start_stack(gateway_url=fake.url, WORKER_CONCURRENCY=2, GATEWAY_TIMEOUT=10, LEASE_SECONDS=600)
     ids = upload_ids(stack, owner_session(stack), [pdf(n) for n in range(4)])
     wait_for(lambda: fake.in_flight >= 2, 20)

@@ -58,7 +58,7 @@ class Owner:
 
     def __init__(self, stack):
         from tests.people import new_email
-        from webapp.accounts import User
+        from core.accounts import User
         self.stack = stack
         self.email = new_email("scaleout")
         with stack.app().app_context():

@@ -9,7 +9,7 @@ from tests.test_fair_share import (  # noqa: F401  (collected here again, on Pos
     test_claims_go_round_robin_and_fifo_within_an_owner, test_run_next_is_for_admins_and_moves_the_job_first,
     test_run_next_moves_a_job_before_everyone_elses, test_run_next_overrides_a_back_off,
     test_workers_claiming_at_once_take_each_job_once_and_take_turns)
-from webapp.db import db
+from core.db import db
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ from tests.conftest import ApiClient
 from tests.receiver import Receiver
 from tests.services import postgres_cluster
 from tests.test_webhooks import FAST, METRICS, finish, hook, outbox
-from webapp import delivery, metrics
-from webapp.db import db
+from worker import delivery
+from core import counters
+from core.db import db
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def pg_app(make_app):
         app = make_app(DATABASE_URL=database_url, **FAST)
         yield app
         with app.app_context():  # before the cluster stops: the last second's counters, the pool
-            metrics.flush()
+            counters.flush()
             db.engine.dispose()
 
 

@@ -1,5 +1,5 @@
 """Entry point for the worker: Huey's consumer (thread workers, one watching the queue), the maintenance loop and
-the deliverer of webhooks and emails.
+the deliverer of webhooks and emails. Run it as `python -m worker`.
 
 SIGINT stops gracefully: running conversions get WORKER_SHUTDOWN_SECONDS to finish, then their jobs are
 released back to the queue. SIGTERM releases them at once. Either way no attempt is spent.
@@ -9,9 +9,11 @@ import threading
 
 from huey.consumer import Consumer, Worker
 
-import tasks
-from webapp import create_app, delivery, doorbell, logs
-from webapp.queue import huey
+import core
+import tasks  # noqa: F401 (registers the tasks this consumer runs)
+from core import logs
+from core.queue import huey
+from worker import delivery, doorbell, run, upkeep
 
 
 class Watch:
@@ -20,7 +22,7 @@ class Watch:
 
     The watcher looks every `fastest` seconds while work flows, backing off by `backoff` per empty look
     to `slowest` when the queue stays empty (each look costs ~0.3 ms of CPU on a small VM). With a doorbell
-    (webapp/doorbell.py: every enqueue on this host rings it), the watcher looks at once when it rings, and
+    (worker/doorbell.py: every enqueue on this host rings it), the watcher looks at once when it rings, and
     otherwise only every DOORBELL_SLOWEST_SECONDS (a safety net, and Huey's scheduler's delayed retries)."""
 
     PARKED_SECONDS = 1.0  # a parked thread looks anyway this often (the queue's own safety net)
@@ -116,7 +118,7 @@ class WatchingConsumer(Consumer):
 
     def stop(self, graceful=False):
         self.stop_flag.set()
-        tasks.stopping.set()  # a thread draining the backlog takes no further job
+        run.stopping.set()  # a thread draining the backlog takes no further job
         self._watch.end()  # parked threads see the stop flag now, not at their next look
         super().stop(graceful)
 
@@ -133,7 +135,7 @@ def _doorbell(config):
 
 
 def main():
-    app = create_app({"MIGRATE": False})
+    app = core.create_app({"MIGRATE": False})
     logs.configure()
     config = app.config
     WatchingConsumer.bell = _doorbell(config)
@@ -150,9 +152,9 @@ def main():
         shutdown_timeout=config["WORKER_SHUTDOWN_SECONDS"],
         graceful_signal="INT",
     )
-    maintenance = tasks.Maintenance(app)
+    maintenance = upkeep.Maintenance(app)
     maintenance.start()
-    deliverer = delivery.Deliverer(app)  # the outbox: webhooks and emails (webapp/delivery.py)
+    deliverer = delivery.Deliverer(app)  # the outbox: webhooks and emails (worker/delivery.py)
     deliverer.start()
     try:
         consumer.run()

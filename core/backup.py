@@ -29,10 +29,10 @@ from flask import current_app
 from sqlalchemy import delete, select, text
 from sqlalchemy.engine import make_url
 
-from .clock import isoformat, utcnow
-from .db import db, write_transaction
-from .metrics import worker_heartbeat
-from .models import Coordination, Job, Status
+from core.clock import isoformat, utcnow
+from core.db import db, write_transaction
+from core.models import worker_heartbeat
+from core.models import Coordination, Job, Status
 
 FOLDERS = {"uploads": "UPLOAD_DIR", "results": "RESULT_DIR"}  # a backup's folder: the setting naming it here
 MANIFEST = "manifest.json"

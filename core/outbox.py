@@ -2,7 +2,7 @@
 
 An event is a row of the outbox written by the job's own transition (Job._transition), in the same
 transaction as the job's change: a job that completes has its event, or neither happened. The worker
-delivers the rows (webapp/delivery.py) at least once, each under a stable id (the webhook-id header).
+delivers the rows (worker/delivery.py) at least once, each under a stable id (the webhook-id header).
 
     subscriptions   a user's webhook (a URL, the events it wants, its signing secret) or email choices
     outbox          one event for one subscription: pending → delivered | failed (gave up after 24 h) | skipped
@@ -26,9 +26,9 @@ from sqlalchemy import (DateTime, ForeignKey, Index, Integer, String, Text, bind
                         literal_column, select, union_all)
 from sqlalchemy.orm import Mapped, mapped_column
 
-from . import codes
-from .clock import isoformat, utcnow
-from .db import db, write_transaction
+from core import codes
+from core.clock import isoformat, utcnow
+from core.db import db, write_transaction
 
 WEBHOOK, EMAIL = "webhook", "email"
 JOB_COMPLETE, JOB_FAILED = "job.complete", "job.failed"
@@ -44,7 +44,7 @@ _pending_here = threading.Event()  # set when this process wrote an outbox row: 
 
 
 class NotifyError(Exception):
-    """A webhook or email choice that cannot be made: code (webapp/codes.py) and one line a person can read."""
+    """A webhook or email choice that cannot be made: code (core/codes.py) and one line a person can read."""
 
     def __init__(self, code, message):
         super().__init__(message)

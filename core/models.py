@@ -1,5 +1,5 @@
 """The jobs table: a job's vocabulary (its states and what follows from them) and every change it can go
-through, each one conditional UPDATE that publishes itself (events.publish) once committed."""
+through, each one conditional UPDATE that publishes itself (changes.publish) once committed."""
 import functools
 import secrets
 from datetime import datetime, timedelta
@@ -10,10 +10,11 @@ from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Index, Intege
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from . import codes, events
-from . import notify as notify_module
-from .clock import isoformat, utcnow
-from .db import db, read_first, write_connection, write_transaction
+from core import codes
+from core import changes
+from core import outbox
+from core.clock import isoformat, utcnow
+from core.db import db, read_first, write_connection, write_transaction
 
 
 class Status(StrEnum):
@@ -52,7 +53,7 @@ class Job(db.Model):
                        └── requeue ── failed
 
     Each move is one of the classmethods below, a conditional UPDATE (it happens only if the job is still in
-    the state it leaves) that bumps updated_at and publishes the owner's change (events.publish)::
+    the state it leaves) that bumps updated_at and publishes the owner's change (changes.publish)::
 
         create         (upload)        → queued
         claim          queued          → processing   one attempt spent, a lease taken (capacity allowing)
@@ -76,7 +77,7 @@ class Job(db.Model):
       A lapsed lease (its worker died) is such a failure too, LEASE_EXPIRED, and counts as an attempt.
     - dead-lettered (dead_letter): failed after MAX_ATTEMPTS transient failures rather than at once.
     - expired (result_expired): complete, but retention removed the XML (result_path is null).
-    What to do after a failure is the retry policy's to say (webapp/retry.py), not the model's.
+    What to do after a failure is the retry policy's to say (worker/retry.py), not the model's.
 
     Dedupe: an owner has one job per file (sha256, bytes) and mapping (uq_jobs_owner_file); uploading it again
     returns that job while it is live (active, complete with its XML, or failed with its PDF kept, which a
@@ -111,9 +112,9 @@ class Job(db.Model):
         Index("ix_jobs_status_owner_queue", "status", "owner", "queue_key", "id"),  # the fair claim (claim_next)
         Index("ix_jobs_owner_started", "owner", "started_at"),  # when an owner was last served (claim_next)
         Index("ix_jobs_owner_status", "owner", "status", "started_at", "completed_at"),  # the dashboard's totals
-        Index("ix_jobs_updated", "updated_at"),  # the change poll (webapp/events.py)
+        Index("ix_jobs_updated", "updated_at"),  # the change poll (core/changes.py)
         Index("ix_jobs_created", "created_at", "id"),  # the admins' view of everyone's jobs, newest first
-        # An owner's kept PDFs, summed against their quota at each upload (webapp/accounts.py storage_used).
+        # An owner's kept PDFs, summed against their quota at each upload (core/accounts.py storage_used).
         Index("ix_jobs_owner_kept", "owner", "bytes", sqlite_where=text("upload_path IS NOT NULL"),
               postgresql_where=text("upload_path IS NOT NULL")),
     )
@@ -351,7 +352,7 @@ class Job(db.Model):
         come back as a row (None if nothing changed). With event (an EventKind), the change also goes into the
         job's history: one INSERT of what the UPDATE returned, in its transaction; ends_attempt says the change
         settles an attempt (processing → …), so the event has the attempt's duration. With notify (an event type,
-        webapp/notify.py), the event goes into the outbox in this same transaction, for each subscription of the
+        core/outbox.py), the event goes into the outbox in this same transaction, for each subscription of the
         owner that wants it (an owner without any costs an indexed EXISTS in the UPDATE's RETURNING, nothing more)."""
         asked = bool(returning)
         if notify is not None:  # whether the owner has any subscription comes back with the change: no extra query
@@ -369,9 +370,9 @@ class Job(db.Model):
             row = session.execute(stmt.returning(*columns)).first()
             wrote_events = cls._record(session.connection(), row, now, event, ends_attempt, notify)
         if row is not None:
-            events.publish(row.owner)
+            changes.publish(row.owner)
         if wrote_events:
-            notify_module.wrote_events()
+            outbox.wrote_events()
         return row if asked else row is not None
 
     @classmethod
@@ -386,7 +387,7 @@ class Job(db.Model):
         if notify is None or not row.notify_wanted:
             return 0
         job = cls(**connection.execute(select(*cls.__table__.c).where(cls.id == row.id)).one()._mapping)  # to send
-        return notify_module.enqueue_for_job(connection, row.owner, notify, now, job.to_dict())
+        return outbox.enqueue_for_job(connection, row.owner, notify, now, job.to_dict())
 
     @classmethod
     def _prepared(cls, statement, serialize=False, event=None, ends_attempt=False, notify=None, **params):
@@ -406,9 +407,9 @@ class Job(db.Model):
                 key: (value(now) if callable(value) else value) for key, value in params.items()}}).first()
             wrote_events = cls._record(connection, row, now, event, ends_attempt, notify)
         if row is not None:
-            events.publish(row.owner)
+            changes.publish(row.owner)
         if wrote_events:
-            notify_module.wrote_events()
+            outbox.wrote_events()
         return row
 
     @classmethod
@@ -432,7 +433,7 @@ class Job(db.Model):
             connection.execute(_INSERT_JOB, values)  # the job's row before its first event's
             connection.execute(_INSERT_EVENT, {"job_id": values["id"], "at": now, "kind": EventKind.CREATED,
                                                "status": Status.QUEUED, "attempt": 0})
-        events.publish(values["owner"])
+        changes.publish(values["owner"])
         return cls(**values)
 
     @classmethod
@@ -513,7 +514,7 @@ class Job(db.Model):
     def complete(cls, job_id, worker, result_path):
         """processing → complete with the stored result."""
         return cls._prepared(_complete_statement(), event=EventKind.COMPLETE, ends_attempt=True,
-                             notify=notify_module.JOB_COMPLETE, job_id=job_id, worker=worker,
+                             notify=outbox.JOB_COMPLETE, job_id=job_id, worker=worker,
                              result_path=result_path) is not None
 
     @classmethod
@@ -522,7 +523,7 @@ class Job(db.Model):
         return cls._transition(
             job_id, cls._leased_by(worker), event=EventKind.FAILED, ends_attempt=True,
             status=Status.FAILED, error_code=code, error=message[:1000], dead_letter=dead_letter,
-            completed_at=lambda now: now, leased_by=None, lease_expires_at=None, notify=notify_module.JOB_FAILED,
+            completed_at=lambda now: now, leased_by=None, lease_expires_at=None, notify=outbox.JOB_FAILED,
         )
 
     @classmethod
@@ -614,7 +615,7 @@ class Job(db.Model):
                 session.execute(insert(JobRemoval).values(job_id=job_id, owner=row.owner, removed_at=utcnow()))
         if row is None:
             return None
-        events.publish(row.owner)
+        changes.publish(row.owner)
         return row.upload_path, row.result_path
 
 
@@ -627,7 +628,7 @@ RUN_NEXT_BEFORE = datetime(2000, 1, 1)
 # What a worker needs of a job it claimed, returned by the claim itself (no second read).
 CLAIMED = (Job.correlation_id, Job.mapping, Job.bytes, Job.upload_path, Job.attempts, Job.created_at)
 # Whether a changed job's owner has any webhook or email choice, returned by the change itself (built once).
-NOTIFY_WANTED = notify_module.subscribed(Job.owner).label("notify_wanted")
+NOTIFY_WANTED = outbox.subscribed(Job.owner).label("notify_wanted")
 
 
 def _distinct(columns):
@@ -855,3 +856,13 @@ class Coordination(db.Model):
 _SERIALIZE_CLAIMS = select(Coordination.__table__.c.name).where(Coordination.__table__.c.name == "claims").with_for_update()
 _STATE_AND_COUNT = select(Coordination.__table__.c.state, Coordination.__table__.c.count).where(
     Coordination.__table__.c.name == bindparam("name"))
+def worker_heartbeat():
+    """(seconds since the newest worker heartbeat or None if never, number of workers whose beat is current)."""
+    now = utcnow()
+    newest, alive = db.session.execute(
+        select(func.max(Coordination.updated_at),
+               func.count().filter(Coordination.lease_expires_at > now))
+        .where(Coordination.name.like("worker:%"))).one()
+    return (None if newest is None else max(0.0, (now - newest).total_seconds())), alive
+
+

@@ -7,7 +7,7 @@ attempts spent and the configuration, so the policy is read — and tested — h
 import random
 from dataclasses import dataclass
 
-from . import codes
+from core import codes
 
 
 class ConversionError(Exception):

@@ -1,4 +1,4 @@
-"""The worker's deliverer: send what the outbox holds (webapp/notify.py), webhooks signed, emails through SMTP.
+"""The worker's deliverer: send what the outbox holds (core/outbox.py), webhooks signed, emails through SMTP.
 
 Each worker process runs one Deliverer thread. It claims due rows with a lease (one conditional UPDATE, so two
 workers never send the same row at once), sends them on a few threads and records each attempt: delivered,
@@ -7,7 +7,7 @@ or retried after a back-off with jitter, until WEBHOOK_GIVE_UP_HOURS after the e
 leaves its rows leased: once the lease lapses, any deliverer sends them again, under the same webhook-id
 (at least once; receivers de-duplicate by that id).
 
-Each webhook delivery resolves its host once, checks every address (notify.pinned_address) and connects to
+Each webhook delivery resolves its host once, checks every address (outbox.pinned_address) and connects to
 that very address (TLS still verifies the host name), so a name re-pointed after the check (DNS rebinding)
 gets nowhere; no redirect is followed.
 """
@@ -27,12 +27,13 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
-from . import metrics, notify
-from .accounts import User
-from .clock import isoformat, utcnow
-from .db import db, read_first, write_transaction
-from .models import FINISHED, Job, Status
-from .notify import EMAIL, PENDING, OutboxEvent, Subscription
+from core import counters
+from core import outbox
+from core.accounts import User
+from core.clock import isoformat, utcnow
+from core.db import db, read_first, write_transaction
+from core.models import FINISHED, Job, Status
+from core.outbox import EMAIL, PENDING, OutboxEvent, Subscription
 
 logger = logging.getLogger("pdfqueue.delivery")
 
@@ -59,11 +60,11 @@ class Deliverer(threading.Thread):
                     logger.exception("delivery round failed")
                     sent = 0
                 if not sent:
-                    notify.wait_for_events(self.app.config["WEBHOOK_POLL_SECONDS"])
+                    outbox.wait_for_events(self.app.config["WEBHOOK_POLL_SECONDS"])
 
     def stop(self):
         self.stopped.set()
-        notify.wrote_events()  # wakes the wait
+        outbox.wrote_events()  # wakes the wait
 
 
 def deliver_due(app, sender, pool=None, limit=BATCH_SIZE):
@@ -127,7 +128,7 @@ def attempt(row, subscriptions, sender):
             status, outcome = send_email_event(row, subscription, sender)
         else:
             status, outcome = sender.post(subscription.url, subscription.secret, row.id, row.payload)
-    except notify.NotifyError as error:
+    except outbox.NotifyError as error:
         status, outcome = f"refused: {error.message}", False
     except (urllib3.exceptions.HTTPError, OSError, smtplib.SMTPException) as error:
         status, outcome = describe(error), False
@@ -143,26 +144,26 @@ def record(outcomes, config):
         for row, kind, status, outcome in outcomes:
             values = {"last_status": status[:255], "last_attempt_at": now, "lease_expires_at": None}
             if outcome is True:
-                values.update(state=notify.DELIVERED, delivered_at=now)
+                values.update(state=outbox.DELIVERED, delivered_at=now)
                 counted = "delivered"
             elif outcome == "skipped":
-                values.update(state=notify.SKIPPED)
+                values.update(state=outbox.SKIPPED)
                 counted = "skipped"
             elif now - row.created_at >= timedelta(hours=config["WEBHOOK_GIVE_UP_HOURS"]):
-                values.update(state=notify.FAILED)
+                values.update(state=outbox.FAILED)
                 counted = "gave_up"
                 logger.warning("gave up delivering %s %s after %s attempts: %s", row.type, row.id, row.attempts,
                                status, extra={"event_id": row.id, "job_id": row.job_id, "attempts": row.attempts})
             else:
-                values.update(next_attempt_at=now + timedelta(seconds=notify.next_delay(row.attempts, config)))
+                values.update(next_attempt_at=now + timedelta(seconds=outbox.next_delay(row.attempts, config)))
                 counted = "retried"
                 logger.info("delivery of %s %s failed (%s); retrying", row.type, row.id, status,
                             extra={"event_id": row.id, "job_id": row.job_id, "attempts": row.attempts})
             session.execute(update(OutboxEvent.__table__)
                             .where(OutboxEvent.id == row.id, OutboxEvent.state == PENDING).values(**values))
-            samples.append((metrics.NOTIFICATIONS, {"kind": kind, "outcome": counted}, 1))
+            samples.append((counters.NOTIFICATIONS, {"kind": kind, "outcome": counted}, 1))
     if samples:
-        metrics.add(*samples)
+        counters.add(*samples)
 
 
 def describe(error):
@@ -195,7 +196,7 @@ class Sender:
         """POST the signed payload to url; (status line, delivered?). Raise NotifyError if the address is refused."""
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = notify.pinned_address(parts.hostname, port, self.config["WEBHOOK_ALLOWED_HOSTS"], self.resolve)
+        address = outbox.pinned_address(parts.hostname, port, self.config["WEBHOOK_ALLOWED_HOSTS"], self.resolve)
         now = datetime.now(timezone.utc)
         headers = {
             "Host": parts.netloc.rpartition("@")[2],
@@ -245,22 +246,22 @@ def send_email_event(row, subscription, sender):
     if user is None or user.disabled:
         return "skipped: no such active user", "skipped"
     body = json.loads(row.payload)
-    if row.type == notify.BATCH_FINISHED:
+    if row.type == outbox.BATCH_FINISHED:
         made = batch_email(row, subscription)
         if made is None:
             return "skipped: jobs still active (a later one ends the batch)", "skipped"
         subject, text = made
-    elif row.type == notify.JOB_FAILED:
+    elif row.type == outbox.JOB_FAILED:
         job = body["data"]
         subject = f"pdfqueue: {job['filename']} failed"
         text = (f"{job['filename']} could not be converted: {job['error'] or 'no reason given'} "
                 f"({job['error_code']}).\n\nSee it at {config['PUBLIC_URL']}/review/{job['id']}\n")
-    elif row.type == notify.FAILURE_DIGEST:
+    elif row.type == outbox.FAILURE_DIGEST:
         subject, text = digest_email(body["data"])
     else:
         return f"skipped: no email for {row.type}", "skipped"
     send_email(config, user.email, subject, text, message_id=row.id)
-    if row.type == notify.BATCH_FINISHED:
+    if row.type == outbox.BATCH_FINISHED:
         _skip_covered(row)
     return "sent", True
 
@@ -300,8 +301,8 @@ def batch_email(row, subscription):
     if Job.active_count(row.owner):
         return None
     previous = db.session.scalar(select(func.max(OutboxEvent.created_at)).where(
-        OutboxEvent.subscription_id == subscription.id, OutboxEvent.type == notify.BATCH_FINISHED,
-        OutboxEvent.state == notify.DELIVERED))
+        OutboxEvent.subscription_id == subscription.id, OutboxEvent.type == outbox.BATCH_FINISHED,
+        OutboxEvent.state == outbox.DELIVERED))
     since = previous or row.created_at - timedelta(days=1)
     jobs = db.session.execute(select(Job.filename, Job.status, Job.error_code).where(
         Job.owner == row.owner, Job.status.in_(FINISHED), Job.completed_at > since,
@@ -321,9 +322,9 @@ def _skip_covered(row):
     """Other pending batch rows of this subscription up to this one are covered by the email just sent."""
     with write_transaction() as session:
         session.execute(update(OutboxEvent.__table__).where(
-            OutboxEvent.subscription_id == row.subscription_id, OutboxEvent.type == notify.BATCH_FINISHED,
+            OutboxEvent.subscription_id == row.subscription_id, OutboxEvent.type == outbox.BATCH_FINISHED,
             OutboxEvent.state == PENDING, OutboxEvent.created_at <= row.created_at, OutboxEvent.id != row.id)
-            .values(state=notify.SKIPPED, last_status="covered by an earlier batch email", last_attempt_at=utcnow()))
+            .values(state=outbox.SKIPPED, last_status="covered by an earlier batch email", last_attempt_at=utcnow()))
 
 
 def digest_email(data):
@@ -358,6 +359,6 @@ def enqueue_failure_digest(now=None):
                       "error_code": job.error_code, "error": (job.error or "")[:200]} for job in failed[:100]]}
     with write_transaction() as session:
         for admin_id in admins:
-            notify.enqueue(session, admin_id, notify.FAILURE_DIGEST, data, now=now)
-    notify.wrote_events()
+            outbox.enqueue(session, admin_id, outbox.FAILURE_DIGEST, data, now=now)
+    outbox.wrote_events()
     return len(admins)

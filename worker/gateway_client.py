@@ -3,13 +3,17 @@ import json
 import os
 import secrets
 import threading
+import time
+from contextlib import contextmanager
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 
-from .codes import GW_4XX, GW_5XX, GW_OVER_LIMITS, GW_TIMEOUT, TOO_LARGE
-from .retry import FinalError, TransientError
+from core import codes
+from core.codes import GW_4XX, GW_5XX, GW_OVER_LIMITS, GW_TIMEOUT, TOO_LARGE
+from core.counters import observe_gateway
+from worker.retry import ConversionError, FinalError, TransientError
 
 OVER_LIMITS = "OVER_LIMITS"  # the gateway's code for a file that ran past its parse limits (gateway/sandbox.py)
 
@@ -130,3 +134,20 @@ def healthy(base_url):
         return response.status_code == 200 and response.json().get("status") == "ok"
     except (requests.RequestException, ValueError):
         return False
+
+
+@contextmanager
+def gateway_call():
+    """Time the gateway call in the block and record it with its outcome."""
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        yield
+    except ConversionError as error:
+        outcome = error.code
+        raise
+    except OSError:
+        outcome = codes.IO_ERROR
+        raise
+    finally:
+        observe_gateway(time.monotonic() - started, outcome)

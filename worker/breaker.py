@@ -1,4 +1,5 @@
-"""The gateway circuit breaker, shared by every worker thread and process through the database.
+"""The gateway circuit breaker, shared by every worker thread and process through the database (its state is
+core/breaker_state.py, which the web reads too).
 
 While it is open, jobs wait in `queued` (hold-queue mode) and no /process call is made; a probe of the
 gateway's /healthz, backing off, decides when to close it.
@@ -17,38 +18,13 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import delete, func, select
 
-from .db import write_transaction
-from .clock import utcnow
-from .models import Coordination
+from core.breaker_state import CACHE_SECONDS, gateway_state, is_open  # noqa: F401 (the worker reads them here too)
+from core.breaker_state import CLOSED, JOB_FAILURE, NAME, OPEN, _failing_jobs, _remember, _seen, reset, state
+from core.clock import utcnow
+from core.db import write_transaction
+from core.models import Coordination
 
-NAME = "breaker"
-JOB_FAILURE = "breaker:job:"  # + job id: a Coordination row per job whose /process failed while /healthz was ok
-CLOSED, OPEN = "closed", "open"
 FIRST_PROBE_SECONDS, MAX_PROBE_SECONDS = 5, 60
-
-
-CACHE_SECONDS = 1.0
-_seen = {"state": CLOSED, "failures": 0, "at": float("-inf")}  # this process's last look at the shared state
-
-
-def _remember(value, failures):
-    _seen.update(state=value, failures=failures, at=time.monotonic())
-    return value
-
-
-def state():
-    """'open' or 'closed', as the database says now."""
-    row = Coordination.state_and_count(NAME)
-    if row is None:
-        return _remember(CLOSED, 0)
-    return _remember(OPEN if row.state == OPEN else CLOSED, row.count or 0)
-
-
-def is_open(max_age=0.0):
-    """True while the breaker holds jobs; with max_age, this process's last look may be that old."""
-    if time.monotonic() - _seen["at"] < max_age:
-        return _seen["state"] == OPEN
-    return state() == OPEN
 
 
 def _probe_delay(failures, threshold):
@@ -102,10 +78,6 @@ def record_job_failure(job_id):
         return _remember(row.state, max(row.count or 0, jobs)) == OPEN
 
 
-def _failing_jobs():
-    return Coordination.query.filter(Coordination.name.like(JOB_FAILURE + "%")).count()
-
-
 def record_success(max_age=0.0):
     """A converted file: the gateway works, so forget past failures and close.
 
@@ -115,11 +87,6 @@ def record_success(max_age=0.0):
         return
     if state() == OPEN or _seen["failures"] or _failing_jobs():
         reset()
-
-
-def gateway_state():
-    """'down' while the breaker holds jobs, else 'ok' (the dashboard's banner, /api/healthz)."""
-    return "down" if is_open() else "ok"
 
 
 def probe_due():
@@ -136,9 +103,3 @@ def close():
     _remember(CLOSED, _failing_jobs())  # not clean while failing jobs are remembered: a success forgets them
 
 
-def reset():
-    """Close the breaker and forget every failure (a success; by hand, from the admin CLI)."""
-    with write_transaction() as session:
-        session.execute(delete(Coordination).where(Coordination.name.like(JOB_FAILURE + "%")))
-    Coordination.put(NAME, state=CLOSED, count=0, due_at=None)
-    _remember(CLOSED, 0)

@@ -1,51 +1,23 @@
 """A doorbell for the workers of this host: a wake-up put in Huey's SQLite queue rings it, so an idle worker
 picks the job up at once instead of at its next look at the queue, and can look rarely while nothing comes.
 
-Each worker process binds a Unix datagram socket in INSTANCE_DIR/doorbell/ (its pid is the name); ring()
-sends one byte to every socket there, never blocking, and removes those nobody listens on any more (a
-worker that died). SQLite's queue only works for processes sharing one disk, so every enqueuer reaches
+Each worker process binds a Unix datagram socket in INSTANCE_DIR/doorbell/ (its pid is the name); the queue's
+ring() (core/queue.py) sends one byte to every socket there, never blocking, and removes those nobody listens
+on any more (a worker that died). SQLite's queue only works for processes sharing one disk, so every enqueuer reaches
 every worker this way; with Redis, Huey's consumer blocks on the queue itself and no doorbell is used.
 """
-import errno
 import os
 import select
 import socket
-from pathlib import Path
 
-_sender = None
-
-
-def folder(instance_dir):
-    return Path(instance_dir) / "doorbell"
-
-
-def ring(instance_dir):
-    """Ring every worker of this host (those listening in instance_dir's doorbell folder)."""
-    global _sender
-    try:
-        entries = list(os.scandir(folder(instance_dir)))
-    except OSError:
-        return
-    if _sender is None:
-        _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        _sender.setblocking(False)
-    for entry in entries:
-        if not entry.name.endswith(".sock"):
-            continue
-        try:
-            _sender.sendto(b"!", entry.path)
-        except BlockingIOError:
-            pass  # its buffer is full of rings it has not read yet: it is awake already
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):  # nobody listens: a worker that is gone
-                Path(entry.path).unlink(missing_ok=True)
+from core.queue import doorbell_folder
 
 
 class Doorbell:
     """The bell of this worker process; wait() returns early once it rings."""
 
     def __init__(self, instance_dir):
-        path = folder(instance_dir)
+        path = doorbell_folder(instance_dir)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / f"{os.getpid()}.sock"
         self.path.unlink(missing_ok=True)

@@ -18,9 +18,9 @@ from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String, Text, bindp
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .clock import isoformat, utcnow
-from .db import db, write_transaction
-from .models import Job, new_id
+from core.clock import isoformat, utcnow
+from core.db import db, write_transaction
+from core.models import Job, new_id
 
 hasher = PasswordHasher()
 TOKEN_PREFIX = "pdfq_"

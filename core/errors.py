@@ -1,0 +1,35 @@
+"""The failure every entry point answers with: a stable code, an HTTP status and one line a person can read.
+
+The core's operations raise it; the web turns it into JSON or a page (webapp/errors.py), the CLI prints it.
+"""
+import errno
+
+from core import codes
+
+
+class ApiError(Exception):
+    """A failure with a stable code, an HTTP status and one line a person can read."""
+
+    def __init__(self, code, status, message, headers=None):
+        super().__init__(message)
+        self.code, self.status, self.message, self.headers = code, status, message, headers or {}
+
+    def to_dict(self):
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def not_found():
+    return ApiError(codes.NOT_FOUND, 404, "No such job.")
+
+
+def unavailable(message="Storage or database is unavailable; try again shortly."):
+    return ApiError(codes.UNAVAILABLE, 503, message, {"Retry-After": "5"})
+
+
+def insufficient_storage():
+    return ApiError(codes.INSUFFICIENT_STORAGE, 507, "The server's disk is full; nothing of the upload was kept.")
+
+
+def from_os_error(exc):
+    """Map a storage failure to the answer the API promises."""
+    return insufficient_storage() if exc.errno in (errno.ENOSPC, errno.EDQUOT) else unavailable()
