@@ -56,6 +56,7 @@ system-deps:
 # Line coverage of webapp/, core/, worker/, gateway/ and tasks.py (subprocesses included, see pyproject.toml); under 80 % fails.
 COVERAGE_ARGS ?= --cov --cov-report=term --cov-fail-under=80
 test: setup system-deps
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(COVERAGE_ARGS) $(PYTEST_ARGS)
 
 # Every bench/bench_*.py against stacks it starts itself; writes docs/benchmarks.md (bench-quick: a short try-out

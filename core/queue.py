@@ -18,7 +18,7 @@ from huey import Huey
 from huey.registry import Message
 from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
 
-# tasks.process_job, as Huey's registry names it (tests/worker/test_tasks.py checks the two agree).
+# tasks.process_job, as Huey's registry names it (tests/test_house.py checks the two agree).
 PROCESS_JOB = "tasks.process_job"
 _sender = None
 
