@@ -1,9 +1,9 @@
 """Job changes, within a process and across processes: publish(owner) and subscribe(owner).
 
-Every transition of a job publishes its owner once committed (core/models.py). A subscription — an open
+Every transition of a job publishes its owner once committed (core/models.py). A listener — an open
 event stream (webapp/stream.py) — is notified by owner and then reads what changed from the database itself,
 so a message carries no state and a lost one costs only latency. Within a process, publish notifies that
-owner's subscriptions at once. Other processes (the worker, the admin CLI, other web processes) reach this
+owner's listeners at once. Other processes (the worker, the admin CLI, other web processes) reach this
 one through Redis pub/sub when REDIS_URL is set; and always, as the only way without Redis or as its safety
 net, through one thread per process that asks the database every POLL_SECONDS which owners have newer
 changes or removals (one indexed query per process, not one per stream).
@@ -29,7 +29,7 @@ CHANNEL = "pdfqueue:changes"
 OVERLAP = timedelta(seconds=2)
 POLL_SECONDS = 0.25
 POLL_WITH_REDIS_SECONDS = 5  # with pub/sub the poll is only a safety net
-EVERYONE = None  # the owner of a subscription to every owner's changes (the admins' view)
+EVERYONE = None  # the owner of a listener to every owner's changes (the admins' view)
 
 
 def publish(owner):
@@ -38,12 +38,15 @@ def publish(owner):
 
 
 def subscribe(owner):
-    """A subscription to the owner's changes (EVERYONE: all owners'; use with `with`, or call close())."""
+    """A listener to the owner's changes (EVERYONE: all owners'; use with `with`, or call close())."""
     return _hub(current_app).subscribe(owner)
 
 
-class Subscription:
-    """One subscriber's doorbell for one owner's changes."""
+class Listener:
+    """One subscriber's doorbell for one owner's changes (an open event stream holds one while it is open).
+
+    Not to be confused with a user's Subscription to webhooks or emails (core/outbox.py): a listener lives in one
+    process for as long as a page is open."""
 
     def __init__(self, hub, owner):
         self.hub, self.owner = hub, owner
@@ -56,7 +59,7 @@ class Subscription:
         return rang
 
     def shared(self, key, compute):
-        """compute() once per key and change of this owner, shared by all of its subscriptions in this process."""
+        """compute() once per key and change of this owner, shared by all of its listeners in this process."""
         return self.hub.shared(self.owner, key, compute)
 
     def close(self):
@@ -70,12 +73,12 @@ class Subscription:
 
 
 class Hub:
-    """This process's subscriptions by owner, and its listeners for other processes' changes."""
+    """This process's listeners by owner, and the threads that hear of other processes' changes."""
 
     def __init__(self, app, changes_after):
         self.app = app
         self.changes_after = changes_after  # cursor -> [(owner, newest change)]: the poll's query
-        self._subscriptions = defaultdict(set)
+        self._listeners = defaultdict(set)
         self._lock = threading.Lock()
         self._started = False
         self._stopped = threading.Event()
@@ -97,30 +100,30 @@ class Hub:
 
     def subscribe(self, owner):
         self._ensure_started()
-        subscription = Subscription(self, owner)
+        listener = Listener(self, owner)
         with self._lock:
-            self._subscriptions[owner].add(subscription)
-        return subscription
+            self._listeners[owner].add(listener)
+        return listener
 
-    def unsubscribe(self, subscription):
+    def unsubscribe(self, listener):
         with self._lock:
-            subscriptions = self._subscriptions.get(subscription.owner)
-            if subscriptions is not None:
-                subscriptions.discard(subscription)
-                if not subscriptions:
-                    del self._subscriptions[subscription.owner]
-                    self._shared.pop(subscription.owner, None)
-                    self._generation.pop(subscription.owner, None)
+            listeners = self._listeners.get(listener.owner)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[listener.owner]
+                    self._shared.pop(listener.owner, None)
+                    self._generation.pop(listener.owner, None)
 
     def notify(self, owners):
-        """Ring the subscriptions of these owners, and those to everyone's changes (owner None)."""
+        """Ring the listeners of these owners, and those to everyone's changes (owner None)."""
         with self._lock:
-            rung = [owner for owner in (*owners, EVERYONE) if owner in self._subscriptions]
-            subscriptions = [s for owner in rung for s in self._subscriptions[owner]]
+            rung = [owner for owner in (*owners, EVERYONE) if owner in self._listeners]
+            listeners = [s for owner in rung for s in self._listeners[owner]]
             for owner in rung:
                 self._generation[owner] += 1
-        for subscription in subscriptions:
-            subscription._bell.set()
+        for listener in listeners:
+            listener._bell.set()
 
     def shared(self, owner, key, compute):
         generation = self._generation[owner]
@@ -132,9 +135,9 @@ class Hub:
             values[key] = compute()
         return values[key]
 
-    def subscription_count(self):
+    def listener_count(self):
         with self._lock:
-            return sum(len(subscriptions) for subscriptions in self._subscriptions.values())
+            return sum(len(listeners) for listeners in self._listeners.values())
 
     def redis(self):
         if self._redis is None and self.app.config.get("REDIS_URL"):
@@ -142,7 +145,7 @@ class Hub:
             self._redis = redis.Redis.from_url(self.app.config["REDIS_URL"])
         return self._redis
 
-    # -- listening to other processes (started with the first subscription) ---------------------------
+    # -- listening to other processes (started with the first listener) ---------------------------
 
     def _ensure_started(self):
         with self._lock:
@@ -156,7 +159,7 @@ class Hub:
             thread.start()
 
     def stop(self):
-        """End the listeners (tests; a web process simply exits)."""
+        """End the threads that hear other processes (tests; a web process simply exits)."""
         self._stopped.set()
         if self._redis is not None:
             self._redis.close()
@@ -218,7 +221,7 @@ def _hub(app):
 
 
 def hub(app=None):
-    """This app's hub (tests and benchmarks look at its subscriptions)."""
+    """This app's hub (tests and benchmarks look at its listeners)."""
     return _hub(app or current_app._get_current_object())
 
 

@@ -302,8 +302,8 @@ def test_other_owners_never_see_my_jobs(live_server, app, browser, fast_heartbea
 def test_one_poll_thread_serves_many_streams_and_streams_hold_no_connection(app, browser, fast_heartbeat,
                                                                               monkeypatch):
     idle = set()  # the streams that have read their first changes and sat down to wait
-    real_wait = changes.Subscription.wait
-    monkeypatch.setattr(changes.Subscription, "wait",
+    real_wait = changes.Listener.wait
+    monkeypatch.setattr(changes.Listener, "wait",
                         lambda subscription, timeout: idle.add(subscription) or real_wait(subscription, timeout))
     streams = [browser.events() for _ in range(5)]
     for stream in streams:
@@ -319,13 +319,13 @@ def test_one_poll_thread_serves_many_streams_and_streams_hold_no_connection(app,
             samples.append(db.engine.pool.checkedout())
             time.sleep(0.01)
     assert max(samples) <= 1  # at most the hub's own poll, never one per idle stream
-    assert changes.hub(app).subscription_count() == 5
+    assert changes.hub(app).listener_count() == 5
     for stream in streams:
         stream.close()
     deadline = time.monotonic() + 3
-    while changes.hub(app).subscription_count() and time.monotonic() < deadline:
+    while changes.hub(app).listener_count() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert changes.hub(app).subscription_count() == 0  # cleaned up once the heartbeat finds the client gone
+    assert changes.hub(app).listener_count() == 0  # cleaned up once the heartbeat finds the client gone
 
 
 def test_sse_message_format():

@@ -436,7 +436,7 @@ def test_the_digest_is_due_once_a_day(mail_app, smtp):
         upkeep.send_failure_digest()  # the first tick only sets when
         assert outbox(mail_app) == []
         from core.models import Coordination
-        Coordination.put(upkeep.FAILURE_DIGEST, due_at=utcnow() - timedelta(seconds=1))
+        Coordination.put(upkeep.DIGEST_DUE, due_at=utcnow() - timedelta(seconds=1))
         upkeep.send_failure_digest()
         upkeep.send_failure_digest()
         db.session.remove()

@@ -115,20 +115,20 @@ def render_removal(job_id, dashboard):
 class Stream:
     """One client's event stream: what it has sent, and how to say the next thing (view: the dashboard's, or None)."""
 
-    def __init__(self, subscription, cursor, view):
-        self.subscription, self.cursor, self.view = subscription, cursor, view
+    def __init__(self, listener, cursor, view):
+        self.listener, self.cursor, self.view = listener, cursor, view
         self.sent = {}  # key -> time, kept for the overlap window
 
     def changes(self):
         """Messages for whatever changed since the cursor (minus what was already sent)."""
         since = self.cursor - OVERLAP
-        owner = self.subscription.owner
+        owner = self.listener.owner
         # Read and render once for all of this owner's streams that are notified together. Their cursors agree
         # once each has sent a change; streams just opened each have their own, so the read starts at the whole
         # second before since, shared by every cursor in that second, and each stream drops what precedes its own.
         shared_since, view = since.replace(microsecond=0), self.view
         shown = view and (view["status"], view["q"], view["owner_column"])
-        changes, totals = self.subscription.shared((shared_since, shown), lambda: read_changes(owner, shared_since, view))
+        changes, totals = self.listener.shared((shared_since, shown), lambda: read_changes(owner, shared_since, view))
         messages = []
         for key, at, body in changes:
             if at <= since or self.sent.get(key) == at:
@@ -161,8 +161,8 @@ def events_stream():
     ends = time.monotonic() + config["STREAM_MAX_SECONDS"]
 
     def generate():
-        with subscribe(view["owner"]) as subscription:
-            stream = Stream(subscription, cursor, view if dashboard else None)
+        with subscribe(view["owner"]) as listener:
+            stream = Stream(listener, cursor, view if dashboard else None)
             try:
                 yield sse(comment="ping") + f"retry: {RETRY_MS}\n\n"
                 while True:
@@ -173,7 +173,7 @@ def events_stream():
                     left = ends - time.monotonic()
                     if left <= 0:
                         return
-                    if not subscription.wait(min(HEARTBEAT_SECONDS, left)) and time.monotonic() < ends:
+                    if not listener.wait(min(HEARTBEAT_SECONDS, left)) and time.monotonic() < ends:
                         yield sse(comment="heartbeat")
             finally:
                 db.session.remove()

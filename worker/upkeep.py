@@ -22,7 +22,7 @@ logger = logging.getLogger("pdfqueue.worker")
 
 MAINTENANCE = "maintenance"
 RETENTION = "retention"
-FAILURE_DIGEST = "failure_digest"
+DIGEST_DUE = "failure_digest"  # the Coordination row saying when the next failure digest is due
 
 
 def maintain_once(first=False):
@@ -51,11 +51,11 @@ def maintain_once(first=False):
 
 def send_failure_digest():
     """Once a day, a day after the first tick, put the admins' digest of failed jobs in the outbox (with SMTP_URL)."""
-    row = Coordination.get(FAILURE_DIGEST)
+    row = Coordination.get(DIGEST_DUE)
     if row is None or row.due_at is None:
-        Coordination.put(FAILURE_DIGEST, due_at=utcnow() + timedelta(days=1))
+        Coordination.put(DIGEST_DUE, due_at=utcnow() + timedelta(days=1))
     elif row.due_at <= utcnow():
-        Coordination.put(FAILURE_DIGEST, due_at=utcnow() + timedelta(days=1))
+        Coordination.put(DIGEST_DUE, due_at=utcnow() + timedelta(days=1))
         delivery.enqueue_failure_digest()
 
 
