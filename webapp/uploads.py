@@ -6,9 +6,8 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from pathlib import Path
-
 from math import inf
+from pathlib import Path
 
 from flask import Request, current_app, g, request
 from python_multipart.multipart import MultipartParser, MultipartState
