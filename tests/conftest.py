@@ -1,4 +1,5 @@
 """Shared fixtures: an app on real SQLite files in tmp_path, a CSRF-aware client, a live server, PDFs."""
+import os
 import threading
 
 import pytest
@@ -123,12 +124,18 @@ class ApiClient:
         return self.raw.delete(url, headers=self._headers(headers), **kw)
 
     def upload(self, *files, mapping=None, headers=None):
-        """POST files given as (bytes, filename) pairs to /api/upload."""
-        import io
-        data = {"file": [(io.BytesIO(content), name) for content, name in files]}
+        """POST files given as (bytes, filename) pairs to /api/upload, in a body as browsers and requests write it.
+
+        Not the test client's own encoding: it leaves out the blank line that ends an empty file part's headers
+        (so the part's end is the next boundary's line break), which no real client does and the app's parser
+        reads as a malformed body."""
+        parts = [(f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                  "Content-Type: application/pdf\r\n\r\n").encode() + content for content, name in files]
         if mapping is not None:
-            data["mapping"] = mapping
-        return self.post("/api/upload", data=data, headers=headers, content_type="multipart/form-data")
+            parts.append(f'Content-Disposition: form-data; name="mapping"\r\n\r\n{mapping}'.encode())
+        boundary = "----pdfqueueTestBoundary" + os.urandom(8).hex()
+        body = b"".join(f"--{boundary}\r\n".encode() + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+        return self.post("/api/upload", data=body, headers=headers, content_type=f"multipart/form-data; boundary={boundary}")
 
 
 @pytest.fixture

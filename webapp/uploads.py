@@ -6,13 +6,16 @@ import re
 import shutil
 import tempfile
 import unicodedata
+from math import inf
 from pathlib import Path
 
 from flask import Request, current_app, g, request
-from werkzeug import formparser
-from werkzeug.sansio.multipart import MultipartDecoder, State
+from python_multipart.multipart import MultipartParser, MultipartState
 from sqlalchemy.exc import IntegrityError
+from werkzeug.datastructures import FileStorage, Headers
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
+from werkzeug.http import parse_options_header
 
 from core import codes, counters, queue
 from core.accounts import storage_used
@@ -74,12 +77,134 @@ class IncomingFile:
         self._file.close()
 
 
+def _header_text(raw):
+    """A part header's bytes as text: UTF-8, or Latin-1 when it is not. Old clients send file names in their
+    local code page, and the name is display text only: the part is read, not the whole form dropped."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+_PART_CHARSETS = {"ascii", "us-ascii", "utf-8", "iso-8859-1"}  # werkzeug's safe list for a text part's charset
+
+
+class _FormParts:
+    """What werkzeug's MultiPartParser does with each part the parser finds: at most max_form_parts of them, a
+    part's headers and a text field each held to max_form_memory_size (413 past either), a file part streamed
+    into the request's stream factory and closed (seek(0)) at its end, werkzeug's FileStorage for it."""
+
+    def __init__(self, form_parser, content_length):
+        self.stream_factory = form_parser.stream_factory
+        self.max_parts = form_parser.max_form_parts
+        self.max_memory = form_parser.max_form_memory_size
+        self.content_length = content_length
+        self.count = 0
+        self.fields, self.files = [], []
+        self.raw_name, self.raw_value, self.raw_headers = bytearray(), bytearray(), []
+        self.header_bytes = 0
+        self.headers = self.name = self.filename = self.container = self.write = None
+        self.size = 0
+
+    def header_data(self, buffer, data, start, end):
+        self.header_bytes += end - start
+        if self.max_memory is not None and self.header_bytes > self.max_memory:
+            raise RequestEntityTooLarge()
+        buffer += data[start:end]
+
+    def header_end(self):
+        self.raw_headers.append((_header_text(self.raw_name).strip(" \t"), _header_text(self.raw_value).strip(" \t")))
+        self.raw_name.clear()
+        self.raw_value.clear()
+
+    def begin(self):
+        headers = self.headers = Headers(self.raw_headers)
+        self.raw_headers, self.header_bytes = [], 0
+        self.count += 1
+        if self.max_parts is not None and self.count > self.max_parts:
+            raise RequestEntityTooLarge()
+        if "content-disposition" not in headers:
+            raise ValueError("Missing Content-Disposition header")
+        _, extra = parse_options_header(headers["content-disposition"])
+        self.name, self.filename = extra.get("name"), extra.get("filename")
+        if self.filename is None:
+            self.container, self.size, self.write = [], 0, self._field_data
+            return
+        try:
+            content_length = int(headers.get("content-length", 0))
+        except ValueError:
+            content_length = 0
+        self.container = self.stream_factory(total_content_length=self.content_length, filename=self.filename,
+                                             content_type=headers.get("content-type"), content_length=content_length)
+        self.write = self.container.write
+
+    def _field_data(self, data):
+        self.size += len(data)
+        if self.max_memory is not None and self.size > self.max_memory:
+            raise RequestEntityTooLarge()
+        self.container.append(data)
+
+    def data(self, data, start, end):
+        self.write(data[start:end])
+
+    def end(self):
+        if self.filename is None:
+            charset = parse_options_header(self.headers.get("content-type"))[1].get("charset", "").lower()
+            value = b"".join(self.container).decode(charset if charset in _PART_CHARSETS else "utf-8", "replace")
+            self.fields.append((self.name, value))
+        else:
+            self.container.seek(0)
+            self.files.append((self.name, FileStorage(self.container, self.filename, self.name, headers=self.headers)))
+        self.container = self.write = None
+
+
+class MultipartFormParser(FormDataParser):
+    """Werkzeug's form parser with multipart bodies parsed by python-multipart (Starlette's parser) instead of
+    werkzeug's decoder: the same form and files, at less CPU (bench/bench_multipart.py), through werkzeug's
+    public surface only (form_data_parser_class, parse, the stream factory)."""
+
+    buffer_size = 64 * 1024  # werkzeug's MultiPartParser reads as much at a time
+
+    def parse(self, stream, mimetype, content_length, options=None):
+        if mimetype != "multipart/form-data":
+            return super().parse(stream, mimetype, content_length, options)
+        try:
+            form, files = self._parse_multipart_body(stream, content_length, options or {})
+        except ValueError:  # a malformed body reads as an empty form, as werkzeug's does (silent)
+            if not self.silent:
+                raise
+            return stream, self.cls(), self.cls()
+        return stream, form, files
+
+    def _parse_multipart_body(self, stream, content_length, options):
+        boundary = options.get("boundary", "").encode("ascii")
+        if not boundary:
+            raise ValueError("Missing boundary")
+        parts = _FormParts(self, content_length)
+        parser = MultipartParser(boundary, {
+            "on_header_field": lambda data, start, end: parts.header_data(parts.raw_name, data, start, end),
+            "on_header_value": lambda data, start, end: parts.header_data(parts.raw_value, data, start, end),
+            "on_header_end": parts.header_end,
+            "on_headers_finished": parts.begin,
+            "on_part_data": parts.data,
+            "on_part_end": parts.end,
+        }, max_header_count=inf, max_header_size=inf)  # headers are held to max_form_memory_size, as werkzeug's
+        read = stream.read
+        while data := read(self.buffer_size):
+            parser.write(data)
+        if parser.state != MultipartState.END:
+            raise ValueError("Invalid form-data: the body ends inside a part")
+        return self.cls(parts.fields), self.cls(parts.files)
+
+
 # The only views whose requests may carry files; a file part sent anywhere else is refused unwritten.
 UPLOAD_ENDPOINTS = {"api.upload", "pages.upload_form"}
 
 
 class UploadRequest(Request):
     """A request whose file parts stream into uploads/ (on the upload routes only) instead of memory or /tmp."""
+
+    form_data_parser_class = MultipartFormParser
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         if self.endpoint not in UPLOAD_ENDPOINTS:
@@ -92,81 +217,6 @@ class UploadRequest(Request):
             raise from_os_error(exc) from exc
         g.setdefault("incoming_files", []).append(incoming)
         return incoming
-
-
-# What may follow a boundary (werkzeug's multipart grammar): "--" and the end, or the line break of a part.
-_AFTER_BOUNDARY = re.compile(rb"(--[^\S\n\r]*(?:\r\n|\n|\r)?|[^\S\n\r]*(?:\r\n|\n|\r))")
-
-
-class _BoundaryMatch:
-    __slots__ = ("_start", "_end", "_tail")
-
-    def __init__(self, start, end, tail):
-        self._start, self._end, self._tail = start, end, tail
-
-    def start(self):
-        return self._start
-
-    def end(self):
-        return self._end
-
-    def group(self, index):
-        return self._tail if index == 1 else None
-
-
-class BoundaryFinder:
-    """The search of werkzeug's boundary regexes (an optional or a required line break, "--" and the
-    boundary, then what may follow it) done by bytes.find and one regex compiled once.
-
-    Werkzeug compiles its two regexes for each request (the boundary is in them), which costs a tenth of an
-    upload's CPU; this finds the same matches (tests/test_uploads.py compares them on random data)."""
-
-    def __init__(self, boundary, break_required):
-        self.marker = b"--" + boundary
-        self.break_required = break_required
-
-    def search(self, data, pos=0):
-        marker, length = self.marker, len(self.marker)
-        at = data.find(marker, pos)
-        while at >= 0:
-            if at - 2 >= pos and data[at - 2:at] == b"\r\n":
-                start = at - 2
-            elif at - 1 >= pos and data[at - 1:at] in (b"\r", b"\n"):
-                start = at - 1
-            else:
-                start = None if self.break_required else at
-            tail = None if start is None else _AFTER_BOUNDARY.match(data, at + length)
-            if tail is not None:
-                return _BoundaryMatch(start, tail.end(), tail.group(1))
-            at = data.find(marker, at + 1)
-        return None
-
-
-class TolerantMultipartDecoder(MultipartDecoder):
-    """Werkzeug's decoder, but a part header that is not UTF-8 is read as Latin-1 instead of dropping the
-    whole form: old clients send file names in their local code page, and the name is display text only.
-
-    Its boundary search is a BoundaryFinder, not two regexes compiled for each request."""
-
-    def __init__(self, boundary, max_form_memory_size=None, *, max_parts=None):
-        # A copy of werkzeug 3.1.x's MultipartDecoder.__init__ (pinned in pyproject.toml) less its two re.compile
-        # calls; tests/test_uploads.py checks it sets the same attributes.
-        self.buffer = bytearray()
-        self.complete = False
-        self.max_form_memory_size = max_form_memory_size
-        self.max_parts = max_parts
-        self.state = State.PREAMBLE
-        self.boundary = boundary
-        self.preamble_re = BoundaryFinder(boundary, break_required=False)
-        self.boundary_re = BoundaryFinder(boundary, break_required=True)
-        self._search_position = 0
-        self._parts_decoded = 0
-
-    def _parse_headers(self, data):
-        try:
-            return super()._parse_headers(data)
-        except UnicodeDecodeError:
-            return super()._parse_headers(bytes(data).decode("latin-1").encode("utf-8"))
 
 
 def discard_incoming(_exc=None):
@@ -270,8 +320,6 @@ def _dedupe(existing, upload_path, name):
 def init_app(app):
     """Use the streaming request class and clean up what a request did not keep."""
     app.request_class = UploadRequest
-    # MultiPartParser builds its decoder from this module-level name and offers no hook to pass one.
-    formparser.MultipartDecoder = TolerantMultipartDecoder
     app.teardown_request(discard_incoming)
 
 

@@ -8,6 +8,7 @@ import logging
 import threading
 
 from huey.consumer import Consumer, Worker
+from huey.signals import SIGNAL_EXECUTING
 
 import core
 import tasks  # noqa: F401 (registers the tasks this consumer runs)
@@ -68,34 +69,26 @@ class Watch:
             self.bell.ring()
 
 
+_running = threading.local()  # .worker: the WatchingWorker whose loop runs in this thread
+
+
 class WatchingWorker(Worker):
     """A consumer thread that, idle, either watches the queue (one thread does, every poll interval) or
     waits to be handed the watch.
 
     Huey's idle threads each poll and back off on their own; n of them polling every period pick up work
     no sooner than one would, and cost n times the polls. Here one thread polls often, and the moment it
-    takes a task another takes over the watch, so a burst of wake-ups is picked up as fast as it arrives."""
+    starts a task another takes over the watch, so a burst of wake-ups is picked up as fast as it arrives.
+
+    Huey's own Worker.loop runs: it calls sleep() when the queue is empty, and Huey's SIGNAL_EXECUTING, sent in
+    this thread as a task starts, hands the watch over (WatchingConsumer connects it). A task Huey does not run
+    (revoked, expired, or due later) hands nothing over: its thread goes on watching and looks again at once."""
 
     watch = None
 
-    def loop(self, now=None):
-        # A copy of Huey 3.x's Worker.loop (huey is pinned to 3.x in pyproject.toml), less max_tasks (never set
-        # here), handing over the watch: Huey has no hook between dequeuing a task and running it.
-        try:
-            task = self.huey.dequeue()
-        except Exception:
-            self._logger.exception("Error reading from queue")
-            self.sleep()
-            return
-        if task is None:
-            if not self.huey.storage.blocking:
-                self.sleep()
-            return
-        self.watch.took_task(self)
-        try:
-            self.huey.execute(task, now)
-        except Exception:
-            self._logger.exception("Unhandled error during execution of task %s.", task.id)
+    def initialize(self):  # in the worker's own thread, before its first loop
+        _running.worker = self
+        super().initialize()
 
     def sleep(self):
         self.watch.wait(self)
@@ -116,11 +109,25 @@ class WatchingConsumer(Consumer):
         worker.watch = self._watch
         return worker
 
+    def start(self):
+        self.huey.signal(SIGNAL_EXECUTING)(self._executing)
+        super().start()
+
+    def _executing(self, signal, task):
+        """A task starts (Huey's SIGNAL_EXECUTING, in the thread that runs it): if that is one of this consumer's
+        threads, an idle one takes over the watch."""
+        worker = getattr(_running, "worker", None)
+        if worker is not None and worker.watch is self._watch:
+            self._watch.took_task(worker)
+
     def stop(self, graceful=False):
         self.stop_flag.set()
         run.stopping.set()  # a thread draining the backlog takes no further job
         self._watch.end()  # parked threads see the stop flag now, not at their next look
-        super().stop(graceful)
+        try:
+            super().stop(graceful)
+        finally:
+            self.huey.disconnect_signal(self._executing, SIGNAL_EXECUTING)
 
 
 def _doorbell(config):
