@@ -17,7 +17,9 @@ from core.accounts import OneTimeLink, UserSession
 from core.clock import parse_iso, utcnow
 from core.db import db
 from core.errors import ApiError
-from core.models import FINISHED, STATUS_GROUPS, Job, JobRemoval, Status
+from core.jobs.model import Job
+from core.jobs.removals import JobRemoval
+from core.jobs.states import FINISHED, STATUS_GROUPS, Status
 from core.outbox import OutboxEvent
 
 logger = logging.getLogger("pdfqueue.worker")

@@ -22,7 +22,7 @@ from core.breaker_state import CACHE_SECONDS, gateway_state, is_open  # noqa: F4
 from core.breaker_state import CLOSED, JOB_FAILURE, NAME, OPEN, _failing_jobs, _remember, _seen, reset, state
 from core.clock import utcnow
 from core.db import write_transaction
-from core.models import Coordination
+from core.coordination import Coordination
 
 FIRST_PROBE_SECONDS, MAX_PROBE_SECONDS = 5, 60
 

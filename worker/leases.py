@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from core import queue
 from core.db import db
-from core.models import Job, Status
+from core.jobs.model import Job
+from core.jobs.states import Status
 from core.queue import bound_app
 
 logger = logging.getLogger("pdfqueue.worker")

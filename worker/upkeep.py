@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 from core import operations, queue
 from core.clock import utcnow
 from core.db import db
-from core.models import Coordination, Job, Status
+from core.coordination import Coordination
+from core.jobs.model import Job
+from core.jobs.states import Status
 from worker import breaker, delivery, gateway_client, retry
 from worker.leases import PROCESS_ID, reclaim_orphaned_leases
 from worker.run import _fields, settle_failure
