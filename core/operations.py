@@ -1,7 +1,7 @@
 """What API, pages, bulk actions, the admin CLI and the worker's upkeep do to jobs, written once: each entry point
 parses its own input, checks who may act, and calls one of these.
 
-Each operation is a transition of Job (core/models.py) plus what goes with it outside the table: files on disk
+Each operation is a transition of Job (core/jobs/model.py) plus what goes with it outside the table: files on disk
 and the wake-up in the queue. They raise ApiError, which the web answers with and the CLI prints.
 """
 import logging

@@ -82,8 +82,9 @@ class Job(JobReads, JobClaims, db.Model):
     - expired (result_expired): complete, but retention removed the XML (result_path is null).
     What to do after a failure is the retry policy's to say (worker/retry.py), not the model's.
 
-    A lease is the worker's hold on a processing job: its holder (leased_by) and its end (lease_expires_at). Only
-    the lease holder renews, completes, fails, retries or releases it; once a lease lapses the reaper does.
+    A processing job is leased to the worker converting it: its lease holder (leased_by) until lease_expires_at.
+    Only the lease holder renews, completes, fails, retries or releases it; once its lease lapses, the reaper does.
+    ("Held" and "hold" are the breaker's words: a queued job it keeps waiting.)
 
     Dedupe: an owner has one job per file (sha256, bytes) and mapping (uq_jobs_owner_file); uploading it again
     returns that job while it is live (active, complete with its XML, or failed with its PDF kept, which a
@@ -305,7 +306,7 @@ class Job(JobReads, JobClaims, db.Model):
         return (jobs.c.status == Status.PROCESSING) & (jobs.c.leased_by == worker)
 
     @classmethod
-    def _lease_held(cls, lapsed):
+    def _under_lease(cls, lapsed):
         """SQL of a statement built once: under the lease of the parameter worker, or (lapsed) a lease that lapsed."""
         return cls._leased_by(None if lapsed else bindparam("worker", type_=String), _NOW)
 
@@ -341,7 +342,7 @@ class Job(JobReads, JobClaims, db.Model):
         progress = bindparam("progress", type_=Integer)
         # Progress only ever moves forward: "sent", written beside the call, may land after "received".
         return cls._transition(
-            cls._lease_held(lapsed=False), lease_expires_at=bindparam("lease_until", type_=DateTime),
+            cls._under_lease(lapsed=False), lease_expires_at=bindparam("lease_until", type_=DateTime),
             progress=case((progress.is_not(None) & (jobs.c.progress < progress), progress), else_=jobs.c.progress))
 
     @classmethod
@@ -353,7 +354,7 @@ class Job(JobReads, JobClaims, db.Model):
     @functools.cache
     def _completing(cls):
         return cls._transition(
-            cls._lease_held(lapsed=False), event=EventKind.COMPLETE, ends_attempt=True, outbox_event=outbox.JOB_COMPLETE,
+            cls._under_lease(lapsed=False), event=EventKind.COMPLETE, ends_attempt=True, outbox_event=outbox.JOB_COMPLETE,
             status=Status.COMPLETE, result_path=bindparam("result_path", type_=String), progress=100, completed_at=_NOW,
             leased_by=None, lease_expires_at=None, error_code=None, error=None)
 
@@ -367,7 +368,7 @@ class Job(JobReads, JobClaims, db.Model):
     @functools.cache
     def _failing(cls, lapsed):
         return cls._transition(
-            cls._lease_held(lapsed), event=EventKind.FAILED, ends_attempt=True, outbox_event=outbox.JOB_FAILED,
+            cls._under_lease(lapsed), event=EventKind.FAILED, ends_attempt=True, outbox_event=outbox.JOB_FAILED,
             status=Status.FAILED, error_code=bindparam("code", type_=String), error=bindparam("message", type_=Text),
             dead_letter=bindparam("dead_letter", type_=Boolean), completed_at=_NOW, leased_by=None,
             lease_expires_at=None)
@@ -383,7 +384,7 @@ class Job(JobReads, JobClaims, db.Model):
     def _retrying(cls, lapsed):
         due = bindparam("due", type_=DateTime)
         return cls._transition(
-            cls._lease_held(lapsed), event=EventKind.RETRY, ends_attempt=True,
+            cls._under_lease(lapsed), event=EventKind.RETRY, ends_attempt=True,
             status=Status.QUEUED, error_code=bindparam("code", type_=String), error=bindparam("message", type_=Text),
             progress=0, next_attempt_at=due, queue_key=due,  # it queues by its retry time
             leased_by=None, lease_expires_at=None)
@@ -401,9 +402,9 @@ class Job(JobReads, JobClaims, db.Model):
     @functools.cache
     def _releasing(cls, lapsed, any_job, held):
         jobs = cls.__table__
-        job = select(jobs.c.id).where(cls._lease_held(lapsed)).limit(1).scalar_subquery() if any_job else None
+        job = select(jobs.c.id).where(cls._under_lease(lapsed)).limit(1).scalar_subquery() if any_job else None
         return cls._transition(
-            cls._lease_held(lapsed), job=job, event=EventKind.HELD if held else EventKind.RELEASED, ends_attempt=True,
+            cls._under_lease(lapsed), job=job, event=EventKind.HELD if held else EventKind.RELEASED, ends_attempt=True,
             returning=(jobs.c.correlation_id,), status=Status.QUEUED, attempts=jobs.c.attempts - 1, progress=0,
             error_code=bindparam("code", type_=String), error=bindparam("message", type_=Text), leased_by=None,
             lease_expires_at=None)
