@@ -2,7 +2,7 @@
 import threading
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from core.db import db, write_transaction
 from core.jobs.model import Job, new_id
@@ -147,6 +147,31 @@ def test_what_follows_from_a_jobs_state_is_the_models_to_say(fields, expected):
     job = Job(**fields)
     names = ("active", "finished", "has_result", "result_expired", "held", "will_retry", "retryable")
     assert {name for name in names if getattr(job, name)} == expected
+
+
+def test_each_check_of_a_job_and_its_sql_twin_agree(app):
+    """spent, name_contains and matches are each one hybrid: what a job says of itself, and the SQL that finds it."""
+    from core.jobs.states import FILTERS
+    states = [{"status": "queued"}, {"status": "processing"}, {"status": "complete", "result_path": "results/a.xml"},
+              {"status": "complete", "result_path": None}, {"status": "failed", "upload_path": "uploads/a.pdf"},
+              {"status": "failed", "upload_path": None}]
+    names = ["Invoice 100%.pdf", "a_b.PDF", "back\\slash.pdf", "plain.pdf"]
+    with app.app_context():
+        for n, (fields, name) in enumerate((fields, name) for fields in states for name in names):
+            db.session.add(Job(id=f"j{n}", owner="o", filename=name, mapping="m", bytes=n, sha256="3" * 64,
+                               **{"upload_path": "uploads/a.pdf", **fields}))
+        db.session.commit()
+        jobs = db.session.execute(select(Job)).scalars().all()
+
+        def found(condition):
+            return set(db.session.execute(select(Job.id).where(condition)).scalars())
+
+        assert found(Job.spent) == {job.id for job in jobs if job.spent} and len(found(Job.spent)) == 2 * len(names)
+        for q in ("", "100%", "%", "_", "a_b", "\\", "INVOICE", "pdf", "nothing"):
+            assert found(Job.name_contains(q)) == {job.id for job in jobs if job.name_contains(q)}, q
+            for each in FILTERS:
+                assert found(Job.matches(each.statuses, q)) == {job.id for job in jobs
+                                                                if job.matches(each.statuses, q)}, (each.name, q)
 
 
 def test_migration_0004_keeps_what_the_dropped_columns_said(tmp_path):

@@ -1,7 +1,9 @@
 """The pages: upload form (with and without JavaScript), the queue, its partials, review, errors."""
 import io
+import json
 import re
 from datetime import timedelta
+from html import unescape
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -10,10 +12,11 @@ import pytest
 from tests import people
 from tests.conftest import claim, pdf_bytes
 from webapp import htmx
-from webapp import pages
+from webapp import pages, queue_view
 from core.clock import parse_iso
 from core.coordination import Coordination
 from core.jobs.model import Job
+from core.jobs.states import FILTERS
 
 HX = {"HX-Request": "true"}
 
@@ -161,7 +164,7 @@ def test_totals_count_states_and_average_the_processing_time(app, client):
             job = db.session.get(Job, job_id)
             job.completed_at = job.started_at + timedelta(seconds=took)
         db.session.commit()
-        totals = pages.totals_context(client.get("/api/session").get_json()["owner"])["totals"]
+        totals = queue_view.totals_context(client.get("/api/session").get_json()["owner"])["totals"]
     assert totals | {"average_seconds": round(totals["average_seconds"], 3)} == \
         {"total": 4, "complete": 2, "failed": 1, "active": 1, "average_seconds": 4.0}
     html = client.get("/queue").get_data(as_text=True)
@@ -290,6 +293,16 @@ def test_queue_search_counts_each_filter_under_it_and_carries_it_along(app, clie
     html = client.get("/queue?q=MARCH&status=failed").get_data(as_text=True)
     assert row_ids(html) == [march[1]["id"]]
     assert '<input type="hidden" name="status" value="failed">' in html  # a new search keeps the status
+
+
+def test_the_status_filters_on_the_page_and_for_app_js_are_the_servers(client):
+    html = client.get("/queue?status=failed").get_data(as_text=True)
+    assert re.findall(r'<a class="filter" [^>]*>(\w+) <span', html) == [each.label for each in FILTERS]
+    bar = re.search(r'<div id="bulk"[^>]*>', html).group(0)
+    assert json.loads(unescape(re.search(r'data-filters="([^"]+)"', bar).group(1))) == {
+        each.name: list(each.statuses) for each in FILTERS}
+    assert json.loads(unescape(re.search(r'data-filter="([^"]+)"', bar).group(1)))["status"] == "failed"
+    assert 'data-count-id="count-failed"' in bar
 
 
 def test_live_rows_respect_the_search(app, client):
