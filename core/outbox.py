@@ -1,6 +1,6 @@
 """Telling people a job is done: their webhooks and email choices, and the outbox that carries every event.
 
-An event is a row of the outbox written by the job's own transition (Job._apply), in the same
+An event is a row of the outbox written by the job's own transition (core/jobs/engine.py), in the same
 transaction as the job's change: a job that completes has its event, or neither happened. The worker
 delivers the rows (worker/delivery.py) at least once, each under a stable id (the webhook-id header).
 

@@ -19,7 +19,7 @@ jobs (ix_jobs_status_owner_queue, ix_jobs_owner_status, ix_jobs_owner_started), 
 Beside the claim, what the worker reads around it: the look a wake-up takes (status_of), the due jobs to wake
 (due_ids), and the jobs whose lease lapsed (lapsed), which come back as a claim does (CLAIMED).
 
-JobClaims is mixed into Job (core/jobs/model.py), whose transition engine (_transition, _apply) runs its changes.
+JobClaims is mixed into Job (core/jobs/model.py); its changes are written as every transition is (engine.py).
 """
 import functools
 from datetime import datetime, timedelta
@@ -28,6 +28,7 @@ from sqlalchemy import DateTime, Integer, String, bindparam, case, func, select
 
 from core.clock import utcnow
 from core.db import db, read_first
+from core.jobs import engine
 from core.jobs.history import EventKind
 from core.jobs.states import Status
 
@@ -46,17 +47,17 @@ class JobClaims:
         than capacity are processing. One attempt spent, a lease taken; one statement.
 
         Returns the job's id, owner and what the worker needs of it (CLAIMED), or None if none was claimable."""
-        return cls._apply(cls._claiming(), worker=worker, capacity=capacity, lease_until=cls._after(lease_seconds))
+        return engine.apply(cls._claiming(), worker=worker, capacity=capacity, lease_until=engine.after(lease_seconds))
 
     @classmethod
     @functools.cache
     def _claiming(cls):
         """claim_next's UPDATE; parameters now, worker, lease_until, capacity."""
         jobs = cls.__table__
-        now = bindparam("now", type_=DateTime)
+        now = engine.NOW
         processing = select(func.count()).select_from(jobs).where(jobs.c.status == Status.PROCESSING).scalar_subquery()
-        return cls._transition(
-            jobs.c.status == Status.QUEUED, processing < bindparam("capacity", type_=Integer), cls.is_due(now),
+        return engine.transition(
+            cls, jobs.c.status == Status.QUEUED, processing < bindparam("capacity", type_=Integer), cls.is_due(now),
             job=cls.next_choice(now), event=EventKind.ATTEMPT, serialize=True,
             returning=[jobs.c[name] for name in CLAIMED],
             status=Status.PROCESSING, leased_by=bindparam("worker", type_=String),
@@ -100,15 +101,15 @@ class JobClaims:
     def run_next(cls, job_id):
         """Move a queued job to the front of the whole queue (an admin asked): it is the next one claimed, whoever
         owns it and whatever its back-off; a later move goes before it. False if it is not queued."""
-        return cls._apply(cls._moving_to_front(), job_id=job_id, queue_key=cls._front_key) is not None
+        return engine.apply(cls._moving_to_front(), job_id=job_id, queue_key=cls._front_key) is not None
 
     @classmethod
     @functools.cache
     def _moving_to_front(cls):
         """run_next's UPDATE; parameters now, job_id, queue_key."""
         jobs = cls.__table__
-        return cls._transition(jobs.c.status == Status.QUEUED, event=EventKind.RUN_NEXT, serialize=True,
-                               queue_key=bindparam("queue_key", type_=DateTime), next_attempt_at=None)
+        return engine.transition(cls, jobs.c.status == Status.QUEUED, event=EventKind.RUN_NEXT, serialize=True,
+                                 queue_key=bindparam("queue_key", type_=DateTime), next_attempt_at=None)
 
     @classmethod
     def _front_key(cls, connection, now):

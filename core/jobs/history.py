@@ -2,7 +2,7 @@
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, select
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.clock import isoformat
@@ -26,7 +26,7 @@ class EventKind(StrEnum):
 
 
 class JobEvent(db.Model):
-    """One step of a job's history, written by the transition that made it, in its transaction (Job._apply).
+    """One step of a job's history, written by the transition that made it, in its transaction (jobs/engine.py).
 
     Rows go with their job (ON DELETE CASCADE), whoever deletes it, and follow its id should it ever change."""
 
@@ -64,6 +64,11 @@ class JobEvent(db.Model):
                 "duration_ms": duration, "due_at": row.next_attempt_at if kind == EventKind.RETRY else None}
 
     @classmethod
+    def write(cls, connection, values):
+        """Write an event (its values) on the connection of the transition that made it, in its transaction."""
+        connection.execute(_INSERT, values)
+
+    @classmethod
     def of(cls, job_id):
         """The job's history, oldest first."""
         return db.session.execute(select(cls).where(cls.job_id == job_id).order_by(cls.id)).scalars().all()
@@ -73,3 +78,6 @@ class JobEvent(db.Model):
         return {"at": isoformat(self.at), "kind": self.kind, "status": self.status, "attempt": self.attempt,
                 "error_code": self.error_code, "message": self.message, "duration_ms": self.duration_ms,
                 "due_at": isoformat(self.due_at)}
+
+
+_INSERT = insert(JobEvent.__table__)  # built once: every transition writes one

@@ -2,19 +2,19 @@
 conditional UPDATE that writes its history and outbox rows in its transaction and publishes itself once committed."""
 import functools
 import secrets
-from datetime import datetime, timedelta
-from typing import NamedTuple
+from datetime import datetime
 
-from sqlalchemy import (BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, Update,
+from sqlalchemy import (BigInteger, Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint,
                         bindparam, case, delete, insert, select, text, update)
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core import changes, codes, outbox
 from core.clock import isoformat, utcnow
-from core.coordination import Coordination
 from core.db import db, write_connection, write_transaction
+from core.jobs import engine
 from core.jobs.claims import JobClaims
+from core.jobs.engine import NOW
 from core.jobs.history import EventKind, JobEvent
 from core.jobs.reads import JobReads
 from core.jobs.removals import JobRemoval
@@ -26,21 +26,6 @@ def new_id():
     while (job_id := secrets.token_urlsafe(12)).startswith("-"):
         pass
     return job_id
-
-
-class Transition(NamedTuple):
-    """One of Job's changes, built once (Job._transition) and run by Job._apply: its UPDATE, whose values are bound
-    parameters, and what the change writes beside it."""
-
-    statement: Update
-    event: EventKind | None  # the event it writes into the job's history
-    ends_attempt: bool  # it settles an attempt, so its event has the attempt's duration
-    outbox_event: str | None  # the event type (core/outbox.py) it writes into the outbox, for whoever wants it
-    serialize: bool  # it counts or orders the queue (a claim, a move to the front): under the claims' lock
-
-
-# Bound in every transition's UPDATE: the time of the change, taken under the write lock (Job._apply).
-_NOW = bindparam("now", type_=DateTime)
 
 
 class Job(JobReads, JobClaims, db.Model):
@@ -72,7 +57,7 @@ class Job(JobReads, JobClaims, db.Model):
         remove         any             → (deleted)    a JobRemoval tells open pages; its events go with it
 
     Each of them but renew_lease also writes the job's history (JobEvent), one row in the same transaction. All
-    but create and remove run on one engine: _transition builds a change once, _apply runs it.
+    but create and remove are written one way, core/jobs/engine.py: built once (transition), run by apply.
 
     Sub-states are flags on a status, never statuses of their own (the properties below say them):
     - held: queued with error_code CIRCUIT_OPEN; the breaker keeps it waiting and nothing is spent.
@@ -232,69 +217,7 @@ class Job(JobReads, JobClaims, db.Model):
             "result_expired": self.result_expired,
         }
 
-    # -- the transition engine -----------------------------------------------------------------
-
-    @classmethod
-    def _transition(cls, *where, job=None, event=None, ends_attempt=False, outbox_event=None, serialize=False,
-                    returning=(), **values):
-        """Build a transition once: an UPDATE of the job (the parameter job_id, or job: SQL choosing it) only if it
-        still matches where, setting values and updated_at (the parameter now). It returns what _apply needs (the
-        id, the owner; for an event, JobEvent.READS; for an outbox event, whether the owner has any subscription)
-        and returning.
-
-        Built once because building an UPDATE and its cache key costs more CPU than SQLite takes to run it; of the
-        table's columns, so that it is a Core statement, past the ORM's bookkeeping."""
-        jobs = cls.__table__
-        chosen = jobs.c.id == (bindparam("job_id", type_=String) if job is None else job)
-        columns = [jobs.c.id, jobs.c.owner, *(jobs.c[name] for name in JobEvent.READS if event)]
-        if outbox_event is not None:  # whether the owner has any subscription comes back with the change: no extra query
-            columns.append(outbox.subscribed(jobs.c.owner).label("owner_subscribed"))
-        statement = (update(jobs).where(chosen, *where).values(updated_at=_NOW, **values)
-                     .returning(*_distinct((*columns, *returning))))
-        return Transition(statement, event, ends_attempt, outbox_event, serialize)
-
-    @classmethod
-    def _apply(cls, transition, **params):
-        """Run a transition with its parameters, in one write transaction on a Core connection (write_connection):
-        the changed job's row (what the UPDATE returned), or None if the job was not in a state it leaves.
-
-        The parameter now is taken under the write lock, so commit order follows updated_at; a parameter that is a
-        function is called with the connection and now (a lease's end: _after). With the transition's event, the
-        change goes into the job's history: one INSERT of what the UPDATE returned. With its outbox event, the event
-        goes into the outbox in this same transaction, for each subscription of the owner that wants it (an owner
-        without any costs an indexed EXISTS in the UPDATE's RETURNING, nothing more). Once committed, the owner's
-        change is published."""
-        with write_connection() as connection:
-            if transition.serialize and connection.dialect.name != "sqlite":
-                connection.execute(_SERIALIZE_CLAIMS)
-            now = utcnow()
-            row = connection.execute(transition.statement, {"now": now, **{
-                key: (value(connection, now) if callable(value) else value) for key, value in params.items()}}).first()
-            wrote_outbox = cls._record(connection, row, now, transition)
-        if row is not None:
-            changes.publish(row.owner)
-        if wrote_outbox:
-            outbox.wrote_events()
-        return row
-
-    @classmethod
-    def _record(cls, connection, row, now, transition):
-        """What a change writes beside its UPDATE, on its transaction's connection: its event in the job's history,
-        and its outbox rows if the owner has any subscription. How many outbox rows it wrote."""
-        if row is None:
-            return 0
-        if transition.event:
-            connection.execute(_INSERT_EVENT, JobEvent.values(transition.event, row, now, transition.ends_attempt))
-        if transition.outbox_event is None or not row.owner_subscribed:
-            return 0
-        jobs = cls.__table__
-        job = cls(**connection.execute(select(*jobs.c).where(jobs.c.id == row.id)).one()._mapping)  # to send
-        return outbox.enqueue_for_job(connection, row.owner, transition.outbox_event, now, job.to_dict())
-
-    @staticmethod
-    def _after(seconds):
-        """A transition's parameter: seconds after its now."""
-        return lambda _connection, now: now + timedelta(seconds=seconds)
+    # -- leases ------------------------------------------------------------------------------
 
     @classmethod
     def _leased_by(cls, worker, now):
@@ -308,7 +231,7 @@ class Job(JobReads, JobClaims, db.Model):
     @classmethod
     def _under_lease(cls, lapsed):
         """SQL of a statement built once: under the lease of the parameter worker, or (lapsed) a lease that lapsed."""
-        return cls._leased_by(None if lapsed else bindparam("worker", type_=String), _NOW)
+        return cls._leased_by(None if lapsed else bindparam("worker", type_=String), NOW)
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -324,16 +247,16 @@ class Job(JobReads, JobClaims, db.Model):
             now = utcnow()
             values["created_at"] = values["updated_at"] = values["queue_key"] = now
             connection.execute(_INSERT_JOB, values)  # the job's row before its first event's
-            connection.execute(_INSERT_EVENT, {"job_id": values["id"], "at": now, "kind": EventKind.CREATED,
-                                                 "status": Status.QUEUED, "attempt": 0})
+            JobEvent.write(connection, {"job_id": values["id"], "at": now, "kind": EventKind.CREATED,
+                                        "status": Status.QUEUED, "attempt": 0})
         changes.publish(values["owner"])
         return cls(**values)
 
     @classmethod
     def renew_lease(cls, job_id, worker, lease_seconds, progress=None):
         """Extend this worker's lease (and move progress); False if the job is no longer its own."""
-        return cls._apply(cls._renewing(), job_id=job_id, worker=worker, progress=progress,
-                          lease_until=cls._after(lease_seconds)) is not None
+        return engine.apply(cls._renewing(), job_id=job_id, worker=worker, progress=progress,
+                            lease_until=engine.after(lease_seconds)) is not None
 
     @classmethod
     @functools.cache
@@ -341,50 +264,54 @@ class Job(JobReads, JobClaims, db.Model):
         jobs = cls.__table__
         progress = bindparam("progress", type_=Integer)
         # Progress only ever moves forward: "sent", written beside the call, may land after "received".
-        return cls._transition(
-            cls._under_lease(lapsed=False), lease_expires_at=bindparam("lease_until", type_=DateTime),
+        return engine.transition(
+            cls, cls._under_lease(lapsed=False),
+            lease_expires_at=bindparam("lease_until", type_=DateTime),
             progress=case((progress.is_not(None) & (jobs.c.progress < progress), progress), else_=jobs.c.progress))
 
     @classmethod
     def complete(cls, job_id, worker, result_path):
         """processing → complete with the stored result."""
-        return cls._apply(cls._completing(), job_id=job_id, worker=worker, result_path=result_path) is not None
+        return engine.apply(cls._completing(), job_id=job_id, worker=worker, result_path=result_path) is not None
 
     @classmethod
     @functools.cache
     def _completing(cls):
-        return cls._transition(
-            cls._under_lease(lapsed=False), event=EventKind.COMPLETE, ends_attempt=True, outbox_event=outbox.JOB_COMPLETE,
-            status=Status.COMPLETE, result_path=bindparam("result_path", type_=String), progress=100, completed_at=_NOW,
-            leased_by=None, lease_expires_at=None, error_code=None, error=None)
+        return engine.transition(
+            cls, cls._under_lease(lapsed=False),
+            event=EventKind.COMPLETE, ends_attempt=True, outbox_event=outbox.JOB_COMPLETE,
+            status=Status.COMPLETE, result_path=bindparam("result_path", type_=String), progress=100,
+            completed_at=NOW, leased_by=None, lease_expires_at=None, error_code=None, error=None)
 
     @classmethod
     def fail(cls, job_id, worker, code, message, dead_letter=False):
         """processing → failed, for good (until a person retries it); worker None: its lease lapsed."""
-        return cls._apply(cls._failing(lapsed=worker is None), job_id=job_id, worker=worker, code=code,
-                          message=message[:1000], dead_letter=dead_letter) is not None
+        return engine.apply(cls._failing(lapsed=worker is None), job_id=job_id, worker=worker, code=code,
+                            message=message[:1000], dead_letter=dead_letter) is not None
 
     @classmethod
     @functools.cache
     def _failing(cls, lapsed):
-        return cls._transition(
-            cls._under_lease(lapsed), event=EventKind.FAILED, ends_attempt=True, outbox_event=outbox.JOB_FAILED,
+        return engine.transition(
+            cls, cls._under_lease(lapsed),
+            event=EventKind.FAILED, ends_attempt=True, outbox_event=outbox.JOB_FAILED,
             status=Status.FAILED, error_code=bindparam("code", type_=String), error=bindparam("message", type_=Text),
-            dead_letter=bindparam("dead_letter", type_=Boolean), completed_at=_NOW, leased_by=None,
+            dead_letter=bindparam("dead_letter", type_=Boolean), completed_at=NOW, leased_by=None,
             lease_expires_at=None)
 
     @classmethod
     def retry_later(cls, job_id, worker, code, message, delay_seconds):
         """processing → queued, due after delay_seconds; the attempt stays spent. worker None: its lease lapsed."""
-        return cls._apply(cls._retrying(lapsed=worker is None), job_id=job_id, worker=worker, code=code,
-                          message=message[:1000], due=cls._after(delay_seconds)) is not None
+        return engine.apply(cls._retrying(lapsed=worker is None), job_id=job_id, worker=worker, code=code,
+                            message=message[:1000], due=engine.after(delay_seconds)) is not None
 
     @classmethod
     @functools.cache
     def _retrying(cls, lapsed):
         due = bindparam("due", type_=DateTime)
-        return cls._transition(
-            cls._under_lease(lapsed), event=EventKind.RETRY, ends_attempt=True,
+        return engine.transition(
+            cls, cls._under_lease(lapsed),
+            event=EventKind.RETRY, ends_attempt=True,
             status=Status.QUEUED, error_code=bindparam("code", type_=String), error=bindparam("message", type_=Text),
             progress=0, next_attempt_at=due, queue_key=due,  # it queues by its retry time
             leased_by=None, lease_expires_at=None)
@@ -396,82 +323,88 @@ class Job(JobReads, JobClaims, db.Model):
 
         job_id may be None: whichever job this worker has."""
         transition = cls._releasing(lapsed=worker is None, any_job=job_id is None, held=code == codes.CIRCUIT_OPEN)
-        return cls._apply(transition, job_id=job_id, worker=worker, code=code, message=message)
+        return engine.apply(transition, job_id=job_id, worker=worker, code=code, message=message)
 
     @classmethod
     @functools.cache
     def _releasing(cls, lapsed, any_job, held):
         jobs = cls.__table__
-        job = select(jobs.c.id).where(cls._under_lease(lapsed)).limit(1).scalar_subquery() if any_job else None
-        return cls._transition(
-            cls._under_lease(lapsed), job=job, event=EventKind.HELD if held else EventKind.RELEASED, ends_attempt=True,
-            returning=(jobs.c.correlation_id,), status=Status.QUEUED, attempts=jobs.c.attempts - 1, progress=0,
-            error_code=bindparam("code", type_=String), error=bindparam("message", type_=Text), leased_by=None,
-            lease_expires_at=None)
+        leased = cls._under_lease(lapsed)
+        return engine.transition(
+            cls, leased, job=select(jobs.c.id).where(leased).limit(1).scalar_subquery() if any_job else None,
+            event=EventKind.HELD if held else EventKind.RELEASED, ends_attempt=True,
+            returning=(jobs.c.correlation_id,),
+            status=Status.QUEUED, attempts=jobs.c.attempts - 1, progress=0, error_code=bindparam("code", type_=String),
+            error=bindparam("message", type_=Text), leased_by=None, lease_expires_at=None)
 
     @classmethod
     def hold(cls, job_id, message):
         """Mark a queued job as held by the open breaker (once; it stays queued, nothing is spent)."""
-        return cls._apply(cls._holding(), job_id=job_id, message=message) is not None
+        return engine.apply(cls._holding(), job_id=job_id, message=message) is not None
 
     @classmethod
     @functools.cache
     def _holding(cls):
         jobs = cls.__table__
-        return cls._transition(
-            jobs.c.status == Status.QUEUED, jobs.c.error_code.is_distinct_from(codes.CIRCUIT_OPEN),
-            event=EventKind.HELD, error_code=codes.CIRCUIT_OPEN, error=bindparam("message", type_=Text))
+        return engine.transition(
+            cls, jobs.c.status == Status.QUEUED, jobs.c.error_code.is_distinct_from(codes.CIRCUIT_OPEN),
+            event=EventKind.HELD,
+            error_code=codes.CIRCUIT_OPEN, error=bindparam("message", type_=Text))
 
     @classmethod
     def requeue(cls, job_id):
         """failed → queued from the kept PDF, attempts reset (a person asked for it)."""
-        return cls._apply(cls._requeueing(), job_id=job_id) is not None
+        return engine.apply(cls._requeueing(), job_id=job_id) is not None
 
     @classmethod
     @functools.cache
     def _requeueing(cls):
         jobs = cls.__table__
-        return cls._transition(
-            jobs.c.status == Status.FAILED, jobs.c.upload_path.is_not(None), event=EventKind.REQUEUED,
+        return engine.transition(
+            cls, jobs.c.status == Status.FAILED, jobs.c.upload_path.is_not(None),
+            event=EventKind.REQUEUED,
             status=Status.QUEUED, attempts=0, progress=0, error_code=None, error=None, dead_letter=False,
-            completed_at=None, started_at=None, next_attempt_at=None, queue_key=_NOW)
+            completed_at=None, started_at=None, next_attempt_at=None, queue_key=NOW)
 
     @classmethod
     def reconvert(cls, job_id, upload_path, filename):
         """expired/failed without its PDF (spent) → queued from a new upload of the same file, as if just uploaded."""
-        return cls._apply(cls._reconverting(), job_id=job_id, upload_path=upload_path, filename=filename) is not None
+        return engine.apply(cls._reconverting(), job_id=job_id, upload_path=upload_path,
+                            filename=filename) is not None
 
     @classmethod
     @functools.cache
     def _reconverting(cls):
-        return cls._transition(
-            cls.spent, event=EventKind.CREATED,  # uploaded again: its history goes on from a new upload
+        return engine.transition(
+            cls, cls.spent,
+            event=EventKind.CREATED,  # uploaded again: its history goes on from a new upload
             status=Status.QUEUED, upload_path=bindparam("upload_path", type_=String),
             filename=bindparam("filename", type_=String), result_path=None, attempts=0, progress=0, error_code=None,
-            error=None, dead_letter=False, created_at=_NOW, completed_at=None, started_at=None, next_attempt_at=None,
-            queue_key=_NOW)  # its place in its owner's queue: the new upload's time
+            error=None, dead_letter=False, created_at=NOW, completed_at=None, started_at=None, next_attempt_at=None,
+            queue_key=NOW)  # its place in its owner's queue: the new upload's time
 
     @classmethod
     def expire_result(cls, job_id):
         """complete → expired: retention removed the XML (the caller deletes the file)."""
-        return cls._apply(cls._expiring_result(), job_id=job_id) is not None
+        return engine.apply(cls._expiring_result(), job_id=job_id) is not None
 
     @classmethod
     @functools.cache
     def _expiring_result(cls):
         jobs = cls.__table__
-        return cls._transition(jobs.c.status == Status.COMPLETE, event=EventKind.RESULT_EXPIRED, result_path=None)
+        return engine.transition(cls, jobs.c.status == Status.COMPLETE, event=EventKind.RESULT_EXPIRED,
+                                 result_path=None)
 
     @classmethod
     def forget_upload(cls, job_id):
         """Retention removed the PDF of a finished job (the caller deletes the file); it can no longer be retried."""
-        return cls._apply(cls._forgetting_upload(), job_id=job_id) is not None
+        return engine.apply(cls._forgetting_upload(), job_id=job_id) is not None
 
     @classmethod
     @functools.cache
     def _forgetting_upload(cls):
         jobs = cls.__table__
-        return cls._transition(jobs.c.status.in_(FINISHED), event=EventKind.UPLOAD_EXPIRED, upload_path=None)
+        return engine.transition(cls, jobs.c.status.in_(FINISHED), event=EventKind.UPLOAD_EXPIRED, upload_path=None)
 
     @classmethod
     def remove(cls, job_id):
@@ -505,19 +438,4 @@ class Job(JobReads, JobClaims, db.Model):
             session.execute(update(cls.__table__).where(cls.id == job_id).values(share_nonce=secrets.token_urlsafe(12)))
 
 
-# Claims count processing jobs; where the database does not serialize writers (SQLite does), this row lock does.
-_SERIALIZE_CLAIMS = (select(Coordination.__table__.c.name).where(Coordination.__table__.c.name == "claims")
-                     .with_for_update())
-
-
-_INSERT_JOB = insert(Job.__table__)
-_INSERT_EVENT = insert(JobEvent.__table__)
-
-
-def _distinct(columns):
-    """The columns without repeats (by identity: a column's == builds SQL), in order."""
-    kept = []
-    for column in columns:
-        if not any(column is seen for seen in kept):
-            kept.append(column)
-    return kept
+_INSERT_JOB = insert(Job.__table__)  # built once: every upload makes one

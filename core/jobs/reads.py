@@ -99,7 +99,8 @@ class JobReads:
         changed since then."""
         return db.session.execute(
             select(cls.status, cls.started_at, cls.completed_at)
-            .where(*cls.of_owner(owner), cls.updated_at > since, cls.status.in_(FINISHED), cls.completed_at > since)).all()
+            .where(*cls.of_owner(owner), cls.updated_at > since, cls.status.in_(FINISHED),
+                   cls.completed_at > since)).all()
 
     @classmethod
     def owners_changed_after(cls, cursor):
