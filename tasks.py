@@ -6,7 +6,8 @@ import logging
 
 from huey.signals import SIGNAL_INTERRUPTED
 
-from core.models import Job, Status
+from core.jobs.model import Job
+from core.jobs.states import Status
 from core.queue import bound_app, huey
 from worker.run import _leaseholders, run_job, stopping
 
@@ -31,7 +32,7 @@ def _release_interrupted(signal, task, *args, **kwargs):
     """The consumer is stopping mid-job: put the job back in the queue without spending its attempt."""
     with bound_app().app_context():
         for worker in list(_leaseholders):
-            released = Job.release(None, worker, returning=(Job.correlation_id,))
+            released = Job.release(None, worker)
             if released is not None:
                 logger.info("job %s released at shutdown", released.id, extra={
                     "job_id": released.id, "correlation_id": released.correlation_id,

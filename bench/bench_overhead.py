@@ -215,7 +215,7 @@ def claim_time(queued):
 
     from webapp import create_app
     from core.db import db
-    from core.models import Job
+    from core.jobs.model import Job
     with tempfile.TemporaryDirectory(prefix="pdfqueue-claim-") as data_dir:
         app = create_app({"DATA_DIR": data_dir, "TESTING": True, "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True})
         with app.app_context():

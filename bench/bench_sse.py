@@ -104,7 +104,7 @@ def api_timer(url, cookie, stop, latencies):
 
 def run(worker_class, n_streams, n_changes, extra_env):
     from webapp import create_app
-    from core.models import Job
+    from core.jobs.model import Job
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     process, url, port = start_web(data_dir, worker_class, extra_env)
@@ -133,7 +133,7 @@ def run(worker_class, n_streams, n_changes, extra_env):
             timer.start()
             await asyncio.sleep(1)
             with worker_app.app_context():
-                Job.claim(job["id"], "bench", 600, capacity=10)
+                Job.claim_next("bench", 600, capacity=10)
                 for n in range(n_changes):
                     progress = 20 + n
                     marker_times[progress] = time.monotonic()

@@ -10,7 +10,7 @@ from pathlib import Path
 from flask import Flask
 
 from core import changes, config, counters, db, keys, logs, queue
-from core.models import Job
+from core.jobs.model import Job
 
 
 def build_app(import_name, test_config=None):

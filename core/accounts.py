@@ -20,7 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from core.clock import isoformat, utcnow
 from core.db import db, write_transaction
-from core.models import Job, new_id
+from core.jobs.model import Job, new_id
 
 hasher = PasswordHasher()
 TOKEN_PREFIX = "pdfq_"

@@ -31,8 +31,9 @@ from sqlalchemy.engine import make_url
 
 from core.clock import isoformat, utcnow
 from core.db import db, write_transaction
-from core.models import worker_heartbeat
-from core.models import Coordination, Job, Status
+from core.coordination import Coordination, worker_heartbeat
+from core.jobs.model import Job
+from core.jobs.states import Status
 
 FOLDERS = {"uploads": "UPLOAD_DIR", "results": "RESULT_DIR"}  # a backup's folder: the setting naming it here
 MANIFEST = "manifest.json"

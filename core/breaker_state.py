@@ -8,7 +8,7 @@ import time
 from sqlalchemy import delete
 
 from core.db import write_transaction
-from core.models import Coordination
+from core.coordination import Coordination
 
 NAME = "breaker"
 JOB_FAILURE = "breaker:job:"  # + job id: a Coordination row per job whose /process failed while /healthz was ok

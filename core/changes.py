@@ -1,6 +1,6 @@
 """Job changes, within a process and across processes: publish(owner) and subscribe(owner).
 
-Every transition of a job publishes its owner once committed (core/models.py). A listener — an open
+Every transition of a job publishes its owner once committed (core/jobs/engine.py). A listener — an open
 event stream (webapp/stream.py) — is notified by owner and then reads what changed from the database itself,
 so a message carries no state and a lost one costs only latency. Within a process, publish notifies that
 owner's listeners at once. Other processes (the worker, the admin CLI, other web processes) reach this

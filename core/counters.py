@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import db, write_transaction
-from core.models import FINISHED
+from core.jobs.states import FINISHED
 
 logger = logging.getLogger("webapp.metrics")
 

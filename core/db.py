@@ -62,7 +62,7 @@ def write_transaction():
 @contextmanager
 def write_connection():
     """A Core connection in one write transaction (holding the write lock from its start, as write_transaction),
-    past the ORM session: for the transitions on every job's path, whose statements are built once and whose
+    past the ORM session: for the jobs' transitions (core/jobs/model.py), whose statements are built once and whose
     rows nobody keeps as objects, where the session's bookkeeping costs more than the statements.
 
     The session's own transaction, if one is open, is committed first, so what it reads next sees this write."""

@@ -1,7 +1,7 @@
 """What API, pages, bulk actions, the admin CLI and the worker's upkeep do to jobs, written once: each entry point
 parses its own input, checks who may act, and calls one of these.
 
-Each operation is a transition of Job (core/models.py) plus what goes with it outside the table: files on disk
+Each operation is a transition of Job (core/jobs/model.py) plus what goes with it outside the table: files on disk
 and the wake-up in the queue. They raise ApiError, which the web answers with and the CLI prints.
 """
 import logging
@@ -17,7 +17,9 @@ from core.accounts import OneTimeLink, UserSession
 from core.clock import parse_iso, utcnow
 from core.db import db
 from core.errors import ApiError
-from core.models import FINISHED, STATUS_GROUPS, Job, JobRemoval, Status
+from core.jobs.model import Job
+from core.jobs.removals import JobRemoval
+from core.jobs.states import FINISHED, STATUS_GROUPS, Status
 from core.outbox import OutboxEvent
 
 logger = logging.getLogger("pdfqueue.worker")

@@ -1,6 +1,6 @@
 """Telling people a job is done: their webhooks and email choices, and the outbox that carries every event.
 
-An event is a row of the outbox written by the job's own transition (Job._transition), in the same
+An event is a row of the outbox written by the job's own transition (core/jobs/engine.py), in the same
 transaction as the job's change: a job that completes has its event, or neither happened. The worker
 delivers the rows (worker/delivery.py) at least once, each under a stable id (the webhook-id header).
 
@@ -27,6 +27,7 @@ from sqlalchemy import (DateTime, ForeignKey, Index, Integer, String, Text, bind
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core import codes
+from core.backoff import backoff
 from core.clock import isoformat, utcnow
 from core.db import db, write_transaction
 
@@ -271,10 +272,10 @@ def wait_for_events(timeout):
 
 
 def next_delay(attempts, config, rand=random.random):
-    """Seconds before the next try after attempts failed tries: base × 2^(attempts−1), capped, plus jitter."""
-    base = config["WEBHOOK_RETRY_BASE_SECONDS"]
-    delay = min(base * 2 ** max(attempts - 1, 0), config["WEBHOOK_RETRY_MAX_SECONDS"])
-    return delay + rand() * min(delay, config["WEBHOOK_RETRY_MAX_SECONDS"]) * 0.5
+    """Seconds before the next try after attempts failed tries: WEBHOOK_RETRY_BASE_SECONDS doubled at each try after
+    the first, at most WEBHOOK_RETRY_MAX_SECONDS, plus up to half that again at random."""
+    return backoff(attempts, config["WEBHOOK_RETRY_BASE_SECONDS"], config["WEBHOOK_RETRY_MAX_SECONDS"], spread=0.5,
+                   rand=rand)
 
 
 # -- SSRF ---------------------------------------------------------------------------------------------

@@ -91,9 +91,18 @@ def run(app, job_id):
         db.session.remove()
 
 
+def claim(job_id, worker="w", lease_seconds=30, capacity=4):
+    """Claim as a worker does (Job.claim_next: fair share chooses), checking that the choice is this job; what the
+    claim returns, or None if nothing was claimable (capacity full, nothing due). In an app context."""
+    from core.jobs.model import Job
+    claimed = Job.claim_next(worker, lease_seconds, capacity)
+    assert claimed is None or claimed.id == job_id, f"fair share chose {claimed.id}, not {job_id}"
+    return claimed
+
+
 def load(app, job_id):
     """The job's row as the database has it now."""
-    from core.models import Job
+    from core.jobs.model import Job
     with app.app_context():
         job = db.session.get(Job, job_id)
         db.session.expunge_all()

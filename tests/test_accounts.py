@@ -10,7 +10,7 @@ from tests import people
 from tests.conftest import ApiClient, pdf_bytes
 from core.accounts import ApiToken, User, UserSession, hasher
 from core.db import db
-from core.models import Job
+from core.jobs.model import Job
 
 PASSWORD = "correct horse battery"
 

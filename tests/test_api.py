@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pdf_bytes
-from core.models import Job
+from tests.conftest import claim, pdf_bytes
+from core.jobs.model import Job
 
 
 def upload(client, tag):
@@ -39,7 +39,7 @@ def test_since_returns_only_jobs_changed_later(app, client):
     body = client.get(f"/api/jobs?since={first['updated_at']}").get_json()
     assert [job["id"] for job in body["jobs"]] == [second["id"]]
     with app.app_context():
-        assert Job.claim(first["id"], "w1", 30, capacity=4)
+        assert claim(first["id"], "w1", 30, capacity=4)
     body = client.get(f"/api/jobs?since={second['updated_at']}").get_json()
     assert [(job["id"], job["status"]) for job in body["jobs"]] == [(first["id"], "processing")]
 
@@ -47,7 +47,7 @@ def test_since_returns_only_jobs_changed_later(app, client):
 def test_status_filter(app, client):
     a, b = upload(client, "f1"), upload(client, "f2")
     with app.app_context():
-        assert Job.claim(a["id"], "w1", 30, capacity=4)
+        assert claim(a["id"], "w1", 30, capacity=4)
     assert [j["id"] for j in client.get("/api/jobs?status=processing").get_json()["jobs"]] == [a["id"]]
     assert [j["id"] for j in client.get("/api/jobs?status=queued").get_json()["jobs"]] == [b["id"]]
 
@@ -71,7 +71,7 @@ def test_delete_removes_the_job_and_its_files(app, client):
     job = upload(client, "gone")
     result = Path(app.config["RESULT_DIR"]) / f"{job['id']}.xml"
     with app.app_context():
-        assert Job.claim(job["id"], "w1", 30, capacity=4)
+        assert claim(job["id"], "w1", 30, capacity=4)
         result.write_text("<x/>")
         assert Job.complete(job["id"], "w1", f"results/{job['id']}.xml")
     assert client.delete(f"/api/jobs/{job['id']}").status_code == 204
@@ -141,7 +141,7 @@ def test_status_groups_and_search_combine_with_the_cursor(app, client):
     jobs = [upload(client, f"g{n}") for n in range(5)]
     with app.app_context():
         for job in jobs[:3]:
-            assert Job.claim(job["id"], "w1", 30, capacity=10)
+            assert claim(job["id"], "w1", 30, capacity=10)
         assert Job.fail(jobs[0]["id"], "w1", "GW_4XX", "refused")
     active = lambda query: [j["id"] for j in client.get(f"/api/jobs?{query}").get_json()["jobs"]]  # noqa: E731
     assert active("status=active") == [job["id"] for job in jobs[1:][::-1]]

@@ -10,7 +10,8 @@ from gateway.testing import free_port
 from tests.conftest import WORKER_SETTINGS, ApiClient, pdf_bytes, run
 from core.clock import utcnow
 from core.db import db
-from core.models import Coordination, Job
+from core.coordination import Coordination
+from core.jobs.model import Job
 
 
 def invoke(app, *args, ok=True):

@@ -11,7 +11,7 @@ from tests import people
 from tests.conftest import ApiClient, pdf_bytes
 from tests.test_pages import finish
 from webapp import bulk
-from core.models import Job
+from core.jobs.model import Job
 
 
 def upload(client, tag, name=None):
@@ -67,7 +67,7 @@ def test_entry_names_have_no_directories(filename, entry):
 def test_archive_is_owner_scoped_and_says_when_nothing_is_ready(client):
     app = client.raw.application
     other = ApiClient(app.test_client())
-    mine, theirs = upload(client, "mine"), upload(other, "theirs")
+    theirs, mine = upload(other, "theirs"), upload(client, "mine")  # the first uploaded is claimed first
     finish(app, theirs["id"])
     response = client.get(f"/api/jobs/archive?ids={mine['id']},{theirs['id']}")
     assert response.status_code == 409 and response.get_json()["error"]["code"] == "NOT_READY"

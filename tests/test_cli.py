@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import pdf_bytes
+from tests.conftest import claim, pdf_bytes
 from worker import breaker
 from core.db import db
 from core.clock import utcnow
-from core.models import Job
+from core.jobs.model import Job
 
 
 @pytest.fixture
@@ -21,11 +21,11 @@ def runner(app):
 @pytest.fixture
 def jobs(app, client, other_client):
     """Two jobs of two owners: one queued, one failed."""
-    queued = client.upload((pdf_bytes("q"), "q.pdf")).get_json()["jobs"][0]
     failed = other_client.upload((pdf_bytes("f"), "f.pdf")).get_json()["jobs"][0]
     with app.app_context():
-        assert Job.claim(failed["id"], "w", 45, 4) and Job.fail(failed["id"], "w", "GW_4XX", "refused")
+        assert claim(failed["id"], "w", 45, 4) and Job.fail(failed["id"], "w", "GW_4XX", "refused")
         db.session.remove()
+    queued = client.upload((pdf_bytes("q"), "q.pdf")).get_json()["jobs"][0]
     return queued, failed
 
 

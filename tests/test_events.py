@@ -14,13 +14,13 @@ from sqlalchemy import create_engine, text
 
 from core import operations
 from tests import people
-from tests.conftest import pdf_bytes
+from tests.conftest import claim, pdf_bytes
 from webapp import create_app
 from core import changes
 from webapp import stream as stream_module
 from core.db import db
 from core.clock import isoformat, parse_iso, utcnow
-from core.models import Job
+from core.jobs.model import Job
 
 
 class Browser:
@@ -149,7 +149,7 @@ def test_a_change_in_this_process_is_sent_with_an_id(app, browser):
     event, event_id, data = stream.until(job_event(job["id"], "queued"))
     assert parse_iso(event_id) >= parse_iso(job["updated_at"])
     with app.app_context():
-        assert Job.claim(job["id"], "w1", 30, capacity=4)
+        assert claim(job["id"], "w1", 30, capacity=4)
     _, later_id, data = stream.until(job_event(job["id"], "processing"))
     assert json.loads(data)["progress"] == 10 and parse_iso(later_id) > parse_iso(event_id)
     stream.close()
@@ -179,7 +179,7 @@ def test_reconnect_with_the_last_id_misses_nothing(app, browser, how):
     # While disconnected: a new job and a change to the old one.
     second = browser.upload("while-away")
     with app.app_context():
-        assert Job.claim(first["id"], "w1", 30, capacity=4)
+        assert claim(first["id"], "w1", 30, capacity=4)
     if how == "header":
         resumed = browser.events(headers={"Last-Event-ID": last_id})
     else:
@@ -211,7 +211,7 @@ def test_a_dashboard_row_goes_on_top_only_for_a_job_made_after_the_cursor(app, c
     job = client.upload((pdf_bytes("placed"), "placed.pdf")).get_json()["jobs"][0]
     made = parse_iso(job["created_at"])
     with app.test_request_context():
-        assert Job.claim(job["id"], "w1", 30, capacity=4)
+        assert claim(job["id"], "w1", 30, capacity=4)
         owner = db.session.get(Job, job["id"]).owner
         view = {"owner": owner, "owner_column": False, "status": "", "statuses": (), "q": "", "query": {}}  # my own queue
         [(_, _, newer)], _ = stream_module.read_changes(owner, made - timedelta(seconds=1), view)
@@ -269,7 +269,7 @@ def test_a_removal_missed_while_away_is_sent_on_reconnect(app, browser):
 def test_retention_reaches_an_open_dashboard(app, browser):
     job = browser.upload("retained")
     with app.app_context():
-        Job.claim(job["id"], "w1", 30, capacity=4)
+        claim(job["id"], "w1", 30, capacity=4)
         Job.complete(job["id"], "w1", "results/retained.xml")
     tab = browser.events("?html=1")
     download = f'href="/api/jobs/{job["id"]}/download"'
@@ -377,7 +377,7 @@ def test_with_redis_a_change_in_another_process_is_published(make_app, redis_url
         worker = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop",
                              "REDIS_URL": redis_url, "HUEY_MEMORY": True})
         with worker.app_context():
-            assert Job.claim(job["id"], "w1", 30, capacity=4)
+            assert claim(job["id"], "w1", 30, capacity=4)
             db.engine.dispose()
         stream.until(job_event(job["id"], "processing"), timeout=2)
         stream.close()

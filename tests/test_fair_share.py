@@ -7,7 +7,8 @@ from sqlalchemy import select, text
 
 from core.clock import utcnow
 from core.db import db
-from core.models import Job
+from core.jobs.model import Job
+from tests.conftest import claim
 
 
 def upload(owner, n, tag=""):
@@ -64,7 +65,7 @@ def test_run_next_moves_a_job_before_everyone_elses(app):
 def test_run_next_overrides_a_back_off(app):
     with app.app_context():
         (job_id,) = upload("alice", 1)
-        Job.claim(job_id, "w", 30, 4)
+        claim(job_id, "w", 30, 4)
         Job.retry_later(job_id, "w", "GW_5XX", "down", delay_seconds=3600)
         assert Job.claim_next("w", 30, 4) is None
         assert Job.run_next(job_id)
@@ -74,7 +75,7 @@ def test_run_next_overrides_a_back_off(app):
 def test_a_retried_job_queues_by_its_retry_time_not_its_upload(app):
     with app.app_context():
         (retried,) = upload("alice", 1, tag="r")
-        Job.claim(retried, "w", 30, 4)
+        claim(retried, "w", 30, 4)
         Job.retry_later(retried, "w", "GW_5XX", "down", delay_seconds=0.3)
         uploaded_meanwhile = upload("alice", 2)  # uploaded after the first, but before its retry is due
         time.sleep(0.4)
@@ -120,9 +121,9 @@ def test_run_next_is_for_admins_and_moves_the_job_first(app):
 def test_the_queue_page_offers_run_next_on_queued_rows_to_admins_only(app):
     from tests.conftest import ApiClient, upload as api_upload
     alice, admin = ApiClient(app.test_client()), ApiClient(app.test_client(), True)
-    queued, running = api_upload(alice, "q"), api_upload(alice, "r")
+    running, queued = api_upload(alice, "r"), api_upload(alice, "q")  # the first uploaded is claimed first
     with app.app_context():
-        Job.claim(running["id"], "w", 30, 4)
+        claim(running["id"], "w", 30, 4)
     assert 'data-action="run-next"' not in alice.get("/queue").get_data(as_text=True)
     page = admin.get("/queue?owner=all").get_data(as_text=True)
     assert f'hx-post="/api/jobs/{queued["id"]}/priority"' in page
@@ -195,7 +196,7 @@ def test_workers_claiming_at_once_take_each_job_once_and_take_turns(app):
 def test_the_fair_claim_and_the_complete_write_their_history_in_one_update_and_one_insert_each(app):
     from sqlalchemy import event
 
-    from core.models import JobEvent
+    from core.jobs.history import JobEvent
     statements = []
 
     def seen(conn, cursor, statement, *args):

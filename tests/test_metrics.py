@@ -9,7 +9,7 @@ from tests.conftest import WORKER_SETTINGS, pdf_bytes, run, upload
 from core import counters
 from core.db import db
 from core.clock import utcnow
-from core.models import Coordination
+from core.coordination import Coordination
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_accepted_uploads_job_durations_and_retry_outcomes_are_counted(worker_ap
 def test_job_duration_is_measured_from_the_upload(worker_app, api):
     job = upload(api)
     with worker_app.app_context():
-        from core.models import Job
+        from core.jobs.model import Job
         Job.query.filter_by(id=job["id"]).update({"created_at": utcnow() - timedelta(seconds=200)})
         db.session.commit()
     run(worker_app, job["id"])

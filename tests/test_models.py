@@ -2,10 +2,11 @@
 import threading
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from core.db import db, write_transaction
-from core.models import Job, new_id
+from core.jobs.model import Job, new_id
+from tests.conftest import claim
 
 
 @pytest.fixture
@@ -28,15 +29,15 @@ def status(app, job_id):
 
 def test_a_job_is_claimed_once(app, job_id):
     with app.app_context():
-        assert Job.claim(job_id, "w1", 30, capacity=4)
-        assert not Job.claim(job_id, "w2", 30, capacity=4)
+        assert claim(job_id, "w1", 30, capacity=4)
+        assert not claim(job_id, "w2", 30, capacity=4)
         job = db.session.get(Job, job_id)
         assert (job.status, job.leased_by, job.attempts, job.progress) == ("processing", "w1", 1, 10)
 
 
 def test_only_the_lease_holder_completes_or_fails(app, job_id):
     with app.app_context():
-        Job.claim(job_id, "w1", 30, capacity=4)
+        claim(job_id, "w1", 30, capacity=4)
         assert not Job.complete(job_id, "w2", "results/x.xml")
         assert not Job.fail(job_id, "w2", "GW_4XX", "no")
         assert Job.complete(job_id, "w1", "results/x.xml")
@@ -47,17 +48,17 @@ def test_only_the_lease_holder_completes_or_fails(app, job_id):
 def test_claims_respect_capacity(app):
     with app.app_context():
         ids = [Job.create(owner="o", filename="a", mapping="m", bytes=n, sha256="1" * 64).id for n in range(3)]
-        assert Job.claim(ids[0], "w", 30, capacity=2) and Job.claim(ids[1], "w", 30, capacity=2)
-        assert not Job.claim(ids[2], "w", 30, capacity=2)
+        assert claim(ids[0], "w", 30, capacity=2) and claim(ids[1], "w", 30, capacity=2)
+        assert not claim(ids[2], "w", 30, capacity=2)
 
 
 def test_release_refunds_the_attempt_and_requeue_needs_a_failed_job_with_its_pdf(app, job_id):
     with app.app_context():
-        Job.claim(job_id, "w1", 30, capacity=4)
+        claim(job_id, "w1", 30, capacity=4)
         assert not Job.requeue(job_id)
         assert Job.release(job_id, "w1")
         assert db.session.get(Job, job_id).attempts == 0
-        Job.claim(job_id, "w1", 30, capacity=4)
+        claim(job_id, "w1", 30, capacity=4)
         Job.fail(job_id, "w1", "GW_4XX", "bad file")
         assert Job.requeue(job_id)
         job = db.session.get(Job, job_id)
@@ -69,7 +70,7 @@ def test_every_transition_bumps_updated_at(app, job_id):
     with app.app_context():
         before = db.session.get(Job, job_id).updated_at
         db.session.commit()
-        Job.claim(job_id, "w1", 30, capacity=4)
+        claim(job_id, "w1", 30, capacity=4)
         job = db.session.get(Job, job_id)
         db.session.refresh(job)
         assert job.updated_at > before
@@ -89,12 +90,14 @@ def test_many_threads_writing_at_once_never_see_database_is_locked(app):
     def churn(worker):
         with app.app_context():
             try:
-                for job_id in ids:
+                while True:
                     db.session.execute(text("SELECT count(*) FROM jobs")).scalar()  # a read first, then writes
-                    if Job.claim(job_id, worker, 30, capacity=1000):
-                        claimed.append(job_id)
-                        Job.renew_lease(job_id, worker, 30, progress=50)
-                        Job.complete(job_id, worker, "results/x.xml")
+                    job = Job.claim_next(worker, 30, capacity=1000)
+                    if job is None:
+                        break
+                    claimed.append(job.id)
+                    Job.renew_lease(job.id, worker, 30, progress=50)
+                    Job.complete(job.id, worker, "results/x.xml")
             except Exception as exc:  # collected and asserted below
                 errors.append(exc)
             finally:
@@ -146,11 +149,36 @@ def test_what_follows_from_a_jobs_state_is_the_models_to_say(fields, expected):
     assert {name for name in names if getattr(job, name)} == expected
 
 
+def test_each_check_of_a_job_and_its_sql_twin_agree(app):
+    """spent, name_contains and matches are each one hybrid: what a job says of itself, and the SQL that finds it."""
+    from core.jobs.states import FILTERS
+    states = [{"status": "queued"}, {"status": "processing"}, {"status": "complete", "result_path": "results/a.xml"},
+              {"status": "complete", "result_path": None}, {"status": "failed", "upload_path": "uploads/a.pdf"},
+              {"status": "failed", "upload_path": None}]
+    names = ["Invoice 100%.pdf", "a_b.PDF", "back\\slash.pdf", "plain.pdf"]
+    with app.app_context():
+        for n, (fields, name) in enumerate((fields, name) for fields in states for name in names):
+            db.session.add(Job(id=f"j{n}", owner="o", filename=name, mapping="m", bytes=n, sha256="3" * 64,
+                               **{"upload_path": "uploads/a.pdf", **fields}))
+        db.session.commit()
+        jobs = db.session.execute(select(Job)).scalars().all()
+
+        def found(condition):
+            return set(db.session.execute(select(Job.id).where(condition)).scalars())
+
+        assert found(Job.spent) == {job.id for job in jobs if job.spent} and len(found(Job.spent)) == 2 * len(names)
+        for q in ("", "100%", "%", "_", "a_b", "\\", "INVOICE", "pdf", "nothing"):
+            assert found(Job.name_contains(q)) == {job.id for job in jobs if job.name_contains(q)}, q
+            for each in FILTERS:
+                assert found(Job.matches(each.statuses, q)) == {job.id for job in jobs
+                                                                if job.matches(each.statuses, q)}, (each.name, q)
+
+
 def test_migration_0004_keeps_what_the_dropped_columns_said(tmp_path):
     from flask_migrate import downgrade, upgrade
 
     from webapp import create_app
-    from core.models import Coordination
+    from core.coordination import Coordination
     app = create_app({"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True})
     with app.app_context():
         upgrade(directory=app.config["MIGRATIONS_DIR"], revision="0003")

@@ -1,18 +1,22 @@
 """The pages: upload form (with and without JavaScript), the queue, its partials, review, errors."""
 import io
+import json
 import re
 from datetime import timedelta
+from html import unescape
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
 from tests import people
-from tests.conftest import pdf_bytes
+from tests.conftest import claim, pdf_bytes
 from webapp import htmx
-from webapp import pages
+from webapp import pages, queue_view
 from core.clock import parse_iso
-from core.models import Coordination, Job
+from core.coordination import Coordination
+from core.jobs.model import Job
+from core.jobs.states import FILTERS
 
 HX = {"HX-Request": "true"}
 
@@ -28,7 +32,7 @@ def row_ids(html):
 def finish(app, job_id, status="complete", xml="<Invoice><InvoiceNumber>FT 1/1</InvoiceNumber></Invoice>", error=None):
     """Drive a job through the model's transitions to complete (with a stored result) or failed."""
     with app.app_context():
-        assert Job.claim(job_id, "w1", 30, capacity=4)
+        assert claim(job_id, "w1", 30, capacity=4)
         if status == "complete":
             Path(app.config["RESULT_DIR"], f"{job_id}.xml").write_text(xml)
             assert Job.complete(job_id, "w1", f"results/{job_id}.xml")
@@ -98,15 +102,15 @@ def test_queue_swaps_the_stream_out_of_band_and_polls_only_when_told(client):
 
 
 def test_queue_lists_my_jobs_newest_first_with_a_badge_per_state(app, client, other_client):
-    jobs = {state: upload(client, state) for state in ("queued", "processing", "complete", "failed")}
-    upload(other_client, "not-mine")
-    with app.app_context():
-        assert Job.claim(jobs["processing"]["id"], "w1", 30, capacity=4)
-        assert Job.renew_lease(jobs["processing"]["id"], "w1", 30, progress=40)
-    finish(app, jobs["complete"]["id"])
+    jobs = {state: upload(client, state) for state in ("complete", "failed", "processing", "queued")}
+    finish(app, jobs["complete"]["id"])  # claimed in upload order, as fair share takes one owner's jobs
     finish(app, jobs["failed"]["id"], "failed")
+    with app.app_context():
+        assert claim(jobs["processing"]["id"], "w1", 30, capacity=4)
+        assert Job.renew_lease(jobs["processing"]["id"], "w1", 30, progress=40)
+    upload(other_client, "not-mine")
     html = client.get("/queue").get_data(as_text=True)
-    assert row_ids(html) == [jobs[s]["id"] for s in ("failed", "complete", "processing", "queued")]
+    assert row_ids(html) == [jobs[s]["id"] for s in ("queued", "processing", "failed", "complete")]
     rows = {state: row_html(html, job["id"]) for state, job in jobs.items()}
     assert 'badge-queued">Queued' in rows["queued"]
     assert 'badge-processing">Processing' in rows["processing"] and '<progress' in rows["processing"] and 'value="40"' in rows["processing"]
@@ -160,7 +164,7 @@ def test_totals_count_states_and_average_the_processing_time(app, client):
             job = db.session.get(Job, job_id)
             job.completed_at = job.started_at + timedelta(seconds=took)
         db.session.commit()
-        totals = pages.totals_context(client.get("/api/session").get_json()["owner"])["totals"]
+        totals = queue_view.totals_context(client.get("/api/session").get_json()["owner"])["totals"]
     assert totals | {"average_seconds": round(totals["average_seconds"], 3)} == \
         {"total": 4, "complete": 2, "failed": 1, "active": 1, "average_seconds": 4.0}
     html = client.get("/queue").get_data(as_text=True)
@@ -291,11 +295,21 @@ def test_queue_search_counts_each_filter_under_it_and_carries_it_along(app, clie
     assert '<input type="hidden" name="status" value="failed">' in html  # a new search keeps the status
 
 
+def test_the_status_filters_on_the_page_and_for_app_js_are_the_servers(client):
+    html = client.get("/queue?status=failed").get_data(as_text=True)
+    assert re.findall(r'<a class="filter" [^>]*>(\w+) <span', html) == [each.label for each in FILTERS]
+    bar = re.search(r'<div id="bulk"[^>]*>', html).group(0)
+    assert json.loads(unescape(re.search(r'data-filters="([^"]+)"', bar).group(1))) == {
+        each.name: list(each.statuses) for each in FILTERS}
+    assert json.loads(unescape(re.search(r'data-filter="([^"]+)"', bar).group(1)))["status"] == "failed"
+    assert 'data-count-id="count-failed"' in bar
+
+
 def test_live_rows_respect_the_search(app, client):
     match, other = upload(client, "march-live"), upload(client, "april-live")
     with app.app_context():
         for job in (match, other):
-            assert Job.claim(job["id"], "w1", 30, capacity=4)
+            assert claim(job["id"], "w1", 30, capacity=4)
     html = client.get(f"/queue/rows?q=march&since={other['created_at']}", headers=HX).get_data(as_text=True)
     assert sorted(oob_rows(html)) == sorted([("replace", match["id"]), ("delete", other["id"])])
     counts = dict(re.findall(r'<span id="count-(\w+)" class="count" hx-swap-oob="true">(\d+)</span>', html))
@@ -306,7 +320,7 @@ def test_an_active_job_past_five_minutes_is_taking_longer_than_usual(app, client
     slow, fresh, stuck = upload(client, "slow"), upload(client, "fresh"), upload(client, "stuck")
     with app.app_context():
         from core.db import db
-        assert Job.claim(slow["id"], "w1", 30, capacity=4) and Job.claim(fresh["id"], "w1", 30, capacity=4)
+        assert claim(slow["id"], "w1", 30, capacity=4) and claim(fresh["id"], "w1", 30, capacity=4)
         db.session.get(Job, slow["id"]).started_at -= timedelta(minutes=6)
         db.session.get(Job, stuck["id"]).updated_at -= timedelta(minutes=5, seconds=1)  # queued, never started
         db.session.commit()

@@ -7,7 +7,8 @@ import pytest
 
 from worker import leases
 from core.db import db
-from core.models import Job
+from core.jobs.model import Job
+from tests.conftest import claim
 
 
 def dead_pid():
@@ -27,13 +28,13 @@ def holder(host=None, boot=None, namespace=None, pid=None, started=None):
 @pytest.fixture
 def leased(app):
     """Claim a new job under the given holder; return its id."""
-    def claim(by):
+    def claimed_by(by):
         with app.app_context():
             job = Job.create(owner="o", filename="a.pdf", mapping="m", bytes=len(by), sha256=by[-64:].rjust(64, "0"),
                              upload_path="uploads/a.pdf")
-            assert Job.claim(job.id, by, 3600, capacity=100)
+            assert claim(job.id, by, 3600, capacity=100)
             return job.id
-    return claim
+    return claimed_by
 
 
 def state(app, job_id):

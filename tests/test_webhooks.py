@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from gateway.testing import free_port
-from tests.conftest import ApiClient
+from tests.conftest import ApiClient, claim
 from tests.people import signed_in
 from tests.receiver import Receiver
 from core import operations
@@ -25,7 +25,7 @@ from core import outbox as outbox_module
 from core.accounts import User
 from core.clock import utcnow
 from core.db import db
-from core.models import Job
+from core.jobs.model import Job
 from core.outbox import OutboxEvent
 
 # Retries within a fraction of a second, so "down for a while" takes a second or two, not minutes.
@@ -70,7 +70,7 @@ def finish(app, owner, failed=False):
         job = Job.create(owner=owner, filename=f"f-{secrets.token_hex(3)}.pdf", mapping="pt_simon_invoice_v1",
                          bytes=10, sha256=secrets.token_hex(32), upload_path="uploads/x.pdf")
         job_id = job.id
-        assert Job.claim(job_id, "w", 30, capacity=100)
+        assert claim(job_id, "w", 30, capacity=100)
         if failed:
             assert Job.fail(job_id, "w", codes.GW_4XX, "the gateway refused it")
         else:
@@ -186,7 +186,7 @@ def test_the_outbox_row_and_the_jobs_change_commit_together(notify_app, api, mon
     monkeypatch.setattr(outbox_module, "enqueue_for_job", broken)
     with notify_app.app_context():
         job_id = Job.create(owner=api.user.id, filename="a.pdf", mapping="m", bytes=1, sha256="5" * 64).id
-        Job.claim(job_id, "w", 30, capacity=10)
+        claim(job_id, "w", 30, capacity=10)
         with pytest.raises(RuntimeError):
             Job.complete(job_id, "w", "results/a.xml")
         db.session.remove()
@@ -395,14 +395,17 @@ def test_an_email_when_a_batch_finishes_and_when_a_job_fails_for_good(mail_app, 
     assert response.status_code == 303
     sender = delivery.Sender(mail_app.config)
     with mail_app.app_context():
+        first_id = Job.create(owner=api.user.id, filename="first.pdf", mapping="pt_simon_invoice_v1", bytes=10,
+                              sha256="6" * 64, upload_path="uploads/x.pdf").id
         waiting_id = Job.create(owner=api.user.id, filename="last.pdf", mapping="m", bytes=1, sha256="7" * 64).id
+        assert claim(first_id, "w", 30, capacity=10)  # the first uploaded is claimed first
+        assert Job.complete(first_id, "w", "results/x.xml")
         db.session.remove()
-    finish(mail_app, api.user.id)
     delivery.deliver_due(mail_app, sender)
     assert smtp.messages == []  # a job is still queued: the batch is not done
     assert [row.state for row in outbox(mail_app)] == ["skipped"]
     with mail_app.app_context():
-        Job.claim(waiting_id, "w", 30, capacity=10)
+        claim(waiting_id, "w", 30, capacity=10)
         Job.fail(waiting_id, "w", codes.GW_4XX, "the PDF is encrypted")
         db.session.remove()
     delivery.deliver_due(mail_app, sender)
@@ -435,7 +438,7 @@ def test_the_digest_is_due_once_a_day(mail_app, smtp):
     with mail_app.app_context():
         upkeep.send_failure_digest()  # the first tick only sets when
         assert outbox(mail_app) == []
-        from core.models import Coordination
+        from core.coordination import Coordination
         Coordination.put(upkeep.DIGEST_DUE, due_at=utcnow() - timedelta(seconds=1))
         upkeep.send_failure_digest()
         upkeep.send_failure_digest()

@@ -16,11 +16,12 @@ from worker import leases
 from core import queue
 from worker import upkeep
 from core import operations
-from tests.conftest import ApiClient, load, pdf_bytes, run, upload
+from tests.conftest import ApiClient, claim, load, pdf_bytes, run, upload
 from worker import breaker
 from core.db import db
 from core.clock import utcnow
-from core.models import Coordination, Job
+from core.coordination import Coordination
+from core.jobs.model import Job
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -191,7 +192,7 @@ def test_retention_removes_old_files_but_never_an_active_jobs(worker_app, api, f
     done, active = upload(api, "old-done"), upload(api, "old-active")
     run(worker_app, done["id"])
     with worker_app.app_context():
-        assert Job.claim(active["id"], "w", 30, capacity=4)
+        assert claim(active["id"], "w", 30, capacity=4)
         long_ago = utcnow() - timedelta(days=60)
         Job.query.update({"created_at": long_ago})
         Job.query.filter_by(id=done["id"]).update({"completed_at": long_ago})
@@ -281,7 +282,7 @@ def test_a_job_whose_worker_dies_every_time_is_dead_lettered_after_max_attempts(
     states = []
     with worker_app.app_context():
         for attempt in range(1, worker_app.config["MAX_ATTEMPTS"] + 1):
-            assert Job.claim(job["id"], f"doomed-worker-{attempt}", 30, capacity=4)
+            assert claim(job["id"], f"doomed-worker-{attempt}", 30, capacity=4)
             # The worker dies mid-call: its lease is never renewed and lapses.
             Job.query.filter_by(id=job["id"]).update({"lease_expires_at": utcnow() - timedelta(seconds=1)})
             db.session.commit()
@@ -356,7 +357,7 @@ def test_lost_wakeups_are_rewoken_without_flooding_the_queue(worker_app):
     from core.queue import huey
     with worker_app.app_context():
         ids = [Job.create(owner="o", filename=f"{n}.pdf", mapping="m", bytes=n, sha256="8" * 64).id for n in range(10)]
-        assert Job.claim(ids[0], "w", 30, capacity=4) and Job.claim(ids[1], "w", 30, capacity=4)
+        assert claim(ids[0], "w", 30, capacity=4) and claim(ids[1], "w", 30, capacity=4)
         Job.query.update({"updated_at": utcnow() - timedelta(minutes=5)})
         db.session.commit()
         huey.flush()

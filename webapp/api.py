@@ -22,8 +22,10 @@ from .identity import current_owner, is_admin, owner_scope
 from .lookup import list_jobs, owned_or_404, with_owners
 from .limits import upload_limits
 from . import metrics
-from core.models import worker_heartbeat
-from core.models import Job, JobEvent, Status
+from core.coordination import worker_heartbeat
+from core.jobs.history import JobEvent
+from core.jobs.model import Job
+from core.jobs.states import Status
 from core.operations import delete_with_files, downloaded, retry_failed
 
 bp = Blueprint("api", __name__, url_prefix="/api")

@@ -19,7 +19,8 @@ from core.db import db
 from core.errors import ApiError
 from .identity import current_owner, is_admin, owner_scope
 from .limits import archive_limit, bulk_limit
-from core.models import Job, Status
+from core.jobs.model import Job
+from core.jobs.states import Status
 from .uploads import display_name
 
 bp = Blueprint("bulk", __name__, url_prefix="/api")
@@ -71,7 +72,7 @@ def archive():
     else:
         owner, where = owner_scope(request.args), job_filters(request.args)
     # Only complete jobs whose XML is still kept; anything else asked for is simply not in the archive.
-    where = [*Job._of(owner), *where, Job.status == Status.COMPLETE, Job.result_path.is_not(None)]
+    where = [*Job.of_owner(owner), *where, Job.status == Status.COMPLETE, Job.result_path.is_not(None)]
     if not db.session.scalar(select(func.count()).select_from(Job).where(*where)):
         raise ApiError(codes.NOT_READY, 409, "None of these jobs has a result to download.")
     data_dir = Path(current_app.config["DATA_DIR"])
@@ -117,7 +118,7 @@ def _ids_matching(spec):
     if not isinstance(spec, dict):
         raise ApiError(codes.BAD_REQUEST, 400, "'filter' must be an object like {\"status\": \"failed\", \"q\": \"…\"}.")
     args = {key: str(value) for key, value in spec.items() if value is not None}
-    query = select(Job.id).where(*Job._of(owner_scope(args)), *job_filters(args)).order_by(Job.created_at.desc())
+    query = select(Job.id).where(*Job.of_owner(owner_scope(args)), *job_filters(args)).order_by(Job.created_at.desc())
     ids = db.session.execute(query.limit(MAX_IDS + 1)).scalars().all()
     if len(ids) > MAX_IDS:
         raise ApiError(codes.BAD_REQUEST, 400,
@@ -142,7 +143,7 @@ def bulk():
     else:
         raise ApiError(codes.BAD_REQUEST, 400, "Name the jobs: 'ids' (a list), or 'filter' (status, q).")
     found = {job.id: job for job in
-             db.session.execute(select(Job).where(Job.id.in_(ids), *Job._of(_scope_for_ids()))).scalars()}
+             db.session.execute(select(Job).where(Job.id.in_(ids), *Job.of_owner(_scope_for_ids()))).scalars()}
     done, skipped = [], []
     for job_id in ids:
         job = found.get(job_id)

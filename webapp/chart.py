@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from core.clock import utcnow
-from core.models import Job, Status
+from core.jobs.model import Job
+from core.jobs.states import Status
 
 HOURS = 24
 WIDTH, HEIGHT = 720, 170  # the SVG's user units; CSS scales it to the page

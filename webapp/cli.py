@@ -18,7 +18,9 @@ from core.operations import apply_retention, delete_with_files, retry_failed, wa
 from core.clock import isoformat
 from core.db import db
 from core.errors import ApiError
-from core.models import Coordination, Job, Status
+from core.coordination import Coordination
+from core.jobs.model import Job
+from core.jobs.states import Status
 
 jobs = AppGroup("jobs", help="List, show, retry and delete jobs of every owner.")
 # Ids made before new_id() skipped a leading "-" still look like options; an unknown option is taken as the id.

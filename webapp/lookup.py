@@ -13,7 +13,7 @@ from core.accounts import User
 from core.clock import isoformat, parse_iso, utcnow
 from core.db import db
 from core.errors import ApiError, not_found
-from core.models import Job
+from core.jobs.model import Job
 from core.operations import job_filters
 from .identity import current_owner, is_admin
 
@@ -63,7 +63,7 @@ def _encode_cursor(job):
 
 def list_jobs(owner, args):
     """The owner's jobs (owner None: everyone's), newest first, filtered and paginated as asked; pages use it too."""
-    query = select(Job).where(*Job._of(owner), *job_filters(args))
+    query = select(Job).where(*Job.of_owner(owner), *job_filters(args))
     try:
         limit = min(max(int(args.get("limit", DEFAULT_PAGE)), 1), MAX_PAGE)
     except ValueError:

@@ -20,7 +20,9 @@ from core.counters import (GATEWAY_BUCKETS, GATEWAY_LATENCY, JOB_BUCKETS, JOB_DU
                            RETRIED_FINISHED, RETRIES, UPLOADS_ACCEPTED, UPLOADS_REJECTED, MetricCounter, add, flush)
 from core.db import db
 from core.errors import ApiError
-from core.models import Coordination, Job, Status, worker_heartbeat
+from core.coordination import Coordination, worker_heartbeat
+from core.jobs.model import Job
+from core.jobs.states import Status
 from core.outbox import PENDING, OutboxEvent, Subscription
 
 logger = logging.getLogger(__name__)

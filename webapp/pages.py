@@ -9,32 +9,26 @@ from markupsafe import Markup, escape
 from sqlalchemy import select, tuple_
 from xml.etree.ElementTree import ParseError, indent, tostring
 
-from . import chart, htmx, review, uploads
+from . import htmx, review, uploads
 from .lookup import MAX_PAGE, list_jobs, owned_or_404
-from core import breaker_state as breaker
-from core import codes, operations
-from core import changes
+from .queue_view import FILTER_STATUSES, STATUS_FILTERS, in_view, queue_view, row_context, totals_context
+from core import changes, codes
 from core.clock import isoformat, parse_iso, utcnow
 from core.errors import ApiError
 from core.accounts import User
 from core.db import db
-from .identity import current_owner, is_admin, owner_scope
+from .identity import current_owner, is_admin
 from .limits import upload_limits
-from core.models import SLOW_AFTER, STATUS_GROUPS, EventKind, Job, JobEvent, JobRemoval, Status
+from core.jobs.history import EventKind, JobEvent
+from core.jobs.model import Job
+from core.jobs.removals import JobRemoval
+from core.jobs.states import SLOW_AFTER, Status
 
 bp = Blueprint("pages", __name__)
 
 PAGE_SIZE = 50
 POLL_LIMIT = MAX_PAGE
 PREVIEW_MAX_BYTES = 2 * 1024 * 1024  # larger results are offered as a download only
-
-
-def totals_context(owner, q=""):
-    """The owner's totals, the counts of each filter (under the search q), the last day's chart and the gateway's
-    state: everything the totals partial shows, sent again with each change."""
-    totals = Job.totals(owner)
-    return {"totals": totals, "counts": Job.counts(owner, q) if q else totals, "chart": chart.last_day(owner),
-            "gateway": breaker.gateway_state()}
 
 
 def _mapping_choices():
@@ -65,33 +59,6 @@ def upload_form():
     return redirect(url_for("pages.queue_page"), code=303)
 
 
-# The queue page's status filter: its name in ?status=, and the statuses it shows.
-FILTERS = {"": (), **{name: STATUS_GROUPS[name] for name in ("active", "complete", "failed")}}
-
-
-def queue_view(args):
-    """What the queue page shows, from its query: whose jobs (owner_scope), which statuses, which file names (q),
-    and the query to carry along to its partials and its event stream (so each shows the same view)."""
-    owner = owner_scope(args)
-    status = args.get("status", "") if args.get("status", "") in FILTERS else ""
-    q = (args.get("q") or "").strip()[:operations.MAX_QUERY]
-    query = {key: value for key, value in (("owner", args.get("owner") if is_admin() else None),
-                                           ("status", status), ("q", q)) if value}
-    return {"owner": owner, "owner_column": owner != current_owner(), "status": status,
-            "statuses": FILTERS[status], "q": q, "query": query, "admin": is_admin()}
-
-
-def in_view(view, job):
-    """True if the job belongs in the view (its status and its file name): a live row that no longer does leaves."""
-    return job.status in (view["statuses"] or (job.status,)) and job.matches(view["q"])
-
-
-def row_context(view, jobs):
-    """What the row partial needs besides the job: the view, and in an admin's view whose each job is."""
-    emails = User.emails(job.owner for job in jobs) if view["owner_column"] else {}
-    return {"view": view, "owner_emails": emails}
-
-
 @bp.get("/queue")
 def queue_page():
     """Show my jobs (an admin: everyone's, or one person's), newest first, a page at a time, with the totals."""
@@ -107,7 +74,7 @@ def queue_page():
         heading = f"Queue of {User.emails([view['owner']]).get(view['owner'], view['owner'])}"
     context = {"jobs": jobs, "first_page": not args["cursor"], "server_time": isoformat(server_time), "heading": heading,
                "next_url": next_cursor and url_for("pages.queue_page", cursor=next_cursor, **view["query"]),
-               "filters": FILTERS, "people": people, **row_context(view, jobs),
+               "filter_statuses": FILTER_STATUSES, "people": people, **row_context(view, jobs),
                **totals_context(view["owner"], view["q"])}
     if htmx.is_htmx():
         return render_template("partials/_jobs.html", **context)
@@ -212,11 +179,7 @@ def _stored_xml(data_dir, result_path):
 
 def neighbours(job, view):
     """The jobs just above and below this one in the queue's view (newest first): (previous, next), None at an end."""
-    conditions = list(Job._of(view["owner"]))
-    if view["statuses"]:
-        conditions.append(Job.status.in_(view["statuses"]))
-    if view["q"]:
-        conditions.append(Job.name_contains(view["q"]))
+    conditions = (*Job.of_owner(view["owner"]), Job.matches(view["statuses"], view["q"]))
     key, here = tuple_(Job.created_at, Job.id), tuple_(job.created_at, job.id)
     newer = select(Job.id, Job.filename).where(key > here, *conditions).order_by(Job.created_at, Job.id).limit(1)
     older = (select(Job.id, Job.filename).where(key < here, *conditions)
@@ -287,7 +250,7 @@ def one_line(text, limit=140):
 @bp.app_context_processor
 def _page_globals():
     return {"isoformat": isoformat, "urlencode": urlencode, "Status": Status, "signed_in": _signed_in,
-            "in_view": in_view, "slow_after_seconds": int(SLOW_AFTER.total_seconds())}
+            "in_view": in_view, "status_filters": STATUS_FILTERS, "slow_after_seconds": int(SLOW_AFTER.total_seconds())}
 
 
 def _signed_in():

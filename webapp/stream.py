@@ -20,8 +20,9 @@ from core.db import db
 from core.errors import ApiError
 from .identity import current_owner
 from .limits import client_address
-from core.models import Job, JobRemoval
-from .pages import queue_view, row_context, totals_context
+from core.jobs.model import Job
+from core.jobs.removals import JobRemoval
+from .queue_view import queue_view, row_context, totals_context
 
 bp = Blueprint("stream", __name__, url_prefix="/api")
 
@@ -87,7 +88,7 @@ def resume_point():
 def read_changes(owner, since, view=None):
     """The owner's (None: everyone's) changes since since, each (key, time, message body), plus the totals body.
 
-    A job's key is its id; a removal's is ("removed", id). With a view (pages.queue_view: the dashboard's) the
+    A job's key is its id; a removal's is ("removed", id). With a view (queue_view: the dashboard's) the
     bodies are the markup its polling gets too, all out of band: htmx swaps them as they come; else job JSON."""
     jobs = Job.changed_since(owner, since)
     dashboard = view is not None

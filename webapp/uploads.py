@@ -21,7 +21,7 @@ from core import codes, counters, queue
 from core.accounts import storage_used
 from core.errors import ApiError, from_os_error, insufficient_storage
 from core.db import db
-from core.models import Job, new_id
+from core.jobs.model import Job, new_id
 
 PDF_MAGIC = b"%PDF-"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

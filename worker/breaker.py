@@ -18,17 +18,20 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import delete, func, select
 
+from core.backoff import backoff
 from core.breaker_state import CACHE_SECONDS, gateway_state, is_open  # noqa: F401 (the worker reads them here too)
 from core.breaker_state import CLOSED, JOB_FAILURE, NAME, OPEN, _failing_jobs, _remember, _seen, reset, state
 from core.clock import utcnow
 from core.db import write_transaction
-from core.models import Coordination
+from core.coordination import Coordination
 
 FIRST_PROBE_SECONDS, MAX_PROBE_SECONDS = 5, 60
 
 
-def _probe_delay(failures, threshold):
-    return min(MAX_PROBE_SECONDS, FIRST_PROBE_SECONDS * 2 ** max(0, failures - threshold))
+def probe_delay(failures, threshold):
+    """Seconds until the next probe of the gateway after failures in a row: backing off from the failure that
+    opened the breaker (the threshold-th)."""
+    return backoff(failures - threshold + 1, FIRST_PROBE_SECONDS, MAX_PROBE_SECONDS)
 
 
 def record_failure():
@@ -43,7 +46,7 @@ def record_failure():
             if row.state != OPEN:
                 current_app.logger.warning("gateway breaker opens after %d failures", row.count)
             row.state = OPEN
-            row.due_at = now + timedelta(seconds=_probe_delay(row.count, threshold))
+            row.due_at = now + timedelta(seconds=probe_delay(row.count, threshold))
         row.updated_at = now
         return _remember(row.state, row.count) == OPEN
 

@@ -32,7 +32,8 @@ from core import outbox
 from core.accounts import User
 from core.clock import isoformat, utcnow
 from core.db import db, read_first, write_transaction
-from core.models import FINISHED, Job, Status
+from core.jobs.model import Job
+from core.jobs.states import FINISHED, Status
 from core.outbox import EMAIL, PENDING, OutboxEvent, Subscription
 
 logger = logging.getLogger("pdfqueue.delivery")

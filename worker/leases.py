@@ -1,9 +1,9 @@
-"""Leases: who holds a job while it is converted, the keeper that renews them, and taking back the jobs of this
-host's workers that are gone.
+"""Leases: which worker a job is leased to while it is converted, the keeper that renews them, and taking back the
+jobs of this host's workers that are gone.
 
 A lease holder (Job.leased_by) is this process's PROCESS_ID plus its thread: host, boot, pid namespace, pid and the
 process's start, so a worker on the same host can tell for sure that the holder is gone (reclaim_orphaned_leases).
-A lease another host holds waits out its time (worker/upkeep.py reaps it).
+A lease of another host's worker waits out its time (worker/upkeep.py reaps it).
 """
 import logging
 import os
@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from core import queue
 from core.db import db
-from core.models import Job, Status
+from core.jobs.model import Job
+from core.jobs.states import Status
 from core.queue import bound_app
 
 logger = logging.getLogger("pdfqueue.worker")
@@ -77,7 +78,7 @@ def holder_is_gone(holder):
 
 
 def reclaim_orphaned_leases():
-    """Put back in the queue, at once and without spending an attempt, the jobs whose lease is held by a
+    """Put back in the queue, at once and without spending an attempt, the jobs whose lease holder is a
     process of this host that is gone (killed mid-job, say); wake them. How many.
 
     Each release is conditional on the lease being still the dead holder's, so two workers reclaiming at

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 
 from core import codes
+from core.backoff import backoff
 
 
 class ConversionError(Exception):
@@ -76,7 +77,8 @@ def next_step(error, attempts, config, *, breaker_open=False, uniform=random.uni
     """What to do with a job whose attempt number attempts failed with error.
 
     breaker_open: the breaker is open now (the worker counted this failure toward it). A retry waits
-    RETRY_BASE_SECONDS × 2^(attempts − 1) plus up to RETRY_JITTER_SECONDS, so failing jobs spread out."""
+    RETRY_BASE_SECONDS × 2^(attempts − 1) plus up to RETRY_JITTER_SECONDS, so failing jobs spread out
+    (core/backoff.py; uniform(low, high) draws the jitter)."""
     if isinstance(error, FinalError):
         return Fail()
     if breaker_open and error.blames_gateway:
@@ -85,5 +87,5 @@ def next_step(error, attempts, config, *, breaker_open=False, uniform=random.uni
         return Fail(dead_letter=True)
     if not error.backs_off:
         return Retry(delay=0.0)
-    return Retry(delay=config["RETRY_BASE_SECONDS"] * 2 ** (attempts - 1)
-                 + uniform(0, config["RETRY_JITTER_SECONDS"]))
+    return Retry(delay=backoff(attempts, config["RETRY_BASE_SECONDS"], jitter=config["RETRY_JITTER_SECONDS"],
+                               rand=lambda: uniform(0.0, 1.0)))

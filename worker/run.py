@@ -15,7 +15,8 @@ from flask import current_app
 
 from core import codes, counters, queue
 from core.clock import utcnow
-from core.models import Job, Status
+from core.jobs.model import Job
+from core.jobs.states import Status
 from worker import breaker, gateway_client, retry
 from worker.leases import PROCESS_ID, leases
 from worker.xmlcheck import WellFormed

@@ -1,5 +1,5 @@
 """Upkeep, every MAINTENANCE_SECONDS in each worker process: its heartbeat, and the jobs of this host's workers that
-are gone taken back; then, in the one process holding the maintenance lease, the shared work: settle jobs whose
+are gone taken back; then, in the one process that is the maintenance lease holder, the shared work: settle jobs whose
 lease lapsed, probe the gateway while the breaker is open, re-wake queued jobs whose wake-up was lost, apply
 retention once a day, and queue the admins' failure digest once a day.
 """
@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 from core import operations, queue
 from core.clock import utcnow
 from core.db import db
-from core.models import Coordination, Job, Status
+from core.coordination import Coordination
+from core.jobs.model import Job
+from core.jobs.states import Status
 from worker import breaker, delivery, gateway_client, retry
 from worker.leases import PROCESS_ID, reclaim_orphaned_leases
 from worker.run import _fields, settle_failure

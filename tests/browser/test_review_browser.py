@@ -126,7 +126,7 @@ def test_a_pdf_retention_removed_says_so(page, stack):
     from sqlalchemy import update
     from core.clock import utcnow
     from core.db import write_transaction
-    from core.models import Job
+    from core.jobs.model import Job
     app = stack.app()
     with app.app_context():  # this job alone is past retention: other tests' PDFs stay
         # Under the write lock from its start: a read turned write fails at once if the stack's worker wrote meanwhile.

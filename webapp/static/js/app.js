@@ -391,12 +391,20 @@
   function initBulk(bar) {
     var selected = new Set(), matching = false;
     var filter = JSON.parse(bar.dataset.filter);
+    // The statuses each filter keeps, by name (none: every one), as the server defines them (core/jobs/states.py).
+    var filters = JSON.parse(bar.dataset.filters);
     var count = bar.querySelector("#bulk-count");
     var buttons = {};
     bar.querySelectorAll("[data-bulk]").forEach(function (button) { buttons[button.dataset.bulk] = button; });
     bar.hidden = false;
 
     function boxes() { return Array.prototype.slice.call(document.querySelectorAll("input.select-job")); }
+    function keeps(name, status) { return !filters[name].length || filters[name].indexOf(status) >= 0; }
+    function filterOf(status) { // the filter that keeps this status alone
+      return Object.keys(filters).filter(function (name) {
+        return filters[name].length === 1 && filters[name][0] === status;
+      })[0];
+    }
     function matchingCount() {
       var shown = document.getElementById(bar.dataset.countId);
       return shown ? Number(shown.textContent) : 0;
@@ -448,7 +456,7 @@
     buttons.clear.addEventListener("click", function () { matching = false; selected.clear(); render(); });
 
     buttons.archive.addEventListener("click", function () {
-      var ready = matching ? (filter.status === "all" || filter.status === "complete" ? Number((document.getElementById("count-complete") || {}).textContent || 0) : 0)
+      var ready = matching ? (keeps(filter.status, "complete") ? Number((document.getElementById("count-" + filterOf("complete")) || {}).textContent || 0) : 0)
         : boxes().filter(function (box) { return selected.has(box.value) && box.closest("tr").dataset.status === "complete"; }).length;
       if (!ready) { toast("None of the selected jobs has a result to download yet.", "error"); return; }
       var link = document.createElement("a");
@@ -463,8 +471,9 @@
     function act(action) {
       var body = { action: action };
       if (matching) {
-        // Only failed jobs can be retried: under "All", retry what fails, not everything.
-        var status = action === "retry" && filter.status === "all" ? "failed" : filter.status;
+        // Only failed jobs can be retried: under a filter that keeps others too ("All"), retry the failed ones alone.
+        var failed = filterOf("failed");
+        var status = action === "retry" && filter.status !== failed && keeps(filter.status, "failed") ? failed : filter.status;
         body.filter = { status: status, q: filter.q || null, owner: filter.owner };
       } else {
         body.ids = Array.from(selected);
