@@ -130,7 +130,7 @@ def test_the_queue_page_offers_run_next_on_queued_rows_to_admins_only(app):
     assert f'hx-post="/api/jobs/{running["id"]}/priority"' not in page
 
 
-def test_migration_0006_places_waiting_jobs_by_their_retry_time_and_goes_down_again(tmp_path):
+def test_migration_0010_fair_share_places_waiting_jobs_by_their_retry_time_and_goes_down_again(tmp_path):
     from flask_migrate import downgrade, upgrade
 
     from webapp import create_app

@@ -205,7 +205,7 @@ def test_migration_0004_keeps_what_the_dropped_columns_said(tmp_path):
         db.engine.dispose()
 
 
-def test_migration_0007a_widens_the_owners_newest_first_index_and_back(tmp_path):
+def test_migration_0006_queue_filters_widens_the_owners_newest_first_index_and_back(tmp_path):
     from flask_migrate import downgrade, upgrade
 
     from webapp import create_app

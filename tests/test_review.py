@@ -349,7 +349,7 @@ def test_previous_and_next_follow_the_queues_filter(app, client):
     assert f'href="/review/{jobs[2]["id"]}?status=failed"' in queue
 
 
-def test_migration_0007b_adds_and_removes_job_events(tmp_path):
+def test_migration_0009_job_events_adds_and_removes_job_events(tmp_path):
     from flask_migrate import downgrade, upgrade
     from sqlalchemy import inspect
 

@@ -3,6 +3,7 @@ format characters (bidi overrides, zero-width), as uploads now strip them.
 
 Revision ID: 0008_share_nonce
 Revises: 0007a_queue_filters
+File number = place in the chain; the revision id is the one databases already store (migrations/README).
 """
 import unicodedata
 

@@ -2,6 +2,7 @@
 
 Revision ID: 0007b_job_events
 Revises: 0009_webhooks
+File number = place in the chain; the revision id is the one databases already store (migrations/README).
 """
 import sqlalchemy as sa
 from alembic import op

@@ -2,6 +2,7 @@
 
 Revision ID: 0007a_queue_filters
 Revises: 0005
+File number = place in the chain; the revision id is the one databases already store (migrations/README).
 """
 from alembic import op
 

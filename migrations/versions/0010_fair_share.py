@@ -2,6 +2,7 @@
 
 Revision ID: 0006_fair_share
 Revises: 0007b_job_events
+File number = place in the chain; the revision id is the one databases already store (migrations/README).
 """
 import sqlalchemy as sa
 from alembic import op
