@@ -7,22 +7,23 @@ The web process's blocking libraries are gevent-safe under the worker's monkey-p
 (requests, redis) and threads (the event hub's poll) are patched, psycopg 3 picks its green wait by itself, and
 SQLite calls are short local reads and writes. WEB_WORKER_CLASS=gthread switches back.
 """
-import os
 import resource
 
 from core import logs
+from core.config import read as read_settings
 
-bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
-if int(os.environ.get("METRICS_PORT") or 0):
+settings = read_settings()  # the same typed settings the app reads (core/config.py)
+bind = [f"{settings.HOST}:{settings.PORT}"]
+if settings.METRICS_PORT:
     # Prometheus' own listener: it serves /metrics (without METRICS_TOKEN) and nothing else (webapp/metrics.py).
-    bind.append(f"{os.environ.get('METRICS_HOST', '127.0.0.1')}:{os.environ['METRICS_PORT']}")
-workers = int(os.environ.get("WEB_WORKERS", 1))
-if workers > 1 and not os.environ.get("REDIS_URL"):
+    bind.append(f"{settings.METRICS_HOST}:{settings.METRICS_PORT}")
+workers = settings.WEB_WORKERS
+if workers > 1 and not settings.REDIS_URL:
     # Flask-Limiter's memory storage is per process: several processes would each allow the full limit.
     raise SystemExit("WEB_WORKERS > 1 needs REDIS_URL (the upload limit must be shared)")
-worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
-worker_connections = int(os.environ.get("WEB_CONNECTIONS", 2000))  # gevent: open streams + requests
-threads = int(os.environ.get("WEB_THREADS", 32))  # gthread only
+worker_class = settings.WEB_WORKER_CLASS
+worker_connections = settings.WEB_CONNECTIONS  # gevent: open streams + requests
+threads = settings.WEB_THREADS  # gthread only
 timeout = 120
 graceful_timeout = 20
 keepalive = 5
@@ -42,7 +43,7 @@ def on_starting(server):
 
 # gunicorn's own lines (start-up, worker exits, the access log) in the app's one JSON format; the app's loggers add
 # their handler to the root logger when it loads (core/logs.py).
-logconfig_dict = logs.gunicorn_logconfig(os.environ.get("LOG_LEVEL", "INFO"))
+logconfig_dict = logs.gunicorn_logconfig(settings.LOG_LEVEL)
 
 
 def post_worker_init(worker):

@@ -15,11 +15,11 @@ from core.jobs.model import Job
 
 def build_app(import_name, test_config=None):
     """A Flask app named import_name, configured from the environment with test_config on top, its core bound."""
-    settings = config.from_env()
-    settings.update(test_config or {})
-    settings = config.derive(settings)
-    app = Flask(import_name, instance_path=settings["INSTANCE_DIR"])
-    app.config.from_mapping(settings)
+    settings = config.read(test_config)  # typed and checked, once (core/config.py)
+    values = config.derive({**(test_config or {}), **settings.model_dump()})  # other keys (TESTING…) pass through
+    app = Flask(import_name, instance_path=values["INSTANCE_DIR"])
+    app.config.from_mapping(values)
+    app.extensions["settings"] = settings
     app.config.setdefault("MIGRATIONS_DIR", str(config.REPO_ROOT / "migrations"))
     for key in ("INSTANCE_DIR", "UPLOAD_DIR", "RESULT_DIR"):
         Path(app.config[key]).mkdir(parents=True, exist_ok=True)

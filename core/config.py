@@ -1,97 +1,253 @@
-"""Configuration from the environment, with the defaults a fresh box needs, in one place."""
-import os
+"""Every setting of the web and the worker, as one typed object read once at start (pydantic-settings).
+
+Each field is an environment variable of the same name (a contract: scripts and unit files set them), with its
+type, default and one line of meaning; the README's configuration table is checked against them
+(tests/core/test_config.py). Fields marked TUNING are knobs no operator needs (poll intervals, back-off
+constants, test speed-ups); the README lists them apart. Values the app derives from others (paths under
+DATA_DIR, the database URL, …) are filled in by derive().
+"""
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TUNING = {"tuning": True}  # json_schema_extra of a knob no operator sets
+
+CommaList = Annotated[list[str], NoDecode]
 
 
-def _int(name, default):
-    return int(os.environ.get(name, default))
+def setting(default, meaning, tuning=False, shown=None):
+    """A field: its default, its one line of meaning, whether it is a tuning knob, and its default as the README
+    shows it when that is not the value itself (a default computed from others)."""
+    extra = {**(TUNING if tuning else {}), **({"shown": shown} if shown else {})}
+    return Field(default, description=meaning, json_schema_extra=extra or None)
 
 
-def _float(name, default):
-    return float(os.environ.get(name, default))
+class Settings(BaseSettings):
+    """pdfqueue's settings (web, worker, admin CLI and the web's gunicorn)."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, extra="ignore")
+
+    # -- where and how it runs --------------------------------------------------------------------------------
+    PORT: int = setting(8000, "web port")
+    HOST: str = setting("127.0.0.1", "web bind address (put nginx in front for other machines, see `deploy/`)")
+    DATA_DIR: str = setting("", "holds `instance/` (database, queue, secret key), `uploads/`, `results/`",
+                            shown="repo root")
+    DATABASE_URL: str = setting("", "e.g. `postgresql+psycopg://user:pw@host/db`",
+                                shown="SQLite in `instance/pdfqueue.db`")
+    REDIS_URL: str = setting("", "when set: Huey queue, rate-limit storage and event fan-out on Redis")
+    SECRET_KEY: str = setting(
+        "", "signs session cookies and share links; when set, at least 32 bytes and no placeholder (`change-me`, "
+        "`secret`, …), else the processes refuse to start. Leave it unset on one box, or on several that share "
+        "`DATA_DIR`", shown="generated once into `instance/secret_key` (0600)")
+    SECRET_KEY_FALLBACKS: CommaList = setting(
+        [], "comma-separated older keys that still check cookies and share links while a rotation runs (new ones "
+        "are signed with `SECRET_KEY`)")
+    WEB_WORKERS: int = setting(1, "gunicorn processes (more than one needs `REDIS_URL`)")
+    WEB_WORKER_CLASS: str = setting("gevent", "gunicorn worker class (see Serving)")
+    WEB_CONNECTIONS: int = setting(2000, "the open connections (streams included) one gevent worker takes",
+                                   tuning=True)
+    WEB_THREADS: int = setting(32, "threads per web process when `WEB_WORKER_CLASS=gthread`", tuning=True)
+    LOG_LEVEL: str = setting("INFO", "log level (logs are JSON lines on stderr)")
+
+    # -- the gateway --------------------------------------------------------------------------------------------
+    GATEWAY_URL: str = setting(
+        "", "the conversion gateway; when set, `make run` does not start ours (the worker calls it directly: no "
+        "`HTTP(S)_PROXY` or CA bundle from the environment)", shown="http://127.0.0.1:$GATEWAY_PORT")
+    GATEWAY_PORT: int = setting(8002, "port of the embedded gateway")
+    GATEWAY_TIMEOUT: float = setting(180, "read timeout of a gateway call, seconds")
+    MAPPINGS: CommaList = setting(
+        ["pt_simon_invoice_v1", "generic_v1"], "mappings users may choose (allow-list); the worker checks it again "
+        "before each conversion, so a job whose mapping was taken out meanwhile fails with `UNKNOWN_MAPPING`")
+    DEFAULT_MAPPING: str = setting("", "mapping used when an upload names none", shown="first of `MAPPINGS`")
+    MAX_RESULT_MB: int = setting(64, "largest XML answer accepted from the gateway")
+
+    # -- uploads and limits -------------------------------------------------------------------------------------
+    MAX_UPLOAD_MB: int = setting(50, "largest PDF accepted")
+    UPLOADS_PER_MINUTE: int = setting(
+        10, "files per minute per user, across their sessions and tokens (six times that per client address)")
+    UPLOAD_WINDOW_SECONDS: int = setting(
+        60, "the window `UPLOADS_PER_MINUTE` counts in (a moving window); tests shorten it so that a drop far over "
+        "the limit runs in seconds", tuning=True)
+    USER_QUOTA_MB: int = setting(
+        2048, "PDFs kept per user; an upload past it answers `507 INSUFFICIENT_STORAGE`, keeping nothing")
+    MIN_FREE_MB: int = setting(
+        200, "free space `uploads/` must keep; an upload that would leave less answers `507`, keeping nothing")
+    MAX_FORM_PARTS: int = setting(
+        0, "parts one multipart form may have (a minute's files, the mapping, the CSRF token, a little room); more "
+        "answers `413`", tuning=True, shown="UPLOADS_PER_MINUTE + 5")
+    BODY_TIMEOUT_SECONDS: float = setting(
+        60, "time a request body has to arrive in full; a client trickling one is answered `408` and disconnected "
+        "(`webapp/bodies.py`)", tuning=True)
+    ACTIONS_PER_MINUTE: int = setting(
+        30, "retries, share links (made or revoked) and token changes, each kind per user a minute (four times "
+        "that per client address); then `429`")
+    STREAMS_PER_USER: int = setting(
+        10, "open event streams (`GET /api/events`) one user may hold, per web process; more answer `429` (the "
+        "page then polls)")
+    STREAMS_PER_ADDRESS: int = setting(30, "open event streams one client address may hold, per web process")
+    STREAM_MAX_SECONDS: float = setting(
+        3600, "an event stream ends after this; the page reconnects within 3 s and resumes from its last event id",
+        tuning=True)
+    SHARE_TTL_SECONDS: int = setting(
+        900, "lifetime of a share link (`POST /api/jobs/<id>/share`), fixed inside the link when it is made; "
+        "`DELETE /api/jobs/<id>/share` revokes every link of the job")
+
+    # -- the worker -----------------------------------------------------------------------------------------------
+    WORKER_CONCURRENCY: int = setting(4, "worker threads, and the most gateway calls in flight across all workers")
+    LEASE_SECONDS: int = setting(
+        45, "a processing job's lease; extended while the gateway works, reaped when it lapses (a lease of a dead "
+        "worker of the same host is taken back at once instead)", tuning=True)
+    MAX_ATTEMPTS: int = setting(
+        3, "attempts before a transiently failing job is failed and dead-lettered (a worker that died mid-job on "
+        "another host, its lease lapsed, counts as an attempt)")
+    RETRY_BASE_SECONDS: float = setting(5, "a retry waits base × 2^(attempt−1) + uniform(0, jitter)", tuning=True)
+    RETRY_JITTER_SECONDS: float = setting(5, "the jitter of a retry's wait (see `RETRY_BASE_SECONDS`)", tuning=True)
+    BREAKER_THRESHOLD: int = setting(
+        5, "consecutive gateway failures, while the gateway's `/healthz` fails too, that open the circuit breaker",
+        tuning=True)
+    BREAKER_DISTINCT_JOBS: int = setting(
+        3, "the breaker also opens when 5xx answers or timeouts come from this many distinct jobs within "
+        "`BREAKER_WINDOW_SECONDS` (no conversion succeeding in between) while `/healthz` says ok; `0`: off",
+        tuning=True)
+    BREAKER_WINDOW_SECONDS: float = setting(
+        60, "the window of `BREAKER_DISTINCT_JOBS`; opened so, the breaker probes after a whole window", tuning=True)
+    MAINTENANCE_SECONDS: float = setting(5, "tick of the worker's upkeep loop (lease reaping, breaker probe)",
+                                         tuning=True)
+    REAP_SECONDS: float = setting(30, "a queued job idle this long gets a fresh wake-up", tuning=True)
+    WORKER_POLL_SECONDS: float = setting(
+        0.01, "with the SQLite queue, how often one idle worker thread looks for wake-ups while work flows",
+        tuning=True)
+    WORKER_IDLE_POLL_SECONDS: float = setting(
+        0.03, "what the look backs off to when the queue stays empty (with the doorbell, `instance/doorbell/`, "
+        "rung at each wake-up, once a second)", tuning=True)
+    WORKER_SHUTDOWN_SECONDS: float = setting(
+        30, "on SIGINT, how long running conversions may finish before their jobs are released")
+
+    # -- retention -------------------------------------------------------------------------------------------------
+    RETENTION_PDF_DAYS: int = setting(7, "uploaded PDFs of finished jobs are deleted after this")
+    RETENTION_XML_DAYS: int = setting(30, "results are deleted after this (downloads then answer `410 EXPIRED`)")
+    RETENTION_XML_AFTER_DOWNLOAD: bool = setting(
+        False, "`1`: a result is deleted at its first download (by its owner, in a ZIP from `GET /api/jobs/archive` "
+        "once the ZIP has streamed past it (a download given up midway keeps what it had not sent), or through a "
+        "share link); the job then shows expired and later downloads answer `410 EXPIRED` (uploading the PDF "
+        "again converts it again)")
+
+    # -- accounts ----------------------------------------------------------------------------------------------------
+    AUTH: str = setting(
+        "password", "who may use it: `password` (accounts that sign in, personal API tokens), `proxy` (the user a "
+        "trusted SSO proxy names in `REMOTE_USER_HEADER`, created on first sight; needs `BEHIND_PROXY`), or `none` "
+        "(anonymous owners per browser: one person on this machine only, refused unless `HOST` is loopback)")
+    BEHIND_PROXY: bool = setting(
+        False, "trust `X-Forwarded-*` from one proxy; session cookies become `Secure` and take the `__Host-` prefix")
+    REMOTE_USER_HEADER: str = setting(
+        "X-Forwarded-Email", "with `AUTH=proxy`: the header carrying the signed-in email (oauth2-proxy: "
+        "`X-Forwarded-Email`; Authelia: `Remote-Email`)")
+    PUBLIC_URL: str = setting(
+        "", "where people reach the service, for the links printed outside a request (the first-run set-up link)",
+        shown="http://$HOST:$PORT")
+    SESSION_DAYS: int = setting(
+        30, "a sign-in lasts this long (or until signing out; disabling a user ends it at once)")
+    INVITE_DAYS: int = setting(7, "invitation and password-reset links work this long, once")
+    SIGNINS_PER_MINUTE: int = setting(
+        5, "failed sign-ins allowed per account a minute (four times that per client address); then `429` with "
+        "`Retry-After`")
+    PDFQUEUE_PASSWORD: str = setting(
+        "", "for the admin CLI (`users create`, `users reset`) in scripts, instead of the password prompt")
+
+    # -- notifications -----------------------------------------------------------------------------------------------
+    WEBHOOK_ALLOWED_HOSTS: CommaList = setting(
+        [], "comma-separated hosts a webhook may point at over plain `http://` and on any address, loopback and "
+        "private ones included (an internal receiver, say); every other webhook must be `https://` on a public "
+        "address (see Notifications)")
+    WEBHOOK_CONNECT_TIMEOUT: float = setting(5, "seconds a webhook delivery may take to connect", tuning=True)
+    WEBHOOK_READ_TIMEOUT: float = setting(10, "seconds a delivery waits for each read of the answer", tuning=True)
+    WEBHOOK_RETRY_BASE_SECONDS: float = setting(
+        10, "a failed delivery is tried again after base × 2^(attempt−1), capped at `WEBHOOK_RETRY_MAX_SECONDS`, "
+        "plus up to half that again at random", tuning=True)
+    WEBHOOK_RETRY_MAX_SECONDS: float = setting(3600, "the cap of a delivery's wait before it is tried again",
+                                               tuning=True)
+    WEBHOOK_GIVE_UP_HOURS: float = setting(
+        24, "an event not delivered this long after it happened is given up: marked `failed` on the settings page "
+        "and in `GET /api/webhooks/<id>/deliveries`, a warning in the worker's log, `outcome=\"gave_up\"` in "
+        "`/metrics`")
+    WEBHOOK_LEASE_MARGIN_SECONDS: float = setting(
+        30, "a delivery's lease is its timeouts plus this; a worker killed mid-delivery leaves the event to be "
+        "sent again once it lapses", tuning=True)
+    WEBHOOK_POLL_SECONDS: float = setting(
+        1, "how often each worker's deliverer looks at the outbox (at once when the worker itself wrote an event)",
+        tuning=True)
+    WEBHOOK_CONCURRENCY: int = setting(4, "how many deliveries a worker's deliverer makes at a time", tuning=True)
+    SMTP_URL: str = setting(
+        "", "email on: `smtp://host:port` (STARTTLS when the server offers it) or `smtps://user:password@host:465` "
+        "(TLS throughout; percent-encode special characters); unset, no email is sent and the page offers none")
+    SMTP_FROM: str = setting("", "the sender of pdfqueue's emails", shown="pdfqueue@<host of PUBLIC_URL>")
+    SMTP_TIMEOUT: float = setting(20, "the SMTP conversation's timeout in seconds", tuning=True)
+
+    # -- metrics -------------------------------------------------------------------------------------------------------
+    METRICS_TOKEN: str = setting(
+        "", "`GET /metrics` answers only with `Authorization: Bearer $METRICS_TOKEN` (or on `METRICS_PORT`); the "
+        "same token shows `/api/healthz`'s details")
+    METRICS_PORT: int = setting(
+        0, "a second listener of the web gunicorn that serves `/metrics` (no token) and nothing else; with neither "
+        "this nor `METRICS_TOKEN`, `/metrics` answers `404`", shown="unset")
+    METRICS_HOST: str = setting("127.0.0.1", "the address of the `METRICS_PORT` listener")
+
+    @field_validator("SECRET_KEY_FALLBACKS", "MAPPINGS", "WEBHOOK_ALLOWED_HOSTS", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("RETENTION_XML_AFTER_DOWNLOAD", "BEHIND_PROXY", mode="before")
+    @classmethod
+    def _flag(cls, value):
+        """An on/off setting: unset, empty, 0 or false is off; anything else on."""
+        if isinstance(value, str):
+            return value not in ("", "0", "false")
+        return value
+
+    @model_validator(mode="after")
+    def _follow(self):
+        """Defaults that follow from other settings."""
+        self.DATA_DIR = str(Path(self.DATA_DIR or REPO_ROOT).resolve())
+        self.GATEWAY_URL = (self.GATEWAY_URL or f"http://127.0.0.1:{self.GATEWAY_PORT}").rstrip("/")
+        self.DEFAULT_MAPPING = self.DEFAULT_MAPPING or (self.MAPPINGS[0] if self.MAPPINGS else "")
+        self.PUBLIC_URL = self.PUBLIC_URL.rstrip("/")
+        return self
 
 
-def _flag(name):
-    """An on/off setting: unset, empty, 0 or false is off."""
-    return os.environ.get(name, "") not in ("", "0", "false")
+def operator_settings():
+    """The fields an operator may set, in the order the README lists them."""
+    return {name: field for name, field in Settings.model_fields.items() if not _is_tuning(field)}
 
 
-def _list(name, default):
-    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+def tuning_settings():
+    return {name: field for name, field in Settings.model_fields.items() if _is_tuning(field)}
 
 
-def from_env():
-    """Read every setting pdfqueue knows from the environment."""
-    data_dir = Path(os.environ.get("DATA_DIR") or REPO_ROOT).resolve()
-    gateway_port = _int("GATEWAY_PORT", 8002)
-    mappings = _list("MAPPINGS", "pt_simon_invoice_v1,generic_v1")
-    return {
-        "PORT": _int("PORT", 8000),
-        "DATA_DIR": str(data_dir),
-        "DATABASE_URL": os.environ.get("DATABASE_URL") or "",
-        "REDIS_URL": os.environ.get("REDIS_URL") or "",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or "",
-        "SECRET_KEY_FALLBACKS": _list("SECRET_KEY_FALLBACKS", ""),
-        "GATEWAY_URL": (os.environ.get("GATEWAY_URL") or f"http://127.0.0.1:{gateway_port}").rstrip("/"),
-        "GATEWAY_PORT": gateway_port,
-        "GATEWAY_TIMEOUT": _float("GATEWAY_TIMEOUT", 180),
-        "MAPPINGS": mappings,
-        "DEFAULT_MAPPING": os.environ.get("DEFAULT_MAPPING") or mappings[0],
-        "MAX_UPLOAD_MB": _int("MAX_UPLOAD_MB", 50),
-        "UPLOADS_PER_MINUTE": _int("UPLOADS_PER_MINUTE", 10),
-        "UPLOAD_WINDOW_SECONDS": _int("UPLOAD_WINDOW_SECONDS", 60),
-        "WORKER_CONCURRENCY": _int("WORKER_CONCURRENCY", 4),
-        "RETENTION_PDF_DAYS": _int("RETENTION_PDF_DAYS", 7),
-        "RETENTION_XML_DAYS": _int("RETENTION_XML_DAYS", 30),
-        "LEASE_SECONDS": _int("LEASE_SECONDS", 45),
-        "MAX_ATTEMPTS": _int("MAX_ATTEMPTS", 3),
-        "RETRY_BASE_SECONDS": _float("RETRY_BASE_SECONDS", 5),
-        "RETRY_JITTER_SECONDS": _float("RETRY_JITTER_SECONDS", 5),
-        "BREAKER_THRESHOLD": _int("BREAKER_THRESHOLD", 5),
-        "BREAKER_DISTINCT_JOBS": _int("BREAKER_DISTINCT_JOBS", 3),
-        "BREAKER_WINDOW_SECONDS": _float("BREAKER_WINDOW_SECONDS", 60),
-        "RETENTION_XML_AFTER_DOWNLOAD": _flag("RETENTION_XML_AFTER_DOWNLOAD"),
-        "MAINTENANCE_SECONDS": _float("MAINTENANCE_SECONDS", 5),
-        "REAP_SECONDS": _float("REAP_SECONDS", 30),
-        "WORKER_POLL_SECONDS": _float("WORKER_POLL_SECONDS", 0.01),
-        "WORKER_IDLE_POLL_SECONDS": _float("WORKER_IDLE_POLL_SECONDS", 0.03),
-        "WORKER_SHUTDOWN_SECONDS": _float("WORKER_SHUTDOWN_SECONDS", 30),
-        "SHARE_TTL_SECONDS": _int("SHARE_TTL_SECONDS", 900),
-        "MAX_RESULT_MB": _int("MAX_RESULT_MB", 64),
-        "BEHIND_PROXY": _flag("BEHIND_PROXY"),
-        "HOST": os.environ.get("HOST") or "127.0.0.1",
-        "PUBLIC_URL": (os.environ.get("PUBLIC_URL") or "").rstrip("/"),
-        "AUTH": os.environ.get("AUTH") or "password",
-        "REMOTE_USER_HEADER": os.environ.get("REMOTE_USER_HEADER") or "X-Forwarded-Email",
-        "SESSION_DAYS": _int("SESSION_DAYS", 30),
-        "INVITE_DAYS": _int("INVITE_DAYS", 7),
-        "SIGNINS_PER_MINUTE": _int("SIGNINS_PER_MINUTE", 5),
-        "USER_QUOTA_MB": _int("USER_QUOTA_MB", 2048),
-        "MIN_FREE_MB": _int("MIN_FREE_MB", 200),
-        "WEBHOOK_ALLOWED_HOSTS": _list("WEBHOOK_ALLOWED_HOSTS", ""),
-        "WEBHOOK_CONNECT_TIMEOUT": _float("WEBHOOK_CONNECT_TIMEOUT", 5),
-        "WEBHOOK_READ_TIMEOUT": _float("WEBHOOK_READ_TIMEOUT", 10),
-        "WEBHOOK_RETRY_BASE_SECONDS": _float("WEBHOOK_RETRY_BASE_SECONDS", 10),
-        "WEBHOOK_RETRY_MAX_SECONDS": _float("WEBHOOK_RETRY_MAX_SECONDS", 3600),
-        "WEBHOOK_GIVE_UP_HOURS": _float("WEBHOOK_GIVE_UP_HOURS", 24),
-        "WEBHOOK_LEASE_MARGIN_SECONDS": _float("WEBHOOK_LEASE_MARGIN_SECONDS", 30),
-        "WEBHOOK_POLL_SECONDS": _float("WEBHOOK_POLL_SECONDS", 1),
-        "WEBHOOK_CONCURRENCY": _int("WEBHOOK_CONCURRENCY", 4),
-        "SMTP_URL": os.environ.get("SMTP_URL") or "",
-        "SMTP_FROM": os.environ.get("SMTP_FROM") or "",
-        "SMTP_TIMEOUT": _float("SMTP_TIMEOUT", 20),
-        "MAX_FORM_PARTS": _int("MAX_FORM_PARTS", 0),  # 0: UPLOADS_PER_MINUTE + 5
-        "BODY_TIMEOUT_SECONDS": _float("BODY_TIMEOUT_SECONDS", 60),
-        "ACTIONS_PER_MINUTE": _int("ACTIONS_PER_MINUTE", 30),
-        "STREAMS_PER_USER": _int("STREAMS_PER_USER", 10),
-        "STREAMS_PER_ADDRESS": _int("STREAMS_PER_ADDRESS", 30),
-        "STREAM_MAX_SECONDS": _float("STREAM_MAX_SECONDS", 3600),
-        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or "",
-        "METRICS_PORT": _int("METRICS_PORT", 0),  # 0: no metrics listener of its own
-    }
+def _is_tuning(field):
+    return bool((field.json_schema_extra or {}).get("tuning"))
+
+
+def read(overrides=None):
+    """The settings from the environment, with overrides (tests) on top; a bad value stops the process with a line
+    naming the variable."""
+    overrides = {key: value for key, value in (overrides or {}).items() if key in Settings.model_fields}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
+        raise SystemExit(f"pdfqueue's settings are not valid: {problems}") from None
+
+
+def from_env(overrides=None):
+    """Every setting as a dict (the app's config), overrides included."""
+    return read(overrides).model_dump()
 
 
 def derive(config):

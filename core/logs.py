@@ -1,7 +1,6 @@
 """The one JSON log format of every pdfqueue process (web, worker, gateway, and both gunicorns): one event a line,
 with the same keys everywhere (ts, level, logger, message, plus each event's own fields)."""
 import logging
-import os
 import re
 import sys
 
@@ -84,10 +83,10 @@ def configure(level=None):
     handler.setFormatter(formatter())
     handler._pdfqueue = True
     root.addHandler(handler)
-    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+    root.setLevel(level or "INFO")
 
 
 def init_app(app):
     """Configure JSON logging unless testing (pytest captures plain records)."""
     if not app.testing:
-        configure()
+        configure(app.config["LOG_LEVEL"])

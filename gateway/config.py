@@ -1,23 +1,52 @@
-"""Gateway settings from the environment, with defaults; every variable is listed in README.md."""
+"""The gateway's settings, one typed object read once at start (pydantic-settings): each a GATEWAY_* variable with
+its type, default and one line of meaning; gateway/README.md's table is checked against them
+(tests/gateway/test_gw_config.py). The gateway stands alone, so it keeps its own, apart from pdfqueue's
+(core/config.py)."""
+import multiprocessing
 
-import os
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .mappings import DEFAULT_DIR
 
 
-def _int(name, default):
-    return int(os.environ.get(name, default))
+class GatewaySettings(BaseSettings):
+    """The gateway's settings; the field MAX_MB is the variable GATEWAY_MAX_MB."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", case_sensitive=True, env_ignore_empty=True,
+                                      extra="ignore")
+
+    PORT: int = Field(8002, description="port gunicorn binds (gunicorn.conf.py)")
+    HOST: str = Field("127.0.0.1", description="address gunicorn binds; loopback unless you set it")
+    WORKERS: int = Field(multiprocessing.cpu_count() + 1, description="gunicorn gevent workers; each parses "
+                         "`GATEWAY_PARSES_PER_WORKER` files at a time and answers `/healthz` meanwhile",
+                         json_schema_extra={"shown": "cores + 1"})
+    PARSES_PER_WORKER: int = Field(1, description="parses one worker runs at once (each in its own child); more "
+                                   "requests wait for a slot")
+    WORKER_CLASS: str = Field("gevent", description="gunicorn worker class")
+    CONNECTIONS: int = Field(100, description="the connections one gunicorn worker takes")
+    MAX_ANSWER_MB: int = Field(64, description="largest answer a parse child may send back (JSON) → 503 `OVER_LIMITS`")
+    MAX_MB: int = Field(50, description="largest file accepted, in MiB; larger → 413")
+    MAX_PAGES: int = Field(2000, description="more pages than this → 422 `TOO_MANY_PAGES`")
+    PARSE_TIMEOUT_S: int = Field(30, description="wall-time cap of one parse → 503 `OVER_LIMITS`; gunicorn's worker "
+                                 "timeout is this + 30")
+    PARSE_CPU_S: int = Field(20, description="CPU-time cap of one parse (`RLIMIT_CPU`) → 503 `OVER_LIMITS`")
+    PARSE_MEMORY_MB: int = Field(512, description="extra address space one parse may take (`RLIMIT_AS`) → 503 "
+                                 "`OVER_LIMITS`")
+    MAPPINGS_DIR: str = Field(str(DEFAULT_DIR), description="folder of `*.json` mappings, read once at start",
+                              json_schema_extra={"shown": "gateway/mappings"})
+    LOG_LEVEL: str = Field("INFO", description="level of the `gateway` loggers")
+
+
+def read():
+    """The gateway's settings from the environment; a bad value stops it with a line naming the variable."""
+    try:
+        return GatewaySettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"GATEWAY_{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"the gateway's settings are not valid: {problems}") from None
 
 
 def from_env():
-    return {
-        "MAX_MB": _int("GATEWAY_MAX_MB", 50),
-        "MAX_PAGES": _int("GATEWAY_MAX_PAGES", 2000),
-        "PARSE_TIMEOUT_S": _int("GATEWAY_PARSE_TIMEOUT_S", 30),
-        "PARSE_CPU_S": _int("GATEWAY_PARSE_CPU_S", 20),
-        "PARSE_MEMORY_MB": _int("GATEWAY_PARSE_MEMORY_MB", 512),
-        "PARSES_PER_WORKER": _int("GATEWAY_PARSES_PER_WORKER", 1),
-        "MAX_ANSWER_MB": _int("GATEWAY_MAX_ANSWER_MB", 64),
-        "MAPPINGS_DIR": os.environ.get("GATEWAY_MAPPINGS_DIR", str(DEFAULT_DIR)),
-        "LOG_LEVEL": os.environ.get("GATEWAY_LOG_LEVEL", "INFO"),
-    }
+    """The settings as the app's config (keys without the GATEWAY_ prefix)."""
+    return read().model_dump()

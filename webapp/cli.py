@@ -4,7 +4,6 @@ They act on any owner's jobs and accounts (an operator's view), through the same
 A password comes from a prompt, or from PDFQUEUE_PASSWORD for scripts.
 """
 import json
-import os
 
 import click
 from flask.cli import AppGroup, with_appcontext
@@ -12,6 +11,7 @@ from sqlalchemy import select
 
 
 from core import backup as backup_module
+from core import config
 from core import breaker_state as breaker_module
 from core.accounts import AccountError, ApiToken, User
 from core.operations import apply_retention, delete_with_files, retry_failed, wake_due
@@ -31,8 +31,8 @@ tokens = AppGroup("tokens", help="Make personal API tokens (for provisioning scr
 
 
 def _password(prompt="Password"):
-    """PDFQUEUE_PASSWORD if set (scripts), else asked twice without echo."""
-    return os.environ.get("PDFQUEUE_PASSWORD") or click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+    """PDFQUEUE_PASSWORD if set (scripts; read when the command runs), else asked twice without echo."""
+    return config.read().PDFQUEUE_PASSWORD or click.prompt(prompt, hide_input=True, confirmation_prompt=True)
 
 
 def _user_or_exit(email):

@@ -143,7 +143,7 @@ def _doorbell(config):
 
 def main():
     app = core.create_app({"MIGRATE": False})
-    logs.configure()
+    logs.configure(app.config["LOG_LEVEL"])
     config = app.config
     WatchingConsumer.bell = _doorbell(config)
     consumer = WatchingConsumer(
