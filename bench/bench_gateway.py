@@ -24,7 +24,7 @@ from bench.figures import table  # noqa: E402
 from gateway import engine, mappings, render  # noqa: E402
 from gateway.pdftext import read_pdf  # noqa: E402
 from gateway.testing import running_gateway  # noqa: E402
-from tests.invoicegen import make_invoice  # noqa: E402
+from tests.support.invoicegen import make_invoice  # noqa: E402
 
 TARGET_S = 0.5
 CLIENTS = 4

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import rss_kib, table  # noqa: E402
-from tests.invoicegen import make_invoice  # noqa: E402
-from tests.stack import children, owner_session, running_stack  # noqa: E402
+from tests.support.invoicegen import make_invoice  # noqa: E402
+from tests.support.stack import children, owner_session, running_stack  # noqa: E402
 
 
 def peak_mb(pid):

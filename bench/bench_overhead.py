@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import db_rows, table  # noqa: E402
-from tests.invoicegen import make_invoice  # noqa: E402
-from tests.stack import children, owner_session, running_stack  # noqa: E402
+from tests.support.invoicegen import make_invoice  # noqa: E402
+from tests.support.stack import children, owner_session, running_stack  # noqa: E402
 
 CONCURRENCY = 4
 MAPPING = "pt_simon_invoice_v1"

@@ -107,7 +107,7 @@ def main():
     data_dir = Path(tempfile.mkdtemp(prefix="bench-pages-"))
     process, url, _ = start_web(data_dir, "gevent", {})
     try:
-        from tests.people import signed_in
+        from tests.support.people import signed_in
         from webapp import create_app
         accounts = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True, "MIGRATE": False})
         user, cookie = signed_in(accounts)

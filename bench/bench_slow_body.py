@@ -15,7 +15,7 @@ ROOT = Path(sys.argv[2] if len(sys.argv) > 2 else Path(__file__).resolve().paren
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
-from tests.stack import children, owner_session, running_stack  # noqa: E402
+from tests.support.stack import children, owner_session, running_stack  # noqa: E402
 
 BOUNDARY = "slowbody"
 HEAD = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pdf\"\r\n"

@@ -109,7 +109,7 @@ def run(worker_class, n_streams, n_changes, extra_env):
     data_dir = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     process, url, port = start_web(data_dir, worker_class, extra_env)
     try:
-        from tests.people import signed_in
+        from tests.support.people import signed_in
         worker_app = create_app({"DATA_DIR": str(data_dir), "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop", "HUEY_MEMORY": True, **extra_env})
         _, signed = signed_in(worker_app)  # one person, signed in, watching the queue from many tabs
         http = requests.Session()

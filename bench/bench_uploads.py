@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import rss_kib, summary, table  # noqa: E402
-from tests.stack import children, owner_session, running_stack  # noqa: E402
+from tests.support.stack import children, owner_session, running_stack  # noqa: E402
 
 CONCURRENCY = 100
 MB = 1024 * 1024

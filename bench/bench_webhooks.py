@@ -3,8 +3,8 @@ worker sends.
 
     .venv/bin/python bench/bench_webhooks.py [--jobs 20] [--events 2000]
 
-Real processes (tests/stack.py: gunicorn web, worker.py, the fake gateway answering in 50 ms) and a receiver
-on loopback (tests/receiver.py, HTTP/1.1, keep-alive). Latency: upload one file at a time and time from the
+Real processes (tests/support/stack.py: gunicorn web, worker.py, the fake gateway answering in 50 ms) and a receiver
+on loopback (tests/support/receiver.py, HTTP/1.1, keep-alive). Latency: upload one file at a time and time from the
 job's completed_at to the receiver having its verified event. Throughput: write --events events into the
 outbox in one transaction and time until the receiver has every one, from the commit (so the deliverer's
 poll, at most WEBHOOK_POLL_SECONDS, is inside the figure).
@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from standardwebhooks import Webhook  # noqa: E402
 
 from bench.figures import summary, table  # noqa: E402
-from tests.receiver import Receiver  # noqa: E402
-from tests.stack import owner_session, running_stack  # noqa: E402
+from tests.support.receiver import Receiver  # noqa: E402
+from tests.support.stack import owner_session, running_stack  # noqa: E402
 
 
 def pdf(tag):

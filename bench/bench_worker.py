@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_worker.py [--idle 60] [--jobs 40] [--samples 30]
 
-The gateway is the fake one (tests/fakegateway.py) answering every call in 0.25 s, so the ratio measures
+The gateway is the fake one (tests/support/fakegateway.py) answering every call in 0.25 s, so the ratio measures
 what the app adds: upload, queue, claim, lease, storing the XML. bench_overhead.py has the same ratio against
 our real gateway, where the app's CPU competes with the conversions'. The worker's CPU while idle is read
 from /proc over the idle wait.
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_overhead import cpu_ms  # noqa: E402
 from bench.figures import db_rows, rss_kib, summary, table  # noqa: E402
-from tests.stack import owner_session, running_stack  # noqa: E402
+from tests.support.stack import owner_session, running_stack  # noqa: E402
 
 DELAY = 0.25
 CONCURRENCY = 4

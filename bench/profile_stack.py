@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/profile_stack.py [--jobs 40] [--rounds 3] [--top 25] [--out bench/out/profile]
 
-Starts a stack on loopback with our gateway (tests/stack.py), samples worker.py and the web's gunicorn worker
+Starts a stack on loopback with our gateway (tests/support/stack.py), samples worker.py and the web's gunicorn worker
 with py-spy (`pip install py-spy`; it needs ptrace, as root or with CAP_SYS_PTRACE) while the invoices are
 uploaded and converted, and prints for each process the functions holding the most samples: "self" where
 the CPU is spent, "total" with what they call. The raw stacks are kept in --out (py-spy's "raw" format, one
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_overhead import CONCURRENCY, app_round  # noqa: E402
-from tests.invoicegen import make_invoice  # noqa: E402
-from tests.stack import children, owner_session, running_stack  # noqa: E402
+from tests.support.invoicegen import make_invoice  # noqa: E402
+from tests.support.stack import children, owner_session, running_stack  # noqa: E402
 
 
 def top(raw, count):

@@ -237,8 +237,8 @@ def write_doc(path, runs, info, loads, quick, elapsed):
         "# Benchmarks",
         "",
         f"Written by `{'make bench-quick' if quick else 'make bench'}` (`bench/run_all.py`), which runs every "
-        "`bench/bench_*.py` against stacks it starts itself on loopback (`tests/stack.py`: gunicorn web, `worker.py`, "
-        "and our gateway or `tests/fakegateway.py` with a set delay). Fault drills are tests: `make faults` "
+        "`bench/bench_*.py` against stacks it starts itself on loopback (`tests/support/stack.py`: gunicorn web, `worker.py`, "
+        "and our gateway or `tests/support/fakegateway.py` with a set delay). Fault drills are tests: `make faults` "
         "(`tests/faults/`).",
         "",
         f"- **Machine**: {info['cores']} cores ({info['cpu']}), {info['memory']} memory, {info['os']}",

@@ -211,12 +211,28 @@ class Settings(BaseSettings):
             return value not in ("", "0", "false")
         return value
 
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _level(cls, value):
+        """A log level in any case (`info` as `INFO`), and one logging knows."""
+        value = str(value).upper()
+        if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @field_validator("MAPPINGS")
+    @classmethod
+    def _some_mapping(cls, value):
+        if not value:
+            raise ValueError("must name at least one mapping")
+        return value
+
     @model_validator(mode="after")
     def _follow(self):
         """Defaults that follow from other settings."""
         self.DATA_DIR = str(Path(self.DATA_DIR or REPO_ROOT).resolve())
         self.GATEWAY_URL = (self.GATEWAY_URL or f"http://127.0.0.1:{self.GATEWAY_PORT}").rstrip("/")
-        self.DEFAULT_MAPPING = self.DEFAULT_MAPPING or (self.MAPPINGS[0] if self.MAPPINGS else "")
+        self.DEFAULT_MAPPING = self.DEFAULT_MAPPING or self.MAPPINGS[0]
         self.PUBLIC_URL = self.PUBLIC_URL.rstrip("/")
         return self
 

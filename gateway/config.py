@@ -4,7 +4,7 @@ its type, default and one line of meaning; gateway/README.md's table is checked 
 (core/config.py)."""
 import multiprocessing
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .mappings import DEFAULT_DIR
@@ -36,6 +36,15 @@ class GatewaySettings(BaseSettings):
     MAPPINGS_DIR: str = Field(str(DEFAULT_DIR), description="folder of `*.json` mappings, read once at start",
                               json_schema_extra={"shown": "gateway/mappings"})
     LOG_LEVEL: str = Field("INFO", description="level of the `gateway` loggers")
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _level(cls, value):
+        """A log level in any case (the env file's `info` as `INFO`), and one logging knows."""
+        value = str(value).upper()
+        if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
 
 
 def read():

@@ -1,11 +1,11 @@
-"""Real processes for the browser tests (tests/stack.py: our gateway, the web app under the project's gunicorn
+"""Real processes for the browser tests (tests/support/stack.py: our gateway, the web app under the project's gunicorn
 config, and worker.py, on free loopback ports in a temporary DATA_DIR); and Debian's chromium via Playwright."""
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.stack import ROOT, running_stack
+from tests.support.stack import ROOT, running_stack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -29,7 +29,7 @@ SETTINGS = {"GATEWAY_WORKERS": 2, "UPLOADS_PER_MINUTE": 100, "LEASE_SECONDS": 10
 
 
 def browser_stack(data_dir, **settings):
-    """The shared stack (tests/stack.py) with the browser tests' settings, in data_dir."""
+    """The shared stack (tests/support/stack.py) with the browser tests' settings, in data_dir."""
     return running_stack(data_dir=data_dir, **{**SETTINGS, **settings})
 
 
@@ -54,7 +54,7 @@ def chromium():
 
 def let_in(context, stack, admin=False):
     """Sign the browser context in to stack as a new user (a session cookie, as /login would set); the user."""
-    from tests.people import signed_in
+    from tests.support.people import signed_in
     user, cookie = signed_in(stack.app(), admin=admin)
     context.add_cookies([{"name": "session", "value": cookie, "url": stack.web_url}])
     return user

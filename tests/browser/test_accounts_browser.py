@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import browser_stack, let_in
 from tests.browser.test_browser import drop_files, invoices, upload_via_api
-from tests.people import new_email, snapshot
+from tests.support.people import new_email, snapshot
 from core.accounts import User
 
 PASSWORD = "a long enough password"

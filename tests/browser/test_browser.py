@@ -9,9 +9,9 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import SHARE_TTL_SECONDS, browser_stack, let_in
-from tests.conftest import pdf_bytes
-from tests.stack import ROOT
-from tests.invoicegen import make_invoice
+from tests.support.app import pdf_bytes
+from tests.support.stack import ROOT
+from tests.support.invoicegen import make_invoice
 
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 CONVERTED = 60_000  # ms: generous for a 2-core box converting with a cold gateway

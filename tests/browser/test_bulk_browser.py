@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import browser_stack, let_in
 from tests.browser.test_browser import CONVERTED, drop_files, invoices, upload_via_api
-from tests.conftest import pdf_bytes
+from tests.support.app import pdf_bytes
 
 LIMIT, WINDOW = 10, 3
 

@@ -8,9 +8,9 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import let_in
 from tests.browser.test_browser import AXE, upload_via_api
-from tests.conftest import pdf_bytes
-from tests.invoicegen import make_invoice
-from tests.people import new_email
+from tests.support.app import pdf_bytes
+from tests.support.invoicegen import make_invoice
+from tests.support.people import new_email
 
 CONVERTED = 60  # s: generous for a 2-core box converting with a cold gateway
 

@@ -3,7 +3,7 @@
     make faults                                      # every drill, in a private mount namespace
     make faults PYTEST_ARGS="-k disk_full -s"        # one drill, printing what it injected
 
-Marked `faults`, so `make test` leaves them out. Each drill starts its own stack (tests/stack.py: gunicorn web,
+Marked `faults`, so `make test` leaves them out. Each drill starts its own stack (tests/support/stack.py: gunicorn web,
 worker.py, and our gateway or the in-process FakeGateway whose knobs the drill turns), injects one fault and
 checks what follows; its checks are soft (pytest-check), so a failing drill lists every check that failed.
 After every drill the same invariants are checked: every job complete or failed with a code (none queued or
@@ -28,9 +28,9 @@ import pytest
 import requests
 from pytest_check import check
 
-from tests.invoicegen import make_flate_bomb_pdf, make_invoice
-from tests.services import unavailable
-from tests.stack import MONITOR, owner_session, running_stack
+from tests.support.invoicegen import make_flate_bomb_pdf, make_invoice
+from tests.support.services import unavailable
+from tests.support.stack import MONITOR, owner_session, running_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]  # the drills bound their own waits; this is a backstop
 

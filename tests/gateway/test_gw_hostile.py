@@ -115,3 +115,25 @@ def test_four_concurrent_clients(live_gateway):
     for response, (_, truth) in zip(responses, invoices):
         assert response.status_code == 200
         assert invoice_from_xml(response.content) == expected(truth)
+
+
+def test_the_gateway_answers_healthz_while_its_only_worker_parses_a_bomb():
+    import threading
+    import requests
+    from gateway.testing import running_gateway
+    from tests.support.invoicegen import make_flate_bomb_pdf
+    bomb = make_flate_bomb_pdf(gib=4)
+    # Memory enough that the bomb runs until its wall-time cap, which is long.
+    env = {"GATEWAY_WORKERS": "1", "GATEWAY_PARSE_MEMORY_MB": "4096", "GATEWAY_PARSE_CPU_S": "4",
+           "GATEWAY_PARSE_TIMEOUT_S": "4"}
+    with running_gateway(env) as url:
+        answers = []
+        parsing = threading.Thread(target=lambda: answers.append(requests.post(
+            f"{url}/process", files={"file": ("a.pdf", bomb, "application/pdf")},
+            data={"mapping": "pt_simon_invoice_v1"}, timeout=60)))
+        parsing.start()
+        time.sleep(1)  # the bomb is in its child by now
+        health = requests.get(f"{url}/healthz", timeout=30)
+        assert health.status_code == 200 and parsing.is_alive()  # answered while the parse still ran
+        parsing.join()
+    assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "OVER_LIMITS"

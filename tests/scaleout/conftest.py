@@ -1,4 +1,4 @@
-"""A scaled-out pdfqueue on loopback (tests/stack.py): real redis-server and PostgreSQL, two web processes
+"""A scaled-out pdfqueue on loopback (tests/support/stack.py): real redis-server and PostgreSQL, two web processes
 (gunicorn, one worker each, different ports) and two worker processes sharing SECRET_KEY, REDIS_URL,
 DATABASE_URL and DATA_DIR, with the fake gateway counting /process calls per correlation id."""
 import re
@@ -7,9 +7,9 @@ import time
 import pytest
 import requests
 
-from tests.fakegateway import FakeGateway
-from tests.services import postgres_cluster, redis_server
-from tests.stack import MONITOR, running_stack
+from tests.support.fakegateway import FakeGateway
+from tests.support.services import postgres_cluster, redis_server
+from tests.support.stack import MONITOR, running_stack
 
 START_TIMEOUT = 30
 
@@ -57,7 +57,7 @@ class Owner:
     PASSWORD = "scaled out and long enough"
 
     def __init__(self, stack):
-        from tests.people import new_email
+        from tests.support.people import new_email
         from core.accounts import User
         self.stack = stack
         self.email = new_email("scaleout")

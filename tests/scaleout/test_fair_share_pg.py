@@ -1,9 +1,9 @@
-"""Fair share on PostgreSQL: the same claims as tests/test_fair_share.py, on a real PostgreSQL cluster."""
+"""Fair share on PostgreSQL: the same claims as tests/core/test_claims.py, on a real PostgreSQL cluster."""
 import pytest
 from sqlalchemy import text
 
-from tests.services import postgres_cluster
-from tests.test_fair_share import (  # noqa: F401  (collected here again, on PostgreSQL)
+from tests.support.services import postgres_cluster
+from tests.core.test_claims import (  # noqa: F401  (collected here again, on PostgreSQL)
     test_a_retried_job_queues_by_its_retry_time_not_its_upload,
     test_a_second_owners_job_is_claimed_at_the_next_free_slot_behind_500_of_the_firsts,
     test_claims_go_round_robin_and_fifo_within_an_owner, test_run_next_is_for_admins_and_moves_the_job_first,

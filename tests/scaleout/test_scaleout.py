@@ -7,8 +7,8 @@ import time
 import redis
 import requests
 
-from tests.conftest import pdf_bytes
-from tests.stack import MONITOR
+from tests.support.app import pdf_bytes
+from tests.support.stack import MONITOR
 
 JOBS_PER_OWNER = 10  # the per-owner limit: three owners make 30 jobs
 

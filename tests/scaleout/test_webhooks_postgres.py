@@ -4,10 +4,10 @@ import threading
 
 import pytest
 
-from tests.conftest import ApiClient
-from tests.receiver import Receiver
-from tests.services import postgres_cluster
-from tests.test_webhooks import FAST, METRICS, finish, hook, outbox
+from tests.support.app import ApiClient
+from tests.support.receiver import Receiver
+from tests.support.services import postgres_cluster
+from tests.web.test_webhooks import FAST, METRICS, finish, hook, outbox
 from worker import delivery
 from core import counters
 from core.db import db
