@@ -55,9 +55,11 @@ system-deps:
 
 # Line coverage of webapp/, core/, worker/, gateway/ and tasks.py (subprocesses included, see pyproject.toml); under 80 % fails.
 COVERAGE_ARGS ?= --cov --cov-report=term --cov-fail-under=80
+# The suite runs on every core (pytest-xdist), a test file's tests on one worker so that a module's stack starts once.
+XDIST_ARGS ?= -n auto --dist loadfile
 test: setup system-deps
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest $(COVERAGE_ARGS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST_ARGS) $(COVERAGE_ARGS) $(PYTEST_ARGS)
 
 # Every bench/bench_*.py against stacks it starts itself; writes docs/benchmarks.md (bench-quick: a short try-out
 # into bench/out/).

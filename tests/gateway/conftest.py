@@ -2,15 +2,12 @@
 
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# tests/ holds invoicegen.py, shared with the other test suites; make it importable from here too.
-sys.path.insert(0, str(ROOT / "tests"))
 
 from gateway import create_app  # noqa: E402
 from gateway.testing import running_gateway  # noqa: E402

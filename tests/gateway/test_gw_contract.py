@@ -5,7 +5,7 @@ import json
 import logging
 
 import pytest
-from invoicegen import make_invoice, make_png_bytes, make_text_pdf
+from tests.support.invoicegen import make_invoice, make_png_bytes, make_text_pdf
 
 from gateway import create_app
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from gwhelpers import expected, invoice_from_xml
-from invoicegen import (make_broken_xref_pdf, make_encrypted_pdf, make_flate_bomb_pdf, make_invoice,
+from tests.support.invoicegen import (make_broken_xref_pdf, make_encrypted_pdf, make_flate_bomb_pdf, make_invoice,
                         make_page_tree_loop_pdf, make_png_bytes, make_truncated_pdf, make_zero_page_pdf)
 
 FIFTY_MIB = 50 << 20

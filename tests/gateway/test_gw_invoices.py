@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from gwhelpers import expected, invoice_from_json, invoice_from_xml
-from invoicegen import make_invoice, make_text_pdf
+from tests.support.invoicegen import make_invoice, make_text_pdf
 
 from gateway import create_app
 from gateway.mappings import DEFAULT_DIR, MappingError
@@ -51,7 +51,7 @@ def test_long_supplier_and_customer_names_and_addresses_every_field(convert):
 
 def test_the_long_name_invoices_are_as_long_as_meant():
     from reportlab.pdfbase.pdfmetrics import stringWidth
-    from invoicegen import LONG_SUPPLIERS, PAGE_W
+    from tests.support.invoicegen import LONG_SUPPLIERS, PAGE_W
     assert all(40 + stringWidth(name, "Helvetica-Bold", 12) > PAGE_W / 2 for name in LONG_SUPPLIERS)
     _, truth = make_invoice(n_lines=1, seed=1, long_names=True)
     assert len(truth["Customer"]["Name"]) > 80 and truth["Supplier"]["Name"] in LONG_SUPPLIERS

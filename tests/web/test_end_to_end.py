@@ -2,7 +2,7 @@
 import defusedxml.ElementTree as SafeET
 import pytest
 
-import invoicegen
+from tests.support import invoicegen
 from worker import run
 from gateway.testing import running_gateway
 from tests.support.app import ApiClient
