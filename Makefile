@@ -55,8 +55,10 @@ system-deps:
 
 # Line coverage of webapp/, core/, worker/, gateway/ and tasks.py (subprocesses included, see pyproject.toml); under 80 % fails.
 COVERAGE_ARGS ?= --cov --cov-report=term --cov-fail-under=80
-# The suite runs on every core (pytest-xdist), a test file's tests on one worker so that a module's stack starts once.
-XDIST_ARGS ?= -n auto --dist loadfile
+# The suite on every core (pytest-xdist): tests sharing a stack (a module's, the browser tests', the scale-out
+# tests') stay together on one worker, the rest are dealt out one by one (tests/conftest.py). XDIST_ARGS= runs it
+# in one process.
+XDIST_ARGS ?= -n auto --dist loadgroup
 test: setup system-deps
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(XDIST_ARGS) $(COVERAGE_ARGS) $(PYTEST_ARGS)

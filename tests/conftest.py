@@ -1,8 +1,12 @@
 """Shared fixtures: an app on real SQLite files in tmp_path, a CSRF-aware client, a live server, the fake gateway.
 The helpers they use, which benchmarks share, are in tests/support/."""
+import shutil
+import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from flask_migrate import upgrade
 from werkzeug.serving import make_server
 
@@ -13,19 +17,59 @@ from core.db import db
 from webapp.limits import limiter
 
 
+TEST_SECRET_KEY = "test-secret-key-0123456789abcdefghijklmnop"
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory):
+    """A SQLite database upgraded by the real migrations once per session (per xdist worker): make_app copies it
+    rather than running every migration again for each test. The migrations' own tests upgrade and downgrade
+    databases of their own (tests/core/test_migrations.py...), and every stack runs `flask db upgrade`."""
+    app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("migrated")), "TESTING": True,
+                      "SECRET_KEY": TEST_SECRET_KEY, "HUEY_MEMORY": True})
+    with app.app_context():
+        upgrade(directory=app.config["MIGRATIONS_DIR"])
+        db.engine.dispose()
+    path = Path(app.config["INSTANCE_DIR"]) / "pdfqueue.db"
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{path}"
+    # Fold the write-ahead log into the file (WAL mode stays set in it), so that the file alone is the database.
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
+
+
+# argon2 at its real cost takes 64 MiB and a few tenths of a second per hash or check, and the sign-in tests make
+# dozens. In-process apps hash passwords with the same algorithm at its lowest cost, except in tests marked
+# real_argon2 (those of the hashing itself); the stacks' processes always hash at the real cost.
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+
+
 @pytest.fixture
-def make_app(tmp_path):
-    """Build an app on tmp_path with overrides; its database is upgraded by the real migrations."""
+def make_app(tmp_path, migrated_database, request, monkeypatch):
+    """Build an app on tmp_path with overrides; its database is upgraded by the real migrations (a SQLite one
+    new to this test starts as a copy of the session's migrated_database, which is the same thing made once)."""
+    from core import accounts
+    if not request.node.get_closest_marker("real_argon2"):
+        monkeypatch.setattr(accounts, "hasher", CHEAP_HASHER)
+    accounts._dummy_hash.cache_clear()  # made by the hasher of the test that first needed it
+    request.addfinalizer(accounts._dummy_hash.cache_clear)
     apps = []
 
     def build(**overrides):
-        config = {"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": "test-secret-key-0123456789abcdefghijklmnop",
+        config = {"DATA_DIR": str(tmp_path), "TESTING": True, "SECRET_KEY": TEST_SECRET_KEY,
                   "METRICS_TOKEN": "test-metrics-token",
                   "GATEWAY_URL": "http://127.0.0.1:9", "HUEY_MEMORY": True}
         config.update(overrides)
         app = create_app(config)
+        path = Path(app.config["INSTANCE_DIR"]) / "pdfqueue.db"
+        fresh_sqlite = app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{path}" and not path.exists()
+        if fresh_sqlite:
+            shutil.copyfile(migrated_database, path)
         with app.app_context():
-            upgrade(directory=app.config["MIGRATIONS_DIR"])
+            if not fresh_sqlite:
+                upgrade(directory=app.config["MIGRATIONS_DIR"])
             limiter.reset()
         apps.append(app)
         return app
@@ -79,3 +123,34 @@ def live_server(app):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join()
+
+
+# Fixtures made once for many tests that are cheap enough to make once per xdist worker.
+PER_WORKER = {"migrated_database"}
+WIDER = ["class", "module", "package", "session"]
+
+
+def _shared_group(item):
+    """Where the widest fixture the test shares with others lives (None if it shares none), by the fixture's scope:
+    its module (module and class scope) or its conftest's folder (package and session scope)."""
+    widest = None
+    for name in item.fixturenames:
+        fixturedef = (item._fixtureinfo.name2fixturedefs.get(name) or [None])[-1]
+        # Skip pytest's own (tmp_path_factory and the like: no baseid) and the cheap ones.
+        if fixturedef is None or fixturedef.scope not in WIDER or not fixturedef.baseid or name in PER_WORKER:
+            continue
+        rank = WIDER.index(fixturedef.scope)
+        home = item.nodeid.split("::")[0] if rank < 2 else fixturedef.baseid
+        if widest is None or rank > widest[0]:
+            widest = rank, home
+    return widest and widest[1]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup` (make test), tests sharing a stack (a module's, the browser tests', the scale-out
+    package's) run on one worker, so that it starts once; the others are dealt out one by one."""
+    for item in items:
+        group = _shared_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -36,13 +36,15 @@ def browser_stack(data_dir, **settings):
 SHARE_TTL_SECONDS = 120  # not the default 900, so that the share notice must read the answer's expires_at
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: an idle stack's processes keep polling (with coverage on, a tenth of a core), so it
+# stops once the browser tests are done rather than running on through the rest of the suite.
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory):
     with browser_stack(tmp_path_factory.mktemp("stack"), SHARE_TTL_SECONDS=str(SHARE_TTL_SECONDS)) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium():
     from playwright.sync_api import sync_playwright
 

@@ -147,6 +147,7 @@ def test_disabling_a_user_ends_every_session_and_token_at_once(app, member):
     assert app.test_client().get("/api/jobs", headers=bearer).status_code == 401
 
 
+@pytest.mark.real_argon2
 def test_a_password_is_rehashed_at_sign_in_when_the_parameters_change(app, member, monkeypatch):
     from argon2 import PasswordHasher
     weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
