@@ -60,7 +60,9 @@ class Stack:
             proc = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **extra_env}, stdout=log, stderr=log)
         self.procs[name] = proc
         if health_url:
-            wait_until_answering(health_url, proc, name)
+            # With the suite on both cores and coverage in every process, a start can take well over its usual
+            # second or two: wait long rather than fail a test for a slow box.
+            wait_until_answering(health_url, proc, name, timeout=90)
         return proc
 
     def pause(self, name, tries=200):
