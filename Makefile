@@ -59,9 +59,11 @@ COVERAGE_ARGS ?= --cov --cov-report=term --cov-fail-under=80
 # tests') stay together on one worker, the rest are dealt out one by one (tests/conftest.py). XDIST_ARGS= runs it
 # in one process.
 XDIST_ARGS ?= -n auto --dist loadgroup
+# The browser tests run after, alone: their pages wait on live updates, which a stack starting beside them slows.
 test: setup system-deps
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest $(XDIST_ARGS) $(COVERAGE_ARGS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST_ARGS) --cov --cov-report= --ignore=tests/browser $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov-append $(COVERAGE_ARGS) tests/browser $(PYTEST_ARGS)
 
 # Every bench/bench_*.py against stacks it starts itself; writes docs/benchmarks.md (bench-quick: a short try-out
 # into bench/out/).
