@@ -6,6 +6,7 @@ type, default and one line of meaning; the README's configuration table is check
 constants, test speed-ups); the README lists them apart. Values the app derives from others (paths under
 DATA_DIR, the database URL, …) are filled in by derive().
 """
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -17,6 +18,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TUNING = {"tuning": True}  # json_schema_extra of a knob no operator sets
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+def comma_list(value):
+    """A comma-separated setting as a list, blanks dropped."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
 
 def setting(default, meaning, tuning=False, shown=None):
@@ -146,6 +154,14 @@ class Settings(BaseSettings):
     REMOTE_USER_HEADER: str = setting(
         "X-Forwarded-Email", "with `AUTH=proxy`: the header carrying the signed-in email (oauth2-proxy: "
         "`X-Forwarded-Email`; Authelia: `Remote-Email`)")
+    TRUSTED_PROXIES: CommaList = setting(
+        ["127.0.0.1", "::1"], "with `AUTH=proxy`: comma-separated addresses (or networks, `10.0.0.0/8`) of the "
+        "proxies whose `REMOTE_USER_HEADER` is believed; from any other peer the header is ignored and logged")
+    PROXY_SECRET: str = setting(
+        "", "with `AUTH=proxy`: when set, `REMOTE_USER_HEADER` is believed only on a request that also carries "
+        "`PROXY_SECRET_HEADER: <this>`, which the proxy adds (so another process on the proxy's own address "
+        "cannot name a user)")
+    PROXY_SECRET_HEADER: str = setting("X-Proxy-Secret", "the header that carries `PROXY_SECRET`")
     PUBLIC_URL: str = setting(
         "", "where people reach the service, for the links printed outside a request (the first-run set-up link)",
         shown="http://$HOST:$PORT")
@@ -199,8 +215,18 @@ class Settings(BaseSettings):
     @field_validator("SECRET_KEY_FALLBACKS", "MAPPINGS", "WEBHOOK_ALLOWED_HOSTS", mode="before")
     @classmethod
     def _comma_list(cls, value):
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
+        return comma_list(value)
+
+    @field_validator("TRUSTED_PROXIES", mode="before")
+    @classmethod
+    def _networks(cls, value):
+        """Addresses or networks, each one ipaddress reads."""
+        value = comma_list(value)
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an address or a network") from None
         return value
 
     @field_validator("RETENTION_XML_AFTER_DOWNLOAD", "BEHIND_PROXY", mode="before")

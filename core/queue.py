@@ -16,6 +16,7 @@ from pathlib import Path
 
 from huey import Huey
 from huey.registry import Message
+from huey.serializer import SignedSerializer
 from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
 
 # tasks.process_job, as Huey's registry names it (tests/test_house.py checks the two agree).
@@ -63,6 +64,21 @@ class RingingSqliteStorage(SqliteStorage):
         ring(self.instance_dir)
 
 
+class RefusingSignedSerializer(SignedSerializer):
+    """Huey's signed serializer (an HMAC of each pickled message under a key from SECRET_KEY): a message that is not
+    signed with it is refused before it is unpickled, and logged. Any process that can write to Redis could
+    otherwise run code as the worker through a pickle."""
+
+    def _deserialize(self, data):
+        try:
+            message = self._unsign(data)
+        except ValueError:
+            logger.error("refused a queue message not signed with this SECRET_KEY (%d bytes, not unpickled): "
+                         "something other than pdfqueue writes to the queue, or a box has another key", len(data))
+            raise
+        return super(SignedSerializer, self)._deserialize(message)
+
+
 huey = Huey("pdfqueue", storage_class=MemoryStorage, results=False, utc=True)
 _bound = {}
 logger = logging.getLogger(__name__)
@@ -80,6 +96,8 @@ def init_app(app):
         # maintenance loop re-wakes it), and an fsync at every enqueue and dequeue is the queue's largest cost.
         huey.storage = RingingSqliteStorage("pdfqueue", filename=str(path), timeout=15, fsync=False,
                                             instance_dir=app.config["INSTANCE_DIR"])
+    # Signed, whatever the storage: the key is the app's own secret, under a salt of its own.
+    huey.serializer = RefusingSignedSerializer(secret=app.secret_key, salt="pdfqueue.queue")
     _bound["app"] = app
 
 

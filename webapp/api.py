@@ -18,7 +18,7 @@ from core import queue
 from core.clock import isoformat, utcnow
 from core.db import db
 from core.errors import ApiError, not_found
-from .identity import current_owner, is_admin, owner_scope
+from .identity import current_owner, is_admin, may_spend, owner_scope
 from .lookup import list_jobs, owned_or_404, with_owners
 from .limits import upload_limits
 from . import metrics
@@ -98,8 +98,9 @@ def job_priority(job_id):
     return jsonify(job.to_dict())
 
 
-def download_response(job):
-    """Stream a job's XML as an attachment, or say why it cannot be had."""
+def download_response(job, spend=True):
+    """Stream a job's XML as an attachment, or say why it cannot be had; with spend, this is its download (with
+    RETENTION_XML_AFTER_DOWNLOAD the result then expires)."""
     if job.status != Status.COMPLETE:
         raise ApiError(codes.NOT_READY, 409, f"The result is not ready: the job is {job.status}.")
     path = Path(current_app.config["DATA_DIR"]) / job.result_path if job.has_result else None
@@ -111,14 +112,16 @@ def download_response(job):
     response = send_file(path, mimetype="application/xml", as_attachment=True, download_name=name,
                          conditional=False, etag=False, max_age=0)
     # send_file holds the file open, so the answer streams whole though its name is gone already.
-    downloaded(job.id, path)
+    if spend:
+        downloaded(job.id, path)
     return response
 
 
-@bp.get("/jobs/<job_id>/download")
+@bp.route("/jobs/<job_id>/download", methods=["GET", "POST"])
 def job_download(job_id):
-    """Download my job's XML result."""
-    return download_response(owned_or_404(job_id))
+    """Download my job's XML result. Only a request from our own pages, a token or a POST with CSRF counts as
+    its download for RETENTION_XML_AFTER_DOWNLOAD (identity.may_spend)."""
+    return download_response(owned_or_404(job_id), spend=may_spend())
 
 
 @bp.get("/jobs/<job_id>/pdf")

@@ -17,7 +17,7 @@ from core.operations import delete_with_files, downloaded, job_filters, retry_fa
 from core.clock import utcnow
 from core.db import db
 from core.errors import ApiError
-from .identity import current_owner, is_admin, owner_scope
+from .identity import current_owner, is_admin, may_spend, owner_scope
 from .limits import archive_limit, bulk_limit
 from core.jobs.model import Job
 from core.jobs.states import Status
@@ -63,10 +63,11 @@ def entry_name(filename, taken):
     return name
 
 
-@bp.get("/jobs/archive")
+@bp.route("/jobs/archive", methods=["GET", "POST"])
 @archive_limit
 def archive():
-    """Download the XML results of my jobs as one streamed ZIP: ?ids=a,b,… or the filters of GET /api/jobs."""
+    """Download the XML results of my jobs as one streamed ZIP: ?ids=a,b,… or the filters of GET /api/jobs. Only
+    a request from our own pages, a token or a POST with CSRF counts as their download (identity.may_spend)."""
     if request.args.get("ids"):
         owner, where = _scope_for_ids(), [Job.id.in_(_checked_ids(request.args["ids"].split(",")))]
     else:
@@ -76,6 +77,7 @@ def archive():
     if not db.session.scalar(select(func.count()).select_from(Job).where(*where)):
         raise ApiError(codes.NOT_READY, 409, "None of these jobs has a result to download.")
     data_dir = Path(current_app.config["DATA_DIR"])
+    spend = may_spend()
 
     def generate():
         zipped, taken, after = ZipStream(compress_type=ZIP_DEFLATED), set(), None
@@ -94,7 +96,7 @@ def archive():
             yield from zipped.all_files()
             # Each of these was read whole into the archive: this was its download. A client gone mid-chunk never
             # gets here (the generator is closed at its yield), so what it did not receive stays.
-            for job_id, path in added:
+            for job_id, path in added if spend else ():
                 downloaded(job_id, path)
             if len(rows) < CHUNK:
                 break

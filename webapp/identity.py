@@ -7,6 +7,7 @@ so signing out or disabling the user ends the session for good. A request that c
 is that token's user whatever cookie comes with it (a wrong token is 401, never the cookie's user), needs no CSRF
 token, since no other site can make a browser send that header, and is never answered with a Set-Cookie.
 """
+import ipaddress
 import secrets
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -40,6 +41,18 @@ def same_origin():
         return True
     origin = request.headers.get("Origin")
     return bool(origin) and origin.rstrip("/") == request.host_url.rstrip("/")
+
+
+def may_spend():
+    """True if a read that changes state (a download that expires its result) may do so: it carries a valid
+    token, or a POST passed the CSRF check, or the browser says it was asked for on our own pages or typed in
+    (`Sec-Fetch-Site` same-origin or none). A link or a navigation from another site carries the session cookie
+    too: such a read still answers, but changes nothing."""
+    if current_user.is_authenticated and g.get("bearer"):
+        return True
+    if request.method == "POST":
+        return True  # _require_identity checked its CSRF token before the view ran
+    return request.headers.get("Sec-Fetch-Site") in ("same-origin", "none")
 
 
 class HeaderFirstCSRF(CSRFProtect):
@@ -146,9 +159,35 @@ def _user_of_request(req):
         return ApiToken.user(credentials)
     if current_app.config["AUTH"] == PROXY:
         email = req.headers.get(current_app.config["REMOTE_USER_HEADER"], "").strip()
-        if email:
+        if email and _from_trusted_proxy(req):
             return _proxy_user(email)
     return None
+
+
+def _from_trusted_proxy(req):
+    """True if the request came straight from a TRUSTED_PROXIES address (its peer, before ProxyFix put the
+    forwarded client address in its place) and, with PROXY_SECRET, carries the proxy's secret header. Anyone
+    else naming a user is ignored, and logged."""
+    config = current_app.config
+    peer = req.environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR", req.environ.get("REMOTE_ADDR"))
+    trusted = _is_trusted_address(peer, config["TRUSTED_PROXIES"])
+    if trusted and config["PROXY_SECRET"]:
+        given = req.headers.get(config["PROXY_SECRET_HEADER"], "")
+        trusted = secrets.compare_digest(given.encode(), config["PROXY_SECRET"].encode())
+    if not trusted:
+        current_app.logger.warning("ignored %s from %s: not a trusted proxy%s", config["REMOTE_USER_HEADER"], peer,
+                                   " with the proxy's secret" if config["PROXY_SECRET"] else "")
+    return trusted
+
+
+def _is_trusted_address(peer, trusted):
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False  # a Unix socket, or nothing: no address to trust
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in ipaddress.ip_network(item, strict=False) for item in trusted)
 
 
 def _proxy_user(email):
@@ -187,6 +226,9 @@ def init_app(app):
         raise SystemExit(f"AUTH=none serves one person on this machine: it refuses HOST={config['HOST']}")
     if config["AUTH"] == PROXY and not config.get("BEHIND_PROXY"):
         raise SystemExit("AUTH=proxy trusts a header only a proxy may set: it needs BEHIND_PROXY=1")
+    if config["AUTH"] == NONE and config.get("BEHIND_PROXY"):
+        raise SystemExit("AUTH=none serves one person on this machine: behind a proxy (BEHIND_PROXY) anyone the "
+                         "proxy serves would be let in; use AUTH=password or AUTH=proxy")
     config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     if config.get("BEHIND_PROXY") and config["SESSION_COOKIE_NAME"] == "session":

@@ -147,3 +147,35 @@ def test_a_session_made_on_one_web_process_works_on_the_other_and_ends_on_both(s
     replay = requests.Session()
     replay.cookies.update(copied)
     assert replay.get(f"{first}/api/jobs", timeout=5).status_code == 401  # signed out on the other process too
+
+
+class RunsCode:
+    """What an attacker with access to Redis would push: a pickle that runs a command when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_forged_message_pushed_into_redis_is_refused_unread_and_logged(stack, owner_factory, tmp_path):
+    import pickle
+    from huey.registry import Message
+    from core.queue import PROCESS_JOB
+    marker = tmp_path / "the worker ran my code"
+    forged = Message("forged", PROCESS_JOB, None, 0, 0, None, (RunsCode(marker),), {}, None, None, None, None,
+                     None, None, None)
+    client = redis.Redis.from_url(stack.env["REDIS_URL"])
+    for message in (pickle.dumps(forged), pickle.dumps(forged) + b":" + b"0" * 40):  # unsigned; a made-up signature
+        client.lpush("huey.redis.pdfqueue", message)
+    deadline = time.monotonic() + 15
+    while sum(stack.log(worker).count("refused a queue message not signed") for worker in ("worker1", "worker2")) < 2:
+        assert time.monotonic() < deadline, "the workers did not log the forged messages"
+        time.sleep(0.2)
+    assert not marker.exists() and client.llen("huey.redis.pdfqueue") == 0
+    # and the workers go on with real work
+    owner = owner_factory()
+    assert owner.upload(0, pdf_bytes("after-forgery"), "after.pdf").status_code == 202
+    assert [job["status"] for job in owner.wait_done(1)] == ["complete"]

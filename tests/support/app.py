@@ -57,7 +57,9 @@ def load(app, job_id):
 
 
 class ApiClient:
-    """The Flask test client, signed in as a new user (admin if asked), with its CSRF token sent on every request."""
+    """The Flask test client as our pages' JavaScript drives it: signed in as a new user (admin if asked), with
+    its CSRF token on every change and, as a browser adds to each request a page makes to its own site,
+    `Sec-Fetch-Site: same-origin`."""
 
     def __init__(self, flask_client, admin=False):
         self.raw = flask_client
@@ -68,10 +70,10 @@ class ApiClient:
         self.token = flask_client.get("/api/session").get_json()["csrf_token"]
 
     def _headers(self, headers):
-        return {"X-CSRF-Token": self.token, **(headers or {})}
+        return {"X-CSRF-Token": self.token, "Sec-Fetch-Site": "same-origin", **(headers or {})}
 
-    def get(self, url, **kw):
-        return self.raw.get(url, **kw)
+    def get(self, url, headers=None, **kw):
+        return self.raw.get(url, headers={"Sec-Fetch-Site": "same-origin", **(headers or {})}, **kw)
 
     def post(self, url, headers=None, **kw):
         return self.raw.post(url, headers=self._headers(headers), **kw)

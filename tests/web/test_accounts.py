@@ -430,6 +430,46 @@ def test_auth_proxy_takes_the_user_from_the_trusted_header_and_creates_them(make
     assert client.get("/api/jobs", headers={"Remote-Email": "sso@example.com"}).status_code == 401
 
 
+def test_auth_proxy_ignores_the_header_from_any_peer_not_a_trusted_proxy(make_app, caplog):
+    """Another service on the box, or a path to gunicorn that skips the proxy, names an admin: it is nobody, and no
+    account is made; a forged X-Forwarded-For does not make the peer a trusted one."""
+    app = make_app(AUTH="proxy", BEHIND_PROXY=True, TRUSTED_PROXIES="10.0.0.2, fd00::/64")
+    with app.app_context():
+        User.create("boss@example.com", admin=True)
+    client = app.test_client()
+    for peer in ("127.0.0.1", "10.0.0.3", "fd01::1"):
+        forged = {"X-Forwarded-Email": "boss@example.com", "X-Forwarded-For": "10.0.0.2"}
+        assert client.get("/api/jobs", headers=forged, environ_base={"REMOTE_ADDR": peer}).status_code == 401
+        assert client.get("/api/session", headers={"X-Forwarded-Email": "new@example.com"},
+                          environ_base={"REMOTE_ADDR": peer}).status_code == 401
+    with app.app_context():
+        assert User.by_email("new@example.com") is None
+    assert "ignored X-Forwarded-Email from 127.0.0.1: not a trusted proxy" in caplog.text
+    for proxy in ("10.0.0.2", "fd00::7", "::ffff:10.0.0.2"):
+        me = client.get("/api/session", headers={"X-Forwarded-Email": "boss@example.com"},
+                        environ_base={"REMOTE_ADDR": proxy}).get_json()
+        assert me["user"]["email"] == "boss@example.com", proxy
+
+
+def test_auth_proxy_with_a_secret_believes_only_requests_that_carry_it(make_app):
+    app = make_app(AUTH="proxy", BEHIND_PROXY=True, PROXY_SECRET="s3cret-from-nginx")
+    client = app.test_client()  # from 127.0.0.1, a trusted address: any process on the box could be this
+    named = {"X-Forwarded-Email": "sso@example.com"}
+    assert client.get("/api/jobs", headers=named).status_code == 401
+    assert client.get("/api/jobs", headers={**named, "X-Proxy-Secret": "s3cret-from-ngin"}).status_code == 401
+    assert client.get("/api/jobs", headers={**named, "X-Proxy-Secret": "s3cret-from-nginx"}).status_code == 200
+
+
+def test_trusted_proxies_that_are_not_addresses_refuse_to_start(make_app):
+    with pytest.raises(SystemExit, match="TRUSTED_PROXIES.*'nginx' is not an address"):
+        make_app(AUTH="proxy", BEHIND_PROXY=True, TRUSTED_PROXIES="127.0.0.1,nginx")
+
+
+def test_auth_none_behind_a_proxy_refuses_to_start(make_app):
+    with pytest.raises(SystemExit, match="AUTH=none.*BEHIND_PROXY"):
+        make_app(AUTH="none", BEHIND_PROXY=True)
+
+
 def test_an_unknown_auth_mode_refuses_to_start(make_app):
     with pytest.raises(SystemExit, match="AUTH must be one of"):
         make_app(AUTH="ldap")

@@ -371,7 +371,10 @@
       if (!evt.detail.successful) {
         toast(errorMessage(xhr), "error");
       } else if (action === "delete") {
-        announce(name + " deleted"); // htmx took the row away
+        // htmx took away the row the click was on; a poll answered meanwhile may have put a fresh copy in its place.
+        var copy = document.getElementById(button.closest("tr").id);
+        if (copy) copy.remove();
+        announce(name + " deleted");
       } else if (action === "retry") {
         toast(name + " is queued again."); // the answer's HX-Trigger (queue:active) wakes a stopped poller
       } else if (action === "share") {
