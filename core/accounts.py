@@ -3,8 +3,8 @@
 Passwords are hashed with argon2 (argon2-cffi), and rehashed at sign-in when its parameters change. Session
 keys, API tokens and one-time links are random secrets (`secrets.token_urlsafe`, 256 bits) of which only the
 SHA-256 is stored: a leaked database gives no way in, and a high-entropy secret needs no slow hash. A session
-is a row, so signing out ends it for good (a copied cookie stops working), and disabling a user ends every
-session and token of theirs at once (both are checked against the user on every request).
+is a row, so signing out ends it for good (a copied cookie stops working), and disabling a user deletes every
+session and token of theirs at once (enabling them again revives none).
 """
 import functools
 import hashlib
@@ -93,6 +93,12 @@ class User(UserMixin, db.Model):
         return db.session.execute(select(cls).where(cls.email == email)).scalar_one_or_none()
 
     @classmethod
+    def active(cls, user_id):
+        """The user with this id unless disabled (or gone), else None."""
+        user = db.session.get(cls, user_id)
+        return user if user is not None and not user.disabled else None
+
+    @classmethod
     def exists(cls):
         """True once anyone has an account (the first-run set-up link is dead from then on)."""
         return db.session.execute(select(cls.id).limit(1)).first() is not None
@@ -122,19 +128,24 @@ class User(UserMixin, db.Model):
             raise AccountError(f"{email} already has an account.") from None
         return user
 
-    def set_password(self, password):
-        """Set a new password and end every session of this user (a reset)."""
+    def set_password(self, password, revoke_tokens=False):
+        """Set a new password and end every session of this user (a reset); with revoke_tokens, delete their
+        personal API tokens too (a reset after a leak: whoever had the password may have made one)."""
         check_password(password)
         with write_transaction() as session:
             session.execute(update(User).where(User.id == self.id).values(password_hash=hasher.hash(password)))
             session.execute(delete(UserSession).where(UserSession.user_id == self.id))
+            if revoke_tokens:
+                session.execute(delete(ApiToken).where(ApiToken.user_id == self.id))
 
     def change(self, **values):
-        """Set admin or disabled; disabling ends every session of the user (tokens are refused from then on)."""
+        """Set admin or disabled. Disabling ends every session of the user and deletes their tokens, so that
+        enabling them again revives neither."""
         with write_transaction() as session:
             session.execute(update(User).where(User.id == self.id).values(**values))
             if values.get("disabled"):
                 session.execute(delete(UserSession).where(UserSession.user_id == self.id))
+                session.execute(delete(ApiToken).where(ApiToken.user_id == self.id))
 
 
 @functools.cache

@@ -118,12 +118,13 @@ def link(secret):
         user = db.session.get(User, found.user_id) if found.user_id else None
         if user is None or user.disabled:
             return render_template("error.html", error=ApiError(codes.EXPIRED, 410, LINK_DEAD)), 410
-        args = {"title": "Choose a new password", "intro": f"A new password for {user.email}.", "email": user.email}
+        args = {"title": "Choose a new password", "intro": f"A new password for {user.email}.", "email": user.email,
+                "tokens": len(ApiToken.of(user))}
 
         def spend(_email, password):
             if not found.use():
                 return None
-            user.set_password(password)
+            user.set_password(password, revoke_tokens=request.form.get("revoke_tokens") == "1")
             return user
     return _password_form(args, spend)
 

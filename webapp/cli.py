@@ -85,13 +85,13 @@ def users_enable(email):
 @users.command("reset")
 @click.argument("email")
 def users_reset(email):
-    """Set a new password for an account, signing it out everywhere."""
+    """Set a new password for an account, signing it out everywhere and revoking its API tokens."""
     user = _user_or_exit(email)
     try:
-        user.set_password(_password("New password"))
+        user.set_password(_password("New password"), revoke_tokens=True)
     except AccountError as error:
         raise click.ClickException(str(error))
-    click.echo(f"{email}: password set; every session of it has ended")
+    click.echo(f"{email}: password set; every session of it has ended and its API tokens are revoked")
 
 
 @tokens.command("create")

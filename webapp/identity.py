@@ -113,6 +113,27 @@ def owner_scope(args):
     return current_owner()
 
 
+def credentials_check(needs_admin):
+    """A function that tells, later in a long answer (an event stream), whether this request's credentials still
+    hold: its session not ended, its token not revoked, its user not disabled and, with needs_admin, still an admin.
+    It reads the database; call it inside the app context."""
+    config = current_app.config
+    if config["AUTH"] == NONE:
+        return lambda: True
+    secret, session_key, user_id = bearer_credentials(request), current_user.session_key, current_user.id
+    max_age = timedelta(days=config["SESSION_DAYS"])
+
+    def still_hold():
+        if secret is not None:
+            user = ApiToken.user(secret)
+        elif session_key:
+            user = UserSession.user(session_key, max_age)
+        else:  # AUTH=proxy: the proxy named this user; they may have been disabled since
+            user = User.active(user_id)
+        return user is not None and (user.admin or not needs_admin)
+    return still_hold
+
+
 def sign_in(user):
     """Start a fresh session for user in this browser (the old session's state, CSRF token included, goes)."""
     from flask_login import login_user

@@ -18,7 +18,7 @@ from core.changes import OVERLAP, subscribe
 from core.clock import isoformat, parse_iso, utcnow
 from core.db import db
 from core.errors import ApiError
-from .identity import current_owner
+from .identity import credentials_check, current_owner
 from .limits import client_address
 from core.jobs.model import Job
 from core.jobs.removals import JobRemoval
@@ -156,6 +156,8 @@ def events_stream():
     close = current_app.extensions["pdfqueue.streams"].open(
         [(("user", current_owner()), config["STREAMS_PER_USER"]),
          (("address", client_address()), config["STREAMS_PER_ADDRESS"])])
+    # Seeing others' jobs (everyone's, or one other owner's) needs an admin: a demoted one's stream must end.
+    still_allowed = credentials_check(needs_admin=view["owner"] != current_owner())
     db.session.remove()  # hold no connection while the stream idles
     # A stream ends after its lifetime (the browser reconnects within RETRY_MS and resumes from its last id), so
     # no one stream is held for ever by a page left open, nor outlives a change of the rules.
@@ -164,6 +166,9 @@ def events_stream():
     def generate():
         with subscribe(view["owner"]) as listener:
             stream = Stream(listener, cursor, view if dashboard else None)
+            # The credentials are asked again once a heartbeat: a stream ends within one after its session is
+            # signed out, its token revoked, its user disabled or (seeing others' jobs) demoted.
+            next_check = time.monotonic() + HEARTBEAT_SECONDS
             try:
                 yield sse(comment="ping") + f"retry: {RETRY_MS}\n\n"
                 while True:
@@ -171,10 +176,17 @@ def events_stream():
                     db.session.remove()
                     if messages:
                         yield "".join(messages)
-                    left = ends - time.monotonic()
+                    now = time.monotonic()
+                    if now >= next_check:
+                        allowed = still_allowed()
+                        db.session.remove()
+                        if not allowed:
+                            return
+                        next_check = now + HEARTBEAT_SECONDS
+                    left = ends - now
                     if left <= 0:
                         return
-                    if not listener.wait(min(HEARTBEAT_SECONDS, left)) and time.monotonic() < ends:
+                    if not listener.wait(min(HEARTBEAT_SECONDS, left, next_check - now)) and time.monotonic() < ends:
                         yield sse(comment="heartbeat")
             finally:
                 db.session.remove()

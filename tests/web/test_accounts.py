@@ -327,6 +327,51 @@ def test_a_reset_link_sets_a_new_password_and_ends_old_sessions(app, member):
     assert sign_in(app.test_client(), member.email, new).status_code == 303
 
 
+def reset_path(app, admin, user_id):
+    page = admin.post(f"/admin/users/{user_id}/reset", data={"csrf_token": admin.token}).get_data(as_text=True)
+    link = re.search(r'id="one-time-link" class="share-url" readonly value="([^"]+)"', page).group(1)
+    return link[link.index("/link/"):]
+
+
+@pytest.mark.parametrize("revoke", [True, False], ids=["ticked", "unticked"])
+def test_the_reset_page_offers_to_revoke_the_users_tokens(app, member, revoke):
+    with app.app_context():
+        _, secret = ApiToken.create(db.session.get(User, member.id), "nightly script")
+    bearer = {"Authorization": f"Bearer {secret}"}
+    path = reset_path(app, ApiClient(app.test_client(), admin=True), member.id)
+    resetting = app.test_client()
+    form = resetting.get(path).get_data(as_text=True)
+    assert re.search(r'<input name="revoke_tokens" type="checkbox" value="1" checked> Also revoke my 1 API token ', form)
+    new = "a new and long password"
+    data = {"password": new, "confirm": new, "csrf_token": csrf_of(resetting, path)}
+    if revoke:
+        data["revoke_tokens"] = "1"  # as the browser sends the ticked box; an unticked one sends nothing
+    assert resetting.post(path, data=data).status_code == 303
+    assert app.test_client().get("/api/jobs", headers=bearer).status_code == (401 if revoke else 200)
+
+
+def test_disabling_a_user_deletes_their_tokens_and_enabling_them_revives_none(app, member):
+    with app.app_context():
+        _, secret = ApiToken.create(db.session.get(User, member.id), "script")
+    bearer = {"Authorization": f"Bearer {secret}"}
+    admin = ApiClient(app.test_client(), admin=True)
+    assert app.test_client().get("/api/jobs", headers=bearer).status_code == 200
+    for action in ("disable", "enable"):
+        assert admin.post(f"/admin/users/{member.id}/{action}", data={"csrf_token": admin.token}).status_code == 200
+    assert app.test_client().get("/api/jobs", headers=bearer).status_code == 401
+    with app.app_context():
+        assert ApiToken.of(db.session.get(User, member.id)) == []
+
+
+def test_the_cli_reset_revokes_the_users_tokens(app, member, monkeypatch):
+    with app.app_context():
+        _, secret = ApiToken.create(db.session.get(User, member.id), "script")
+    monkeypatch.setenv("PDFQUEUE_PASSWORD", "another long password")
+    result = app.test_cli_runner().invoke(args=["users", "reset", member.email])
+    assert result.exit_code == 0 and "API tokens are revoked" in result.output
+    assert app.test_client().get("/api/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+
 # -- admins and everyone's jobs ------------------------------------------------------------------
 
 

@@ -438,3 +438,63 @@ def test_an_event_stream_ends_after_its_lifetime_and_says_when_to_come_back(make
     _, response = _open_stream(app, base)
     body = response.raw.read().decode()  # returns: the server ended the stream
     assert body.startswith(": ping") and "retry: 3000" in body
+
+
+# -- a stream ends with its credentials ----------------------------------------------------------
+
+
+def ends_within(response, seconds):
+    """True if the server ends the stream within seconds (heartbeats keep coming until then)."""
+    if not hasattr(response, "lines"):
+        response.lines = response.iter_lines()  # one reader for the stream's life: each would buffer its own
+    deadline = time.monotonic() + seconds
+    for _ in response.lines:
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("how", ["signed out", "disabled", "token revoked"])
+def test_an_open_stream_ends_within_a_heartbeat_of_its_credentials_ending(app, live_server, fast_heartbeat, how):
+    from core.accounts import ApiToken, User
+    if how == "token revoked":
+        user, secret = people.with_token(app)
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {secret}"
+    else:
+        http = Browser(live_server, app).http
+        user = http.user
+    stream = http.get(f"{live_server}/api/events", stream=True, timeout=10)
+    assert stream.status_code == 200
+    other = Browser(live_server, app)  # someone else's stream, which goes on
+    theirs = other.http.get(f"{live_server}/api/events", stream=True, timeout=10)
+    assert not ends_within(stream, 0.5)
+    if how == "signed out":
+        csrf = http.get(f"{live_server}/api/session").json()["csrf_token"]
+        assert http.post(f"{live_server}/logout", headers={"X-CSRF-Token": csrf}, allow_redirects=False).status_code == 303
+    with app.app_context():
+        account = db.session.get(User, user.id)
+        if how == "disabled":
+            account.change(disabled=True)
+        elif how == "token revoked":
+            ApiToken.revoke(account, ApiToken.of(account)[0].id)
+    assert ends_within(stream, 2)
+    assert not ends_within(theirs, 0.5)
+    theirs.close()
+
+
+def test_a_demoted_admins_stream_of_everyones_jobs_ends_but_their_own_goes_on(app, live_server, fast_heartbeat):
+    from core.accounts import User
+    admin = people.http_session(app, live_server, admin=True)
+    everyone = admin.get(f"{live_server}/api/events?owner=all", stream=True, timeout=10)
+    own = admin.get(f"{live_server}/api/events", stream=True, timeout=10)
+    assert not ends_within(everyone, 0.5)
+    with app.app_context():
+        db.session.get(User, admin.user.id).change(admin=False)
+    assert ends_within(everyone, 2)
+    assert not ends_within(own, 0.5)
+    own.close()
+    # Coming back, it sees its own jobs only.
+    again = admin.get(f"{live_server}/api/events?owner=all&html=1", stream=True, timeout=10)
+    assert again.status_code == 200
+    again.close()
