@@ -22,8 +22,8 @@ import threading
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import (DateTime, ForeignKey, Index, Integer, String, Text, bindparam, delete, func, insert,
-                        literal_column, select, union_all)
+from sqlalchemy import (Boolean, DateTime, ForeignKey, Index, Integer, String, Text, bindparam, column, delete, func,
+                        insert, literal_column, select, table, union_all)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core import codes
@@ -220,10 +220,16 @@ def enqueue_for_job(connection, owner, event, now, job):
     return connection.execute(_insert_for_job(), params).rowcount
 
 
+# The users table, as much of it as the outbox reads (core/accounts.py imports the jobs, which import this module).
+_USERS = table("users", column("id", String), column("disabled", Boolean))
+
+
 @functools.cache
 def _insert_for_job():
     """The INSERT … SELECT of enqueue_for_job, built once (its values are bound parameters)."""
     sub = Subscription.__table__.c
+    # A disabled user's webhooks and emails stop: their jobs still finish, but no event is kept for them.
+    owner_active = select(_USERS.c.id).where(_USERS.c.id == sub.user_id, _USERS.c.disabled.is_(False)).exists()
 
     def rows(tag, *where):
         return select(bindparam("prefix", type_=String) + sub.id + bindparam(f"{tag}_suffix", type_=String), sub.id,
@@ -232,7 +238,7 @@ def _insert_for_job():
                       literal_column(f"'{PENDING}'"), literal_column("0"), bindparam("now", type_=DateTime),
                       bindparam("now", type_=DateTime)
                       ).where(sub.user_id == bindparam("owner", type_=String),
-                              sub.events.like(bindparam(f"{tag}_like", type_=String)), *where)
+                              sub.events.like(bindparam(f"{tag}_like", type_=String)), owner_active, *where)
 
     chosen = union_all(rows("event"), rows("batch", sub.kind == literal_column(f"'{EMAIL}'")))
     columns = ("id", "subscription_id", "owner", "type", "job_id", "payload", "state", "attempts", "created_at",

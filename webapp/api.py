@@ -22,6 +22,7 @@ from .identity import current_owner, is_admin, may_spend, owner_scope
 from .lookup import list_jobs, owned_or_404, with_owners
 from .limits import upload_limits
 from . import metrics
+from core.accounts import User
 from core.coordination import worker_heartbeat
 from core.jobs.history import JobEvent
 from core.jobs.model import Job
@@ -187,6 +188,9 @@ def shared_download(token):
     job = db.session.get(Job, job_id) if isinstance(job_id, str) else None
     if job is None or job.share_nonce is None or not hmac.compare_digest(str(nonce), job.share_nonce):
         raise not_found()  # deleted, or its links were revoked
+    owner = db.session.get(User, job.owner)
+    if owner is not None and owner.disabled:
+        raise not_found()  # a disabled user's links share nothing (enabled again, they work again)
     if time.time() >= expires:
         raise ApiError(codes.EXPIRED, 410, "This share link has expired; ask for a new one.")
     return download_response(job)

@@ -78,7 +78,9 @@ def deliver_due(app, sender, pool=None, limit=BATCH_SIZE):
             claimed = claim_due(limit, lease_seconds=sender.lease_seconds)
             wanted = {row.subscription_id for row in claimed if row.subscription_id}
             subscriptions = {sub.id: sub for sub in db.session.execute(
-                select(Subscription.id, Subscription.kind, Subscription.url, Subscription.secret)
+                select(Subscription.id, Subscription.kind, Subscription.url, Subscription.secret,
+                       User.disabled.label("owner_disabled"))
+                .join(User, User.id == Subscription.user_id)
                 .where(Subscription.id.in_(wanted)))} if wanted else {}
         finally:
             db.session.remove()
@@ -124,6 +126,8 @@ def attempt(row, subscriptions, sender):
     if row.subscription_id and subscription is None:
         return None
     kind = subscription.kind if subscription is not None else EMAIL
+    if subscription is not None and subscription.owner_disabled:
+        return row, kind, "skipped: the user is disabled", "skipped"  # what was pending when they were disabled
     try:
         if kind == EMAIL:
             status, outcome = send_email_event(row, subscription, sender)

@@ -48,3 +48,17 @@ def test_the_expiry_is_fixed_in_the_link_when_it_is_made(worker_app, api, shared
     time.sleep(1.2)
     expired = worker_app.test_client().get(link["url"])
     assert expired.status_code == 410 and expired.get_json()["error"]["code"] == "EXPIRED"
+
+
+def test_a_disabled_users_share_links_answer_404_until_they_are_enabled(worker_app, api, shared_job):
+    from core.accounts import User
+    from core.db import db
+    link = api.post(f"/api/jobs/{shared_job['id']}/share").get_json()["url"]
+    anyone = worker_app.test_client()
+    assert anyone.get(link).status_code == 200
+    for disabled, status in ((True, 404), (False, 200)):
+        with worker_app.app_context():
+            db.session.get(User, api.user.id).change(disabled=disabled)
+        answer = anyone.get(link)
+        assert answer.status_code == status
+    assert anyone.get(link).get_data(as_text=True).startswith("<")

@@ -229,6 +229,19 @@ def test_a_receiver_down_for_a_while_then_up_gets_every_event(notify_app, api, d
         down.stop()
 
 
+def test_a_disabled_users_webhooks_stop_what_was_pending_and_get_nothing_new(notify_app, api, receiver):
+    hook(api, receiver.url + "/h")
+    pending = finish(notify_app, api.user.id)  # written while they were active, not yet sent
+    with notify_app.app_context():
+        db.session.get(User, api.user.id).change(disabled=True)
+        db.session.remove()
+    finish(notify_app, api.user.id)  # their job still finishes, but keeps no event
+    delivery.deliver_due(notify_app, delivery.Sender(notify_app.config))
+    assert [(row.job_id, row.state, row.last_status) for row in outbox(notify_app)] == [
+        (pending, "skipped", "skipped: the user is disabled")]
+    assert receiver.ids() == set()
+
+
 def test_an_event_left_leased_by_a_deliverer_that_died_is_sent_again_with_the_same_id(notify_app, api, receiver):
     hook(api, receiver.url + "/h")
     finish(notify_app, api.user.id)
@@ -415,6 +428,18 @@ def test_an_email_when_a_batch_finishes_and_when_a_job_fails_for_good(mail_app, 
     failed = next(message for _, message in smtp.messages if "failed" == message["Subject"].split()[-1])
     assert "the PDF is encrypted" in failed.get_payload() and failed["From"] == "pdfqueue@example.com"
     assert {row.state for row in outbox(mail_app)} == {"skipped", "delivered"}
+
+
+def test_a_disabled_user_gets_no_email(mail_app, smtp):
+    api = ApiClient(mail_app.test_client())
+    assert api.post("/notifications/email", data={"events": ["job.failed"], "csrf_token": api.token}).status_code == 303
+    finish(mail_app, api.user.id, failed=True)
+    with mail_app.app_context():
+        db.session.get(User, api.user.id).change(disabled=True)
+        db.session.remove()
+    finish(mail_app, api.user.id, failed=True)
+    delivery.deliver_due(mail_app, delivery.Sender(mail_app.config))
+    assert smtp.messages == [] and [row.state for row in outbox(mail_app)] == ["skipped"]
 
 
 def test_admins_get_a_daily_digest_of_failures(mail_app, smtp):
