@@ -312,6 +312,19 @@ class OneTimeLink(db.Model):
                                    ).rowcount == 1
 
     @classmethod
+    def pending_invitations(cls):
+        """The invitations not yet used nor expired, the soonest to expire first."""
+        return db.session.execute(select(cls).where(cls.purpose == INVITE, cls.expires_at > utcnow())
+                                  .order_by(cls.expires_at)).scalars().all()
+
+    @classmethod
+    def revoke_invitation(cls, secret_digest):
+        """Delete a pending invitation (named by its digest: the page never has the secret); False if none."""
+        with write_transaction() as session:
+            return session.execute(delete(cls).where(cls.secret_digest == secret_digest, cls.purpose == INVITE)
+                                   ).rowcount == 1
+
+    @classmethod
     def forget_expired(cls, now=None):
         """Drop links past their time; how many."""
         with write_transaction() as session:

@@ -10,23 +10,31 @@ FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 RENAMED = {"asctime": "ts", "levelname": "level", "name": "logger"}
 
 
-# A share link's token is its credential: whoever reads an access log line must not be able to download.
-SHARE_TOKEN = re.compile(r"/d/[^\s\"?/]+")
-REDACTED = "/d/[redacted]"
+# A share link's token, an invitation's, a reset's and the first-run set-up link's are credentials: whoever reads
+# an access log line must not be able to download, join, or take an account over.
+SECRET_PATH = re.compile(r"/(d|link|setup)/[^\s\"?/]+")
+MARKERS = ("/d/", "/link/", "/setup/")
 
 
-class RedactShareTokens(logging.Filter):
-    """Replace the token of every /d/<token> path in a record's message (gunicorn's access lines)."""
+def redact(text):
+    """text with the secret of every /d/, /link/ and /setup/ path replaced by [redacted]."""
+    return SECRET_PATH.sub(r"/\1/[redacted]", text) if any(marker in text for marker in MARKERS) else text
+
+
+class RedactSecretPaths(logging.Filter):
+    """Replace the secret of every /d/<token>, /link/<secret> and /setup/<secret> path in a record's message
+    (gunicorn's access lines)."""
 
     def filter(self, record):
         if isinstance(record.args, dict):  # gunicorn's atoms: redact each, so AccessFormatter's fields are too
             for key, value in list(record.args.items()):
-                if isinstance(value, str) and "/d/" in value:
-                    record.args[key] = SHARE_TOKEN.sub(REDACTED, value)
+                if isinstance(value, str):
+                    record.args[key] = redact(value)
             return True
         message = record.getMessage()
-        if "/d/" in message:
-            record.msg, record.args = SHARE_TOKEN.sub(REDACTED, message), None
+        redacted = redact(message)
+        if redacted is not message:
+            record.msg, record.args = redacted, None
         return True
 
 
@@ -66,7 +74,7 @@ def gunicorn_logconfig(level, access=True):
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED},
                        "access": {"()": "core.logs.AccessFormatter", "fmt": FIELDS, "rename_fields": RENAMED}},
-        "filters": {"redact": {"()": "core.logs.RedactShareTokens"}},
+        "filters": {"redact": {"()": "core.logs.RedactSecretPaths"}},
         "handlers": {"json": handler, "access": {**handler, "formatter": "access", "stream": "ext://sys.stdout",
                                                  "filters": ["redact"]}},
         "root": {"level": level, "handlers": []},

@@ -1,9 +1,10 @@
-"""/admin/users: invite people, disable and enable them, hand out reset links, make admins (admins only)."""
+"""/admin/users: invite people (and list and revoke pending invitations), disable and enable them, hand out reset
+links, make admins (admins only)."""
 from flask import Blueprint, abort, render_template, request
 from flask_login import current_user
 from sqlalchemy import select
 
-from core.accounts import AccountError, User
+from core.accounts import AccountError, OneTimeLink, User
 from .auth import invite_link, reset_link
 from core.db import db
 from .identity import is_admin
@@ -19,7 +20,8 @@ def _admins_only():
 
 def _page(status=200, **extra):
     users = db.session.execute(select(User).order_by(User.email)).scalars().all()
-    return render_template("admin_users.html", users=users, **extra), status
+    return render_template("admin_users.html", users=users, invitations=OneTimeLink.pending_invitations(),
+                           **extra), status
 
 
 def _user_or_404(user_id):
@@ -44,6 +46,16 @@ def invite():
     except AccountError as error:
         return _page(400, error=str(error))
     return _page(notice=f"Send this one-time link to {email.strip().lower()}; it works for a week:", link=link)
+
+
+@bp.post("/invitations/<secret_digest>/revoke")
+def revoke_invitation(secret_digest):
+    """Revoke a pending invitation: its link answers 410 from now on."""
+    email = next((link.email for link in OneTimeLink.pending_invitations() if link.secret_digest == secret_digest),
+                 None)
+    if email is None or not OneTimeLink.revoke_invitation(secret_digest):
+        return _page(404, error="No such pending invitation: it was used, revoked or has expired.")
+    return _page(notice=f"The invitation of {email} is revoked.")
 
 
 @bp.post("/users/<user_id>/reset")

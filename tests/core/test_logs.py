@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from gateway.testing import running_gateway
@@ -67,7 +68,8 @@ log.access(resp, req, environ, datetime.timedelta(seconds=1, microseconds=234500
 
 
 
-def test_share_tokens_are_redacted_from_the_access_log():
+@pytest.mark.parametrize("kind", ["d", "link", "setup"])
+def test_share_invitation_reset_and_set_up_secrets_are_redacted_from_the_access_log(kind):
     code = """if True:
         import datetime, runpy
         from types import SimpleNamespace
@@ -77,13 +79,14 @@ def test_share_tokens_are_redacted_from_the_access_log():
         cfg.set("logconfig_dict", runpy.run_path("gunicorn.conf.py")["logconfig_dict"])
         cfg.set("accesslog", "-")
         response = SimpleNamespace(status="200 OK", response_length=10, headers=[], sent=10)
-        request = SimpleNamespace(headers=[], method="GET", path="/d/abc.DEF-g_h", query="", uri="/d/abc.DEF-g_h",
-                                  version=(1, 1))
-        environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/d/abc.DEF-g_h?x=1", "PATH_INFO": "/d/abc.DEF-g_h",
-                   "QUERY_STRING": "x=1", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1"}
+        request = SimpleNamespace(headers=[], method="GET", path="/KIND/abc.DEF-g_h", query="",
+                                  uri="/KIND/abc.DEF-g_h", version=(1, 1))
+        environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/KIND/abc.DEF-g_h?x=1", "PATH_INFO": "/KIND/abc.DEF-g_h",
+                   "QUERY_STRING": "x=1", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+                   "HTTP_REFERER": "https://pdfqueue.example.com/KIND/abc.DEF-g_h"}
         Logger(cfg).access(response, request, environ, datetime.timedelta(seconds=0.1))
-    """
+    """.replace("KIND", kind)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert "abc.DEF" not in done.stdout
-    assert (line["message"], line["path"], line["query"]) == ("request", "/d/[redacted]", "x=1")
+    assert (line["message"], line["path"], line["query"]) == ("request", f"/{kind}/[redacted]", "x=1")

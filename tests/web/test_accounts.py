@@ -311,6 +311,29 @@ def test_an_invitation_makes_an_account_once(app):
     assert app.test_client().get(path).status_code == 410
 
 
+def test_admins_list_pending_invitations_and_revoke_one(app):
+    admin = ApiClient(app.test_client(), admin=True)
+    links = {}
+    for email in ("keep@example.com", "drop@example.com"):
+        page = admin.post("/admin/users/invite", data={"email": email, "csrf_token": admin.token}).get_data(as_text=True)
+        link = re.search(r'id="one-time-link" class="share-url" readonly value="([^"]+)"', page).group(1)
+        links[email] = link[link.index("/link/"):]
+    listed = admin.get("/admin/users").get_data(as_text=True)
+    table = listed[listed.index('id="invitations"'):]
+    assert "keep@example.com" in table and "drop@example.com" in table
+    assert not any(path.rsplit("/", 1)[1] in listed for path in links.values())  # the page never shows a secret
+    revoke = re.search(r'action="(/admin/invitations/[0-9a-f]{64}/revoke)">\s*<input type="hidden" name="csrf_token" '
+                       r'value="[^"]+">\s*<button [^>]*aria-label="Revoke the invitation of drop@example.com"', table)
+    answer = admin.post(revoke.group(1), data={"csrf_token": admin.token})
+    assert answer.status_code == 200 and "The invitation of drop@example.com is revoked." in answer.get_data(as_text=True)
+    assert app.test_client().get(links["drop@example.com"]).status_code == 410
+    assert app.test_client().get(links["keep@example.com"]).status_code == 200
+    assert admin.post(revoke.group(1), data={"csrf_token": admin.token}).status_code == 404
+    assert "drop@example.com" not in admin.get("/admin/users").get_data(as_text=True)
+    member = ApiClient(app.test_client())
+    assert member.raw.post(revoke.group(1), data={"csrf_token": member.token}).status_code == 404
+
+
 def test_a_reset_link_sets_a_new_password_and_ends_old_sessions(app, member):
     admin = ApiClient(app.test_client(), admin=True)
     old = app.test_client()
