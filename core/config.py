@@ -169,8 +169,8 @@ class Settings(BaseSettings):
         30, "a sign-in lasts this long (or until signing out; disabling a user ends it at once)")
     INVITE_DAYS: int = setting(7, "invitation and password-reset links work this long, once")
     SIGNINS_PER_MINUTE: int = setting(
-        5, "failed sign-ins allowed per account a minute (four times that per client address); then `429` with "
-        "`Retry-After`")
+        5, "failed sign-ins allowed a minute per account from one client address (ten times that per account "
+        "from all addresses, four times that per address across accounts); then `429` with `Retry-After`")
     PDFQUEUE_PASSWORD: str = setting(
         "", "for the admin CLI (`users create`, `users reset`) in scripts, instead of the password prompt")
 

@@ -24,12 +24,26 @@ def _signin_failed(response):
     return response.status_code == 401
 
 
+def _signin_email():
+    return (request.form.get("email") or "").strip().lower()
+
+
+def _signin_account_here():
+    return f"account:{_signin_email()}|address:{client_address()}"
+
+
 def _signin_account():
-    return "account:" + (request.form.get("email") or "").strip().lower()
+    return "account:" + _signin_email()
+
+
+def _per_account_here():
+    return f"{current_app.config['SIGNINS_PER_MINUTE']}/minute"
 
 
 def _per_account():
-    return f"{current_app.config['SIGNINS_PER_MINUTE']}/minute"
+    # From any address: ten times looser, so a stranger failing from one address locks that address out of the
+    # account and no one else, while a guesser spread over many addresses is still stopped.
+    return f"{current_app.config['SIGNINS_PER_MINUTE'] * 10}/minute"
 
 
 def _per_address():
@@ -41,6 +55,8 @@ SIGNIN_THROTTLED = "Too many failed sign-ins; wait a minute and try again."
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(_per_account_here, key_func=_signin_account_here, methods=["POST"], deduct_when=_signin_failed,
+               scope="signin-account-address", error_message=SIGNIN_THROTTLED)
 @limiter.limit(_per_account, key_func=_signin_account, methods=["POST"], deduct_when=_signin_failed,
                scope="signin-account", error_message=SIGNIN_THROTTLED)
 @limiter.limit(_per_address, key_func=client_address, methods=["POST"], deduct_when=_signin_failed,

@@ -171,6 +171,32 @@ def test_failed_sign_ins_are_throttled_per_account_with_retry_after(make_app):
     assert sign_in(app.test_client(), "other@example.com", "wrong but not throttled").status_code == 401
 
 
+def test_a_stranger_failing_from_one_address_does_not_lock_the_user_out_from_theirs(make_app):
+    app = make_app(SIGNINS_PER_MINUTE=3)
+    with app.app_context():
+        User.create("named@example.com", PASSWORD)
+    stranger, user = {"REMOTE_ADDR": "203.0.113.9"}, {"REMOTE_ADDR": "198.51.100.7"}
+
+    def attempt(address, password):
+        client = app.test_client()
+        client.environ_base.update(address)
+        return sign_in(client, "named@example.com", password).status_code
+    assert [attempt(stranger, f"guess {n}") for n in range(4)] == [401, 401, 401, 429]
+    assert attempt(user, PASSWORD) == 303  # the owner, from their own address, still gets in
+
+
+def test_a_guesser_spread_over_many_addresses_is_stopped_per_account(make_app):
+    app = make_app(SIGNINS_PER_MINUTE=1)  # 1 per account and address, 10 per account from anywhere
+    with app.app_context():
+        User.create("spread@example.com", PASSWORD)
+    statuses = []
+    for n in range(11):
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"192.0.2.{n + 1}"
+        statuses.append(sign_in(client, "spread@example.com", f"guess {n}").status_code)
+    assert statuses == [401] * 10 + [429]
+
+
 def test_failed_sign_ins_are_throttled_per_address_across_accounts(make_app):
     app = make_app(SIGNINS_PER_MINUTE=2)  # 8 a minute per address
     statuses = [sign_in(app.test_client(), f"user{n}@example.com", "wrong password!").status_code for n in range(9)]
