@@ -146,11 +146,12 @@ def _shared_group(item):
     return widest and widest[1]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
+def pytest_itemcollected(item):
     """Under `--dist loadgroup` (make test), tests sharing a stack (a module's, the browser tests', the scale-out
-    package's) run on one worker, so that it starts once; the others are dealt out one by one."""
-    for item in items:
-        group = _shared_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+    package's) run on one worker, so that it starts once; the others are dealt out one by one.
+
+    Marked as each test is collected: xdist turns the marks into its groups in its own
+    pytest_collection_modifyitems, which runs before a conftest's."""
+    group = _shared_group(item)
+    if group:
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -33,6 +33,7 @@ class Stack:
         self.web_urls = []
         self.procs = {}  # name -> Popen, while it runs
         self.commands = {}  # name -> (argv, health URL, extra env): how it was started, to start it again
+        self.starting = []  # (health URL, process, name) of processes started but not yet seen answering
         self._app = None
 
     @property
@@ -53,17 +54,25 @@ class Stack:
         subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=self.env, check=True,
                        capture_output=True)
 
-    def start(self, name, argv, health_url=None, **extra_env):
-        """Start a process; with health_url, return once it answers there."""
+    def start(self, name, argv, health_url=None, wait=True, **extra_env):
+        """Start a process; with health_url, return once it answers there (wait=False: once wait_ready() is
+        called, so that several processes start side by side)."""
         self.commands[name] = argv, health_url, extra_env
         with open(self.data_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **extra_env}, stdout=log, stderr=log)
         self.procs[name] = proc
         if health_url:
-            # With the suite on both cores and coverage in every process, a start can take well over its usual
-            # second or two: wait long rather than fail a test for a slow box.
-            wait_until_answering(health_url, proc, name, timeout=90)
+            self.starting.append((health_url, proc, name))
+            if wait:
+                self.wait_ready()
         return proc
+
+    def wait_ready(self):
+        """Return once every process started without waiting answers its health URL."""
+        # With the suite on both cores and coverage in every process, a start can take well over its usual
+        # second or two: wait long rather than fail a test for a slow box.
+        while self.starting:
+            wait_until_answering(*self.starting.pop(0), timeout=90)
 
     def pause(self, name, tries=200):
         """SIGSTOP the process at a moment it holds neither SQLite database's write lock (the jobs' and Huey's).
@@ -89,11 +98,11 @@ class Stack:
         argv, health_url, extra_env = self.commands[name]
         return self.start(name, argv, health_url, **extra_env)
 
-    def start_web(self, name):
+    def start_web(self, name, wait=True):
         """Start a web process (gunicorn) on a port of its own."""
         port = free_port()
         self.web_urls.append(f"http://127.0.0.1:{port}")
-        return self.start(name, WEB, f"{self.web_urls[-1]}/api/healthz", PORT=str(port))
+        return self.start(name, WEB, f"{self.web_urls[-1]}/api/healthz", wait=wait, PORT=str(port))
 
     def stop(self, name, sig=signal.SIGTERM):
         """Send sig and wait for the process to exit (killing it after 20 s)."""
@@ -165,14 +174,17 @@ def running_stack(gateway_url=None, gateway_delay=None, webs=1, workers=1, data_
                "LOG_LEVEL": "WARNING", **{k: str(v) for k, v in settings.items()}}
         stack = Stack(data_dir, env)
         cleanup.callback(stack.stop_all)
-        stack.flask("db", "upgrade")
+        # Side by side: the gateway boots while the database is migrated, then the web processes and the workers.
         if gateway_url is None:
             fake = [sys.executable, "-m", "tests.support.fakegateway", str(gateway_port), str(gateway_delay)]
-            stack.start("gateway", GATEWAY if gateway_delay is None else fake, f"{stack.gateway_url}/healthz")
+            stack.start("gateway", GATEWAY if gateway_delay is None else fake, f"{stack.gateway_url}/healthz",
+                        wait=False)
+        stack.flask("db", "upgrade")
         for name in _names("web", webs):
-            stack.start_web(name)
+            stack.start_web(name, wait=False)
         for name in _names("worker", workers):
             stack.start(name, WORKER)
+        stack.wait_ready()
         yield stack
 
 
