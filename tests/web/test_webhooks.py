@@ -4,12 +4,14 @@ local SMTP server (aiosmtpd), and what the user and /metrics see of it all."""
 from worker import upkeep
 import email
 import secrets
+import smtplib
 import socket
 import time
 from datetime import timedelta
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from sqlalchemy import select, text, update
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -424,6 +426,46 @@ def smtp():
 @pytest.fixture
 def mail_app(make_app, smtp):
     return make_app(**FAST, SMTP_URL=smtp.url, SMTP_FROM="pdfqueue@example.com")
+
+
+class Logins:
+    """An aiosmtpd authenticator that takes any login and keeps what it was sent."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        self.seen.append((mechanism, auth_data))
+        return AuthResult(success=True)
+
+
+@pytest.fixture
+def plain_smtp(monkeypatch):
+    """An SMTP server on loopback that offers no STARTTLS and takes passwords in clear; mail.example.com leads to it,
+    standing for a server beyond this machine."""
+    inbox, logins = Inbox(), Logins()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), auth_require_tls=False,
+                            authenticator=logins)
+    controller.start()
+    inbox.port, inbox.logins = controller.port, logins
+    connect = smtplib.SMTP._get_socket
+    monkeypatch.setattr(smtplib.SMTP, "_get_socket", lambda client, host, port, timeout: connect(
+        client, "127.0.0.1" if host == "mail.example.com" else host, port, timeout))
+    yield inbox
+    controller.stop()
+
+
+def test_a_password_is_never_sent_in_clear_to_a_server_beyond_loopback(plain_smtp):
+    mail = {"SMTP_TIMEOUT": 5, "SMTP_FROM": "pdfqueue@example.com"}
+    for url in (f"smtp://user:s3cret@mail.example.com:{plain_smtp.port}?starttls=required",
+                f"smtp://user:s3cret@mail.example.com:{plain_smtp.port}"):  # refused at start; refused here too
+        with pytest.raises(smtplib.SMTPException, match="mail.example.com offers no STARTTLS"):
+            delivery.send_email({**mail, "SMTP_URL": url}, "someone@example.com", "subject", "text")
+    assert plain_smtp.logins.seen == [] and plain_smtp.messages == []
+    # on loopback the password never leaves this machine: the same server takes it
+    delivery.send_email({**mail, "SMTP_URL": f"smtp://user:s3cret@127.0.0.1:{plain_smtp.port}"},
+                        "someone@example.com", "subject", "text")
+    assert len(plain_smtp.logins.seen) == 1 and len(plain_smtp.messages) == 1
 
 
 def test_an_email_when_a_batch_finishes_and_when_a_job_fails_for_good(mail_app, smtp):
