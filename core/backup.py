@@ -13,6 +13,10 @@ says so (an upload is kept before its row is made, a result before the job compl
 copy finds its files unless something deleted them while the backup ran (retention, a user deleting a job);
 those are listed in the manifest as "missing". Files newer than the copy are copied too, and harmless.
 
+A backup is 0700, its files 0600. A restore refuses a backup holding a symlink, copies and checks everything
+beside what it replaces (a readable database, the files the manifest counted, every job's path inside DATA_DIR),
+then swaps it in by renames: a failure leaves the installation as it was (see restore()).
+
 The Huey queue (instance/huey.db) is not kept: it only holds wake-ups, and the worker's first maintenance
 tick after a start wakes every queued job that is due. Jobs that were processing when the backup was taken
 are given back to the queue at restore, without spending their attempt.
