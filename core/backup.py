@@ -240,7 +240,8 @@ def _pg_paths(dump):
     """[(upload_path, result_path)] of the jobs a pg_dump file holds, from pg_restore's script of their rows."""
     tool = shutil.which("pg_restore")
     if tool is None:
-        raise BackupError("pg_restore is not installed (the PostgreSQL client tools, e.g. apt install postgresql-client)")
+        raise BackupError("pg_restore is not installed (the PostgreSQL client tools, e.g. apt install "
+                          "postgresql-client)")
     done = subprocess.run([tool, "--data-only", "--table=jobs", "--file=-", str(dump)], capture_output=True, text=True)
     if done.returncode != 0:
         raise BackupError(f"the backup's database cannot be read: {done.stderr.strip()[:500]}; nothing was restored")
@@ -260,7 +261,8 @@ def _pg_paths(dump):
         fields = [line.split("\t")[n] for n in wanted]
         for field in fields:  # COPY's escapes (\x2e, \057…) could spell a path the check below would not see
             if field != "\\N" and "\\" in field:
-                raise BackupError(f"the backup's database names the file {field!r} (with an escape): nothing was restored")
+                raise BackupError(f"the backup's database names the file {field!r} (with an escape): nothing was "
+                                  "restored")
         rows.append(tuple(None if field == "\\N" else field for field in fields))
     return rows
 

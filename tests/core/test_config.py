@@ -87,8 +87,9 @@ def test_the_gateway_refuses_a_bad_value_too(monkeypatch):
 
 
 def test_a_password_in_smtp_url_goes_only_over_tls_unless_the_server_is_on_this_machine(monkeypatch):
-    for refused in ("smtp://user:s3cret@mail.example.com:25", "smtp://user:s3cret@10.0.0.5", "smtp://user@mail.example.com",
-                    "smtp://user:s3cret@mail.example.com:587?starttls=maybe", "smtps://mail.example.com?tls=off"):
+    for refused in ("smtp://user:s3cret@mail.example.com:25", "smtp://user:s3cret@10.0.0.5",
+                    "smtp://user@mail.example.com", "smtp://user:s3cret@mail.example.com:587?starttls=maybe",
+                    "smtps://mail.example.com?tls=off"):
         monkeypatch.setenv("SMTP_URL", refused)
         with pytest.raises(SystemExit, match="SMTP_URL") as caught:
             config.read()

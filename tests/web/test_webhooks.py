@@ -351,8 +351,8 @@ def test_a_host_that_resolves_to_a_private_address_at_delivery_is_refused_dns_re
 def test_a_refusal_at_delivery_names_the_host_not_its_address_and_sees_through_6to4(notify_app, api, receiver,
                                                                                     rebound):
     with notify_app.app_context():
-        outbox_module.Subscription.add_webhook(api.user.id, f"https://rebind.example:{receiver.port}/h", ["job.complete"], [],
-                                               resolve=resolver({"rebind.example": [PUBLIC]}))
+        outbox_module.Subscription.add_webhook(api.user.id, f"https://rebind.example:{receiver.port}/h",
+                                               ["job.complete"], [], resolve=resolver({"rebind.example": [PUBLIC]}))
         db.session.remove()
     finish(notify_app, api.user.id)
     rebound_sender = delivery.Sender(notify_app.config, resolve=resolver({"rebind.example": [rebound]}))
