@@ -9,7 +9,7 @@ DATA_DIR, the database URL, …) are filled in by derive().
 import ipaddress
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -198,8 +198,10 @@ class Settings(BaseSettings):
         tuning=True)
     WEBHOOK_CONCURRENCY: int = setting(4, "how many deliveries a worker's deliverer makes at a time", tuning=True)
     SMTP_URL: str = setting(
-        "", "email on: `smtp://host:port` (STARTTLS when the server offers it) or `smtps://user:password@host:465` "
-        "(TLS throughout; percent-encode special characters); unset, no email is sent and the page offers none")
+        "", "email on: `smtp://host:port` (STARTTLS when offered), `smtps://user:password@host:465` (TLS throughout; "
+        "percent-encode special characters) or `smtp://user:password@host:587?starttls=required` (no mail without "
+        "STARTTLS); a password over plain `smtp://` to a host other than loopback refuses to start; unset, no email "
+        "is sent and the page offers none")
     SMTP_FROM: str = setting("", "the sender of pdfqueue's emails", shown="pdfqueue@<host of PUBLIC_URL>")
     SMTP_TIMEOUT: float = setting(20, "the SMTP conversation's timeout in seconds", tuning=True)
 
@@ -246,6 +248,24 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return value
 
+    @field_validator("SMTP_URL")
+    @classmethod
+    def _smtp(cls, value):
+        """No password over plain smtp:// to another machine: smtps://, or STARTTLS required first."""
+        if not value:
+            return value
+        url = urlsplit(value)
+        options = parse_qs(url.query, keep_blank_values=True)
+        if set(options) - {"starttls"} or options.get("starttls", ["required"]) != ["required"]:
+            raise ValueError("the only option it takes is ?starttls=required")
+        password = url.username or url.password
+        if url.scheme == "smtp" and password and not loopback_host(url.hostname) and "starttls" not in options:
+            # The message names the host only: pydantic's line never shows the value, nor must we (the password).
+            raise ValueError(f"would send its password in clear to {url.hostname}: use smtps://…:465, or add "
+                             "?starttls=required (the password only after STARTTLS, no mail if the server offers "
+                             "none); in clear only to a loopback host")
+        return value
+
     @field_validator("MAPPINGS")
     @classmethod
     def _some_mapping(cls, value):
@@ -261,6 +281,23 @@ class Settings(BaseSettings):
         self.DEFAULT_MAPPING = self.DEFAULT_MAPPING or self.MAPPINGS[0]
         self.PUBLIC_URL = self.PUBLIC_URL.rstrip("/")
         return self
+
+
+def loopback_host(host):
+    """True for localhost and for loopback addresses (127.0.0.0/8, ::1)."""
+    if (host or "").lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def smtp_starttls_required(url):
+    """True if mail through an smtp:// SMTP_URL (split) must go over STARTTLS: the URL asks for it
+    (?starttls=required), or it holds a password for a host beyond this machine."""
+    asked = parse_qs(url.query).get("starttls") == ["required"]
+    return asked or (bool(url.username or url.password) and not loopback_host(url.hostname))
 
 
 def operator_settings():

@@ -21,6 +21,7 @@ from core.jobs.model import Job
 from core.jobs.removals import JobRemoval
 from core.jobs.states import FINISHED, STATUS_GROUPS, Status
 from core.outbox import OutboxEvent
+from core.paths import kept_file
 
 logger = logging.getLogger("pdfqueue.worker")
 
@@ -56,16 +57,20 @@ def job_filters(args):
 
 def delete_with_files(job):
     """Delete the job, then its files (the API's delete and the admin CLI's)."""
-    data_dir = Path(current_app.config["DATA_DIR"])
     for path in Job.remove(job.id) or ():
-        if path:
-            (data_dir / path).unlink(missing_ok=True)
+        _unlink(current_app.config["DATA_DIR"], path)
+
+
+def _unlink(data_dir, path):
+    """Delete a job's stored file, if it has one and it lies where stored files may (core/paths.py)."""
+    if kept := kept_file(data_dir, path):
+        kept.unlink(missing_ok=True)
 
 
 def retry_failed(job):
     """Queue a failed job again from its kept PDF and wake it; raise NOT_RETRYABLE if it cannot be."""
-    kept = job.retryable and (Path(current_app.config["DATA_DIR"]) / job.upload_path).exists()
-    if not kept or not Job.requeue(job.id):
+    pdf = kept_file(current_app.config["DATA_DIR"], job.upload_path) if job.retryable else None
+    if pdf is None or not pdf.exists() or not Job.requeue(job.id):
         why = "its PDF is gone" if job.status == Status.FAILED else f"it is {job.status}, not failed"
         raise ApiError(codes.NOT_RETRYABLE, 409, f"This job cannot be retried: {why}.")
     queue.wake(job.id)
@@ -91,7 +96,7 @@ def apply_retention(now=None):
     sign-in sessions and one-time links that can no longer be used, and settled notifications past 30 days."""
     config = current_app.config
     now = now or utcnow()
-    data_dir = Path(config["DATA_DIR"])
+    data_dir = config["DATA_DIR"]
     removed = {"pdf": 0, "xml": 0, "partial": 0}
     old_pdfs = db.session.execute(select(Job.id, Job.upload_path).where(
         Job.status.in_(FINISHED), Job.upload_path.is_not(None),
@@ -102,11 +107,11 @@ def apply_retention(now=None):
     db.session.commit()
     for job_id, path in old_pdfs:
         if Job.forget_upload(job_id):  # conditional: skipped if the job became active meanwhile
-            (data_dir / path).unlink(missing_ok=True)
+            _unlink(data_dir, path)
             removed["pdf"] += 1
     for job_id, path in old_results:
         if Job.expire_result(job_id):
-            (data_dir / path).unlink(missing_ok=True)
+            _unlink(data_dir, path)
             removed["xml"] += 1
     cutoff = time.time() - 3600
     for folder in (config["UPLOAD_DIR"], config["RESULT_DIR"]):

@@ -9,7 +9,7 @@ delivers the rows (worker/delivery.py) at least once, each under a stable id (th
 
 Webhook URLs are checked against SSRF when they are made and again, on the resolved address, at every
 delivery (see pinned_address): https only, or a host the operator listed in WEBHOOK_ALLOWED_HOSTS;
-loopback, link-local and private addresses only if listed.
+loopback, link-local and private addresses only if listed, IPv4 ones reached through IPv6 (6to4, NAT64) too.
 """
 import base64
 import functools
@@ -313,11 +313,30 @@ def check_url(url, allowed_hosts, resolve=socket.getaddrinfo):
     return url
 
 
+# IPv6 prefixes that carry an IPv4 address to a translator or tunnel, which then calls that IPv4 address:
+# NAT64's well-known prefix and its local-use one (RFC 6052, RFC 8215; the IPv4 address in the last 32 bits,
+# the /96 layout) and 6to4 (RFC 3056; ipaddress reads it, IPv6Address.sixtofour).
+NAT64_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def carried_ipv4(ip):
+    """The IPv4 address an IPv6 one leads to (IPv4-mapped, 6to4, NAT64), or None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in prefix for prefix in NAT64_PREFIXES):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def refusal(address):
-    """Why an address may not be called (loopback, private…), or None if it is a public one."""
+    """Why an address may not be called (loopback, private…), or None if it is a public one.
+
+    An IPv6 address that carries an IPv4 one is judged by the IPv4 address: 64:ff9b::a00:1 reaches 10.0.0.1."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = carried_ipv4(ip) or ip
     if ip.is_loopback:
         return "loopback"
     if ip.is_link_local:
@@ -345,6 +364,7 @@ def pinned_address(host, port, allowed_hosts, resolve=socket.getaddrinfo):
     for address in addresses:
         why = refusal(address)
         if why is not None:
-            raise NotifyError(codes.PRIVATE_ADDRESS, f"The webhook's host {host} is a {why} address ({address}); "
-                                                     "only hosts listed in WEBHOOK_ALLOWED_HOSTS may be.")
+            # The address it resolved to is not said: it would tell anyone who may add a webhook the internal DNS.
+            raise NotifyError(codes.PRIVATE_ADDRESS, f"The webhook's host {host} is on a {why} address; only hosts "
+                                                     "listed in WEBHOOK_ALLOWED_HOSTS may be.")
     return addresses[0]

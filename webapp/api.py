@@ -3,7 +3,6 @@ import hmac
 import logging
 import time
 from datetime import timedelta, timezone
-from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 from flask_login import current_user
@@ -28,6 +27,7 @@ from core.jobs.history import JobEvent
 from core.jobs.model import Job
 from core.jobs.states import Status
 from core.operations import delete_with_files, downloaded, retry_failed
+from core.paths import kept_file
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 logger = logging.getLogger("pdfqueue.web")
@@ -104,7 +104,7 @@ def download_response(job, spend=True):
     RETENTION_XML_AFTER_DOWNLOAD the result then expires)."""
     if job.status != Status.COMPLETE:
         raise ApiError(codes.NOT_READY, 409, f"The result is not ready: the job is {job.status}.")
-    path = Path(current_app.config["DATA_DIR"]) / job.result_path if job.has_result else None
+    path = kept_file(current_app.config["DATA_DIR"], job.result_path) if job.has_result else None
     if path is None or not path.exists():
         raise ApiError(codes.EXPIRED, 410, "The result was removed by retention; upload the PDF again.")
     shown = uploads.display_name(job.filename)  # a name kept before format characters were stripped, too
@@ -129,7 +129,7 @@ def job_download(job_id):
 def job_pdf(job_id):
     """Show my job's source PDF inline (the review page draws it); 410 once retention removed it."""
     job = owned_or_404(job_id)
-    path = Path(current_app.config["DATA_DIR"]) / job.upload_path if job.upload_path else None
+    path = kept_file(current_app.config["DATA_DIR"], job.upload_path)
     if path is None or not path.exists():
         raise ApiError(codes.EXPIRED, 410, "The PDF was removed by retention; upload it again to see it.")
     # Inline, so the browser shows it rather than saving it; Range requests let a reader fetch what it draws.

@@ -5,7 +5,6 @@ Both take the jobs either by id (what a person ticked) or by the filters of GET 
 The ZIP is zipstream-ng's: each result file is read while it is sent, a chunk of jobs at a time, so memory stays
 flat whatever the count (only the central directory's few bytes per entry are kept to the end).
 """
-from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from sqlalchemy import func, select, tuple_
@@ -21,6 +20,7 @@ from .identity import current_owner, is_admin, may_spend, owner_scope
 from .limits import archive_limit, bulk_limit
 from core.jobs.model import Job
 from core.jobs.states import Status
+from core.paths import kept_file
 from .uploads import display_name
 
 bp = Blueprint("bulk", __name__, url_prefix="/api")
@@ -76,7 +76,7 @@ def archive():
     where = [*Job.of_owner(owner), *where, Job.status == Status.COMPLETE, Job.result_path.is_not(None)]
     if not db.session.scalar(select(func.count()).select_from(Job).where(*where)):
         raise ApiError(codes.NOT_READY, 409, "None of these jobs has a result to download.")
-    data_dir = Path(current_app.config["DATA_DIR"])
+    data_dir = current_app.config["DATA_DIR"]
     spend = may_spend()
 
     def generate():
@@ -89,8 +89,8 @@ def archive():
             db.session.commit()  # hold no read transaction while the chunk is sent
             added = []
             for row in rows:
-                path = data_dir / row.result_path
-                if path.is_file():  # retention may have removed it since the count
+                path = kept_file(data_dir, row.result_path)
+                if path is not None and path.is_file():  # retention may have removed it since the count
                     zipped.add_path(str(path), entry_name(row.filename, taken))
                     added.append((row.id, path))
             yield from zipped.all_files()

@@ -180,7 +180,8 @@ def cleanup():
 def backup(dest):
     """Copy the database, uploads/, results/ and the generated secret key into the new directory DEST.
 
-    Safe while the service runs (SQLite's online backup API; pg_dump for PostgreSQL)."""
+    Safe while the service runs (SQLite's online backup API; pg_dump for PostgreSQL). DEST is the owner's alone
+    (0700, its files 0600): it holds password hashes and webhook secrets."""
     try:
         manifest = backup_module.backup(dest)
     except backup_module.BackupError as error:
@@ -201,7 +202,9 @@ def backup(dest):
 def restore(src, force):
     """Replace the database, uploads/, results/ (and the generated secret key) with the backup in SRC.
 
-    Stop web and worker first: a current worker heartbeat or a web process answering refuses it (--force)."""
+    Stop web and worker first: a current worker heartbeat or a web process answering refuses it (--force).
+    Everything is copied and checked beside what it replaces, then swapped in: a backup holding a symlink or a job
+    path outside DATA_DIR, or a restore that fails midway, leaves the installation as it was."""
     try:
         manifest = backup_module.restore(src, force=force)
     except backup_module.BackupError as error:

@@ -23,6 +23,7 @@ from core.jobs.history import EventKind, JobEvent
 from core.jobs.model import Job
 from core.jobs.removals import JobRemoval
 from core.jobs.states import SLOW_AFTER, Status
+from core.paths import kept_file
 
 bp = Blueprint("pages", __name__)
 
@@ -164,9 +165,9 @@ def describe_event(event):
 
 def _stored_xml(data_dir, result_path):
     """The stored XML's root element, or a note saying why it is not shown."""
-    from pathlib import Path
-
-    path = Path(data_dir) / result_path
+    path = kept_file(data_dir, result_path)
+    if path is None:
+        return None, "The result file is missing."
     try:
         if path.stat().st_size > PREVIEW_MAX_BYTES:
             return None, "The result is too large to preview here; download it instead."

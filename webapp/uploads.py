@@ -22,6 +22,7 @@ from core.accounts import storage_used
 from core.errors import ApiError, from_os_error, insufficient_storage
 from core.db import db
 from core.jobs.model import Job, new_id
+from core.paths import kept_file
 
 PDF_MAGIC = b"%PDF-"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -311,7 +312,8 @@ def _dedupe(existing, upload_path, name):
     old_upload = existing.upload_path
     if existing.spent and Job.reconvert(existing.id, upload_path, name):
         if old_upload and old_upload != upload_path:  # an expired job may still have had its PDF
-            (Path(current_app.config["DATA_DIR"]) / old_upload).unlink(missing_ok=True)
+            if kept := kept_file(current_app.config["DATA_DIR"], old_upload):
+                kept.unlink(missing_ok=True)
         db.session.refresh(existing)
         return existing, "reconverted"
     return existing, "duplicate"

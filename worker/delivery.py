@@ -29,6 +29,7 @@ from standardwebhooks import Webhook
 
 from core import counters
 from core import outbox
+from core.config import smtp_starttls_required
 from core.accounts import User
 from core.clock import isoformat, utcnow
 from core.db import db, read_first, write_transaction
@@ -272,7 +273,10 @@ def send_email_event(row, subscription, sender):
 
 
 def send_email(config, to, subject, text, message_id=None):
-    """Send one plain-text email through SMTP_URL (smtp:// with STARTTLS when offered, smtps:// TLS throughout)."""
+    """Send one plain-text email through SMTP_URL (smtp:// with STARTTLS when offered, smtps:// TLS throughout).
+
+    Over smtp:// with ?starttls=required, or with a password for a host beyond loopback, a server that offers no
+    STARTTLS gets nothing: the send fails rather than put the password (or the mail) on the network in clear."""
     if not config["SMTP_URL"]:
         raise smtplib.SMTPException("SMTP_URL is not set")
     url = urlsplit(config["SMTP_URL"])
@@ -294,6 +298,9 @@ def send_email(config, to, subject, text, message_id=None):
         if url.scheme == "smtp" and client.has_extn("starttls"):
             client.starttls(context=context)
             client.ehlo()
+        elif url.scheme == "smtp" and smtp_starttls_required(url):
+            raise smtplib.SMTPException(f"the SMTP server {url.hostname} offers no STARTTLS, which SMTP_URL needs "
+                                        "(?starttls=required, or a password for a host beyond loopback): nothing sent")
         if url.username:
             client.login(unquote(url.username), unquote(url.password or ""))
         client.send_message(message)

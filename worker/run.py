@@ -17,6 +17,7 @@ from core import codes, counters, queue
 from core.clock import utcnow
 from core.jobs.model import Job
 from core.jobs.states import Status
+from core.paths import kept_file, stored_file
 from worker import breaker, gateway_client, retry
 from worker.leases import PROCESS_ID, leases
 from worker.xmlcheck import WellFormed
@@ -81,18 +82,18 @@ def _run_claimed(job, worker):
             _log(job, Status.PROCESSING, Status.COMPLETE, started)
             counters.observe_job_duration((utcnow() - job.created_at).total_seconds())
         else:  # deleted, or the lease was lost and another worker has it: this result is not wanted
-            (Path(config["DATA_DIR"]) / result_path).unlink(missing_ok=True)
+            stored_file(config["DATA_DIR"], result_path).unlink(missing_ok=True)
             logger.warning("job %s changed hands while converting; result dropped", job.id, extra=_fields(job))
 
 
 def fetch_result(job, worker, started):
     """Send the job's PDF to the gateway's /process and keep its well-formed XML; return the stored path."""
     config = current_app.config
-    data_dir = Path(config["DATA_DIR"])
     if job.mapping not in config["MAPPINGS"]:  # removed from the allow-list since the upload
         raise retry.FinalError(codes.UNKNOWN_MAPPING, f"the mapping {job.mapping!r} is no longer offered "
                                f"(MAPPINGS: {', '.join(config['MAPPINGS'])}); upload the PDF again with one of them")
-    if not job.upload_path or not (data_dir / job.upload_path).exists():
+    pdf = kept_file(config["DATA_DIR"], job.upload_path)
+    if pdf is None or not pdf.exists():
         raise retry.FinalError(codes.IO_ERROR, "the uploaded PDF is gone")
     result_dir = Path(config["RESULT_DIR"])
     with tempfile.NamedTemporaryFile(dir=result_dir, prefix=".incoming-", suffix=".xml", delete=False) as out:
@@ -102,7 +103,7 @@ def fetch_result(job, worker, started):
             checked = WellFormed(out)
             with gateway_client.gateway_call():
                 gateway_client.process(
-                    config["GATEWAY_URL"], data_dir / job.upload_path, job.mapping, job.correlation_id, checked,
+                    config["GATEWAY_URL"], pdf, job.mapping, job.correlation_id, checked,
                     read_timeout=config["GATEWAY_TIMEOUT"], max_bytes=config["MAX_RESULT_MB"] * 1024 * 1024,
                     deadline=started + config["JOB_TIME_LIMIT"], clock=time.monotonic)
             leases.report(worker, progress=90)  # "received": written beside the storing if it takes a while

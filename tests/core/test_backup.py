@@ -1,13 +1,20 @@
 """Backup and restore (`flask --app wsgi backup DEST`, `restore SRC`): a copy taken while jobs are being written
-restores every job it knew of, with its files."""
+restores every job it knew of, with its files; a backup is its owner's alone; a restore follows no symlink, lets
+no stored path out of DATA_DIR, and either replaces everything or leaves everything as it was."""
 import json
+import os
+import sqlite3
+import stat
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from core import backup as backup_module
+from core import counters
 from gateway.testing import free_port
-from tests.support.app import WORKER_SETTINGS, ApiClient, pdf_bytes, run
+from tests.support.app import WORKER_SETTINGS, ApiClient, finish, pdf_bytes, run, upload
 from core.clock import utcnow
 from core.db import db
 from core.coordination import Coordination
@@ -142,3 +149,165 @@ def test_restore_refuses_while_a_web_process_answers_on_its_port(live, make_app,
         server.shutdown()
         thread.join()
     invoke(target, "restore", str(tmp_path / "backup"), "--yes")
+
+
+# -- what a backup keeps to itself, and what a restore will not do ---------------------------------------------
+
+
+@pytest.fixture
+def small(make_app, tmp_path):
+    """An installation with two jobs (one complete), a generated secret key, and a backup of it in tmp_path/backup."""
+    app = make_app(DATA_DIR=str(tmp_path / "live"))
+    api = ApiClient(app.test_client())
+    done = upload(api, "done")
+    upload(api, "queued")
+    finish(app, done["id"])
+    (Path(app.config["INSTANCE_DIR"]) / "secret_key").write_text("generated-key")
+    invoke(app, "backup", str(tmp_path / "backup"))
+    app.done_id = done["id"]
+    return app
+
+
+@pytest.fixture
+def target(make_app, tmp_path):
+    """Another installation, with jobs and files of its own, that a restore would replace."""
+    app = make_app(DATA_DIR=str(tmp_path / "target"), PORT=free_port())
+    api = ApiClient(app.test_client())
+    finish(app, upload(api, "old")["id"], xml="<Invoice>old</Invoice>")
+    (Path(app.config["INSTANCE_DIR"]) / "secret_key").write_text("old-key")
+    return app
+
+
+def files_of(app):
+    """{path under DATA_DIR: bytes} of every file, the database folded into its main file first."""
+    data_dir = Path(app.config["DATA_DIR"])
+    with app.app_context():
+        db.engine.dispose()
+    with closing(sqlite3.connect(data_dir / "instance" / "pdfqueue.db")) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return {str(path.relative_to(data_dir)): path.read_bytes() for path in sorted(data_dir.rglob("*"))
+            if path.is_file() or path.is_symlink()}
+
+
+def test_a_backup_is_for_its_owner_alone_whatever_the_umask(make_app, tmp_path):
+    app = make_app(DATA_DIR=str(tmp_path / "live"))
+    api = ApiClient(app.test_client())
+    finish(app, upload(api, "kept")["id"])
+    (Path(app.config["INSTANCE_DIR"]) / "secret_key").write_text("generated-key")
+    before = os.umask(0)
+    try:
+        invoke(app, "backup", str(tmp_path / "backup"))
+    finally:
+        os.umask(before)
+    backup = tmp_path / "backup"
+    modes = {str(path.relative_to(backup)): stat.S_IMODE(path.stat().st_mode) for path in backup.rglob("*")}
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o700
+    assert {name: mode for name, mode in modes.items() if (backup / name).is_dir()} == {"uploads": 0o700,
+                                                                                        "results": 0o700}
+    assert {mode for name, mode in modes.items() if (backup / name).is_file()} == {0o600}
+    assert {"pdfqueue.db", "manifest.json", "secret_key"} <= set(modes) and len(modes) == 7
+
+
+@pytest.mark.parametrize("link", ["uploads/evil.pdf", "results/evil.xml", "secret_key"])
+def test_a_restore_follows_no_symlink_in_the_backup(small, target, tmp_path, link):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the backup's")
+    (tmp_path / "backup" / link).unlink(missing_ok=True)
+    (tmp_path / "backup" / link).symlink_to(outside)
+    before = files_of(target)
+    output = invoke(target, "restore", str(tmp_path / "backup"), "--yes", "--force", ok=False)
+    assert f"{link} is a symlink" in output and "nothing was restored" in output
+    assert files_of(target) == before
+
+
+def corrupt_database(backup):
+    (backup / "pdfqueue.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+
+
+def missing_file(backup):
+    next((backup / "uploads").iterdir()).unlink()
+
+
+def no_database(backup):
+    (backup / "pdfqueue.db").unlink()
+
+
+@pytest.mark.parametrize("spoil", [corrupt_database, missing_file, no_database])
+def test_a_restore_from_a_spoilt_backup_leaves_the_old_data_as_it_was(small, target, tmp_path, spoil):
+    spoil(tmp_path / "backup")
+    before = files_of(target)
+    output = invoke(target, "restore", str(tmp_path / "backup"), "--yes", "--force", ok=False)
+    assert "nothing was restored" in output
+    assert files_of(target) == before
+
+
+@pytest.mark.parametrize("crash_at", ["copying", "swapping"])
+def test_a_restore_that_stops_midway_leaves_the_old_data_as_it_was(small, target, tmp_path, monkeypatch, crash_at):
+    calls = []
+
+    def crash(real):
+        def step(*args):
+            calls.append(args)
+            if len(calls) == 3:  # the disk fills, a rename fails: midway
+                raise OSError(28, "No space left on device")
+            return real(*args)
+        return step
+
+    if crash_at == "copying":
+        monkeypatch.setattr(backup_module, "_copy_file", crash(backup_module._copy_file))
+    else:
+        monkeypatch.setattr(backup_module._Swap, "_rename", crash(backup_module._Swap._rename))
+    before = files_of(target)
+    output = invoke(target, "restore", str(tmp_path / "backup"), "--yes", "--force", ok=False)
+    assert "No space left on device" in output and "nothing was restored" in output
+    assert files_of(target) == before
+    monkeypatch.undo()  # and nothing left behind stands in the way of the next restore
+    invoke(target, "restore", str(tmp_path / "backup"), "--yes", "--force")
+    assert snapshot(target) == snapshot(small)
+
+
+def test_a_restore_refuses_a_database_naming_a_file_outside_data_dir(small, target, tmp_path):
+    with closing(sqlite3.connect(tmp_path / "backup" / "pdfqueue.db")) as conn:
+        conn.execute("UPDATE jobs SET result_path = '../../etc/passwd' WHERE id = ?", (small.done_id,))
+        conn.commit()
+    before = files_of(target)
+    output = invoke(target, "restore", str(tmp_path / "backup"), "--yes", "--force", ok=False)
+    assert "'../../etc/passwd'" in output and "outside DATA_DIR" in output
+    assert files_of(target) == before
+
+
+def test_a_postgresql_restore_refuses_a_dump_naming_a_file_outside_data_dir(make_app, tmp_path):
+    import psycopg
+    from tests.support.services import postgres_cluster, require
+    require("pg_dump", "PostgreSQL client tools")
+    with postgres_cluster() as url:
+        live = make_app(DATA_DIR=str(tmp_path / "live"), DATABASE_URL=url)
+        api = ApiClient(live.test_client())
+        jobs = [upload(api, f"pg{n}")["id"] for n in range(3)]
+        with live.app_context():  # a backup taken of a tampered database
+            db.session.execute(db.update(Job).where(Job.id == jobs[1]).values(upload_path="/etc/passwd"))
+            db.session.commit()
+        invoke(live, "backup", str(tmp_path / "backup"))
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE restored")
+        target = make_app(DATA_DIR=str(tmp_path / "restored"), DATABASE_URL=url.rsplit("/", 1)[0] + "/restored",
+                          PORT=free_port())
+        finish(target, upload(ApiClient(target.test_client()), "old")["id"])
+        before = snapshot(target)
+        output = invoke(target, "restore", str(tmp_path / "backup"), "--yes", ok=False)
+        assert "'/etc/passwd'" in output and "outside DATA_DIR" in output
+        assert snapshot(target) == before
+        for app in (live, target):
+            with app.app_context():
+                counters.flush()  # the uploads' samples, written while the cluster runs
+                db.engine.dispose()
+
+
+def test_what_a_killed_restore_left_beside_the_data_stops_the_next_one(small, target, tmp_path):
+    left = Path(target.config["DATA_DIR"]) / ".results.restore-old"  # a restore killed while it swapped
+    left.mkdir()
+    (left / "old.xml").write_text("<Invoice>the only copy</Invoice>")
+    before = files_of(target)
+    output = invoke(target, "restore", str(tmp_path / "backup"), "--yes", "--force", ok=False)
+    assert f"{left} is left by an interrupted restore" in output
+    assert files_of(target) == before

@@ -84,3 +84,20 @@ def test_the_gateway_refuses_a_bad_value_too(monkeypatch):
     monkeypatch.setenv("GATEWAY_MAX_MB", "lots")
     with pytest.raises(SystemExit, match="GATEWAY_MAX_MB"):
         gateway_config.read()
+
+
+def test_a_password_in_smtp_url_goes_only_over_tls_unless_the_server_is_on_this_machine(monkeypatch):
+    for refused in ("smtp://user:s3cret@mail.example.com:25", "smtp://user:s3cret@10.0.0.5",
+                    "smtp://user@mail.example.com", "smtp://user:s3cret@mail.example.com:587?starttls=maybe",
+                    "smtps://mail.example.com?tls=off"):
+        monkeypatch.setenv("SMTP_URL", refused)
+        with pytest.raises(SystemExit, match="SMTP_URL") as caught:
+            config.read()
+        assert "s3cret" not in str(caught.value), refused
+    assert "in clear to mail.example.com" in str(pytest.raises(SystemExit, config.read, {
+        "SMTP_URL": "smtp://user:s3cret@mail.example.com:25"}).value)
+    for taken in ("smtp://user:s3cret@127.0.0.1:25", "smtp://user:s3cret@localhost:1025", "smtp://user:s3cret@[::1]:25",
+                  "smtps://user:s3cret@mail.example.com:465", "smtp://mail.example.com:25",
+                  "smtp://user:s3cret@mail.example.com:587?starttls=required"):
+        monkeypatch.setenv("SMTP_URL", taken)
+        assert config.read().SMTP_URL == taken

@@ -1,10 +1,14 @@
-"""Reading and deleting jobs: ordering, filters, pagination, ownership, health."""
+"""Reading and deleting jobs: ordering, filters, pagination, ownership, health, and files only where they belong."""
+import io
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
-from tests.support.app import claim, pdf_bytes
+from tests.support.app import ApiClient, claim, finish, pdf_bytes
+from core.db import db
 from core.jobs.model import Job
 
 
@@ -186,3 +190,32 @@ def test_public_health_callers_see_only_the_status(app, client):
     assert set(client.get("/api/healthz").get_json()) > {"status", "db", "gateway", "worker"}  # signed in
     monitor = app.test_client().get("/api/healthz", headers={"Authorization": "Bearer test-metrics-token"})
     assert "breaker" in monitor.get_json()
+
+
+# -- a row whose stored path was tampered with ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stored", [
+    "results/../../outside.txt", "../outside.txt", "{outside}", "results/link.xml", "instance/pdfqueue.db",
+])
+def test_a_row_pointing_outside_the_stored_folders_serves_and_deletes_nothing(make_app, tmp_path, stored):
+    app = make_app(DATA_DIR=str(tmp_path / "data"))
+    client = ApiClient(app.test_client())
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours to read")
+    (Path(app.config["RESULT_DIR"]) / "link.xml").symlink_to(outside)
+    job = upload(client, "tampered")
+    finish(app, job["id"])
+    with app.app_context():  # the row edited behind the app's back (or restored from a doctored backup)
+        db.session.execute(update(Job).where(Job.id == job["id"]).values(
+            result_path=stored.format(outside=outside), upload_path=stored.format(outside=outside)))
+        db.session.commit()
+    for url in (f"/api/jobs/{job['id']}/download", f"/api/jobs/{job['id']}/pdf"):
+        response = client.get(url)
+        assert response.status_code == 410 and response.get_json()["error"]["code"] == "EXPIRED", url
+    archive = client.get("/api/jobs/archive")
+    assert archive.status_code == 200 and zipfile.ZipFile(io.BytesIO(archive.data)).namelist() == []
+    assert b"not yours" not in client.get(f"/review/{job['id']}").data
+    assert client.delete(f"/api/jobs/{job['id']}").status_code == 204
+    assert outside.read_text() == "not yours to read"
+    assert (Path(app.config["INSTANCE_DIR"]) / "pdfqueue.db").exists()

@@ -4,12 +4,14 @@ local SMTP server (aiosmtpd), and what the user and /metrics see of it all."""
 from worker import upkeep
 import email
 import secrets
+import smtplib
 import socket
 import time
 from datetime import timedelta
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from sqlalchemy import select, text, update
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -141,6 +143,24 @@ def test_a_webhook_url_on_a_private_address_or_without_https_is_refused_with_a_c
     error = response.get_json()["error"]
     assert error["code"] == code and error["message"]
     assert client.get("/api/webhooks").get_json()["webhooks"] == []  # nothing half-kept
+
+
+def test_a_refused_webhook_url_does_not_say_what_its_host_resolved_to(client):
+    response = client.post("/api/webhooks", json={"url": "https://localhost:8443/hook", "events": ["job.complete"]})
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"]) == (400, codes.PRIVATE_ADDRESS)
+    assert "localhost" in error["message"] and "loopback" in error["message"]
+    assert "127.0.0.1" not in error["message"] and "::1" not in error["message"]
+
+
+def test_ipv6_that_carries_a_private_ipv4_address_is_refused_and_a_public_one_taken(client):
+    """6to4 (2002::/16) and NAT64 (64:ff9b::/96, 64:ff9b:1::/48) reach the IPv4 address they carry."""
+    for address in ("2002:7f00:1::", "2002:a00:1::1", "64:ff9b::a00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
+                    "64:ff9b:1::c0a8:1"):
+        response = client.post("/api/webhooks", json={"url": f"https://[{address}]/hook"})
+        assert (response.status_code, response.get_json()["error"]["code"]) == (400, codes.PRIVATE_ADDRESS), address
+    for address in ("2002:5db8:d70e::1", "64:ff9b::5db8:d70e", "64:ff9b:1::5db8:d70e"):  # PUBLIC, carried
+        assert client.post("/api/webhooks", json={"url": f"https://[{address}]/hook"}).status_code == 201, address
 
 
 def test_a_public_https_url_and_an_allowed_host_are_taken(client, notify_app, api):
@@ -340,6 +360,24 @@ def test_a_host_that_resolves_to_a_private_address_at_delivery_is_refused_dns_re
     assert receiver.seen == []  # never connected
 
 
+@pytest.mark.parametrize("rebound", ["2002:7f00:1::", "10.0.0.7"])
+def test_a_refusal_at_delivery_names_the_host_not_its_address_and_sees_through_6to4(notify_app, api, receiver,
+                                                                                    rebound):
+    with notify_app.app_context():
+        outbox_module.Subscription.add_webhook(api.user.id, f"https://rebind.example:{receiver.port}/h",
+                                               ["job.complete"], [], resolve=resolver({"rebind.example": [PUBLIC]}))
+        db.session.remove()
+    finish(notify_app, api.user.id)
+    rebound_sender = delivery.Sender(notify_app.config, resolve=resolver({"rebind.example": [rebound]}))
+    delivery.deliver_due(notify_app, rebound_sender)
+    (row,) = outbox(notify_app)
+    assert row.state == "pending" and row.last_status.startswith("refused:") and "rebind.example" in row.last_status
+    assert rebound not in row.last_status and "127.0.0.1" not in row.last_status
+    (listed,) = api.get("/api/webhooks").get_json()["webhooks"]
+    assert rebound not in listed["deliveries"]["last_status"]
+    assert receiver.seen == []
+
+
 def test_delivery_connects_to_the_very_address_it_checked(notify_app, api, receiver):
     # hooks.test is in WEBHOOK_ALLOWED_HOSTS but no real DNS knows it: the delivery can only arrive if the
     # connection goes to the address the one resolution gave, never resolving the name again.
@@ -356,6 +394,8 @@ def test_delivery_connects_to_the_very_address_it_checked(notify_app, api, recei
     ([PUBLIC], None), (["127.0.0.1"], "loopback"), (["10.0.0.7"], "private"), (["172.16.5.4"], "private"),
     (["169.254.169.254"], "link-local"), (["::1"], "loopback"), (["fd00::1"], "private"),
     (["::ffff:127.0.0.1"], "loopback"), (["100.64.0.1"], "private"), ([PUBLIC, "10.0.0.7"], "private"),
+    (["2002:7f00:1::"], "loopback"), (["2002:a00:1::"], "private"), (["64:ff9b::a00:1"], "private"),
+    (["64:ff9b::7f00:1"], "loopback"), (["64:ff9b:1::a00:1"], "private"), ([PUBLIC, "2002:a9fe:a9fe::"], "link-local"),
 ])
 def test_every_address_a_name_resolves_to_must_be_public(addresses, refused):
     resolve = resolver({"h.example": addresses})
@@ -399,6 +439,46 @@ def smtp():
 @pytest.fixture
 def mail_app(make_app, smtp):
     return make_app(**FAST, SMTP_URL=smtp.url, SMTP_FROM="pdfqueue@example.com")
+
+
+class Logins:
+    """An aiosmtpd authenticator that takes any login and keeps what it was sent."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        self.seen.append((mechanism, auth_data))
+        return AuthResult(success=True)
+
+
+@pytest.fixture
+def plain_smtp(monkeypatch):
+    """An SMTP server on loopback that offers no STARTTLS and takes passwords in clear; mail.example.com leads to it,
+    standing for a server beyond this machine."""
+    inbox, logins = Inbox(), Logins()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), auth_require_tls=False,
+                            authenticator=logins)
+    controller.start()
+    inbox.port, inbox.logins = controller.port, logins
+    connect = smtplib.SMTP._get_socket
+    monkeypatch.setattr(smtplib.SMTP, "_get_socket", lambda client, host, port, timeout: connect(
+        client, "127.0.0.1" if host == "mail.example.com" else host, port, timeout))
+    yield inbox
+    controller.stop()
+
+
+def test_a_password_is_never_sent_in_clear_to_a_server_beyond_loopback(plain_smtp):
+    mail = {"SMTP_TIMEOUT": 5, "SMTP_FROM": "pdfqueue@example.com"}
+    for url in (f"smtp://user:s3cret@mail.example.com:{plain_smtp.port}?starttls=required",
+                f"smtp://user:s3cret@mail.example.com:{plain_smtp.port}"):  # refused at start; refused here too
+        with pytest.raises(smtplib.SMTPException, match="mail.example.com offers no STARTTLS"):
+            delivery.send_email({**mail, "SMTP_URL": url}, "someone@example.com", "subject", "text")
+    assert plain_smtp.logins.seen == [] and plain_smtp.messages == []
+    # on loopback the password never leaves this machine: the same server takes it
+    delivery.send_email({**mail, "SMTP_URL": f"smtp://user:s3cret@127.0.0.1:{plain_smtp.port}"},
+                        "someone@example.com", "subject", "text")
+    assert len(plain_smtp.logins.seen) == 1 and len(plain_smtp.messages) == 1
 
 
 def test_an_email_when_a_batch_finishes_and_when_a_job_fails_for_good(mail_app, smtp):

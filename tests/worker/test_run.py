@@ -16,7 +16,7 @@ from worker import leases
 from core import queue
 from worker import upkeep
 from core import operations
-from tests.support.app import ApiClient, claim, load, pdf_bytes, run, upload
+from tests.support.app import WORKER_SETTINGS, ApiClient, claim, load, pdf_bytes, run, upload
 from worker import breaker
 from core.db import db
 from core.clock import utcnow
@@ -602,3 +602,16 @@ def test_an_over_limits_answer_fails_the_job_after_one_call(worker_app, api, fak
     with worker_app.app_context():
         from worker import breaker
         assert breaker.state() == "closed"
+
+
+def test_a_job_whose_pdf_path_leads_outside_data_dir_is_never_sent(make_app, fake, tmp_path):
+    app = make_app(DATA_DIR=str(tmp_path / "data"), GATEWAY_URL=fake.url, **WORKER_SETTINGS)
+    outside = tmp_path / "outside.pdf"
+    outside.write_bytes(pdf_bytes("not the job's"))
+    job = upload(ApiClient(app.test_client()), "tampered")
+    with app.app_context():  # the row edited behind the app's back
+        Job.query.filter_by(id=job["id"]).update({"upload_path": str(outside)})
+        db.session.commit()
+    run(app, job["id"])
+    failed = load(app, job["id"])
+    assert (failed.status, failed.error_code) == ("failed", "IO_ERROR") and sum(fake.calls.values()) == 0
