@@ -37,7 +37,11 @@ assets: node_modules/.installed
 db: $(VENV)/.installed
 	$(BIN)/flask --app wsgi db upgrade
 
+# In a terminal, `make run`'s processes write short readable lines (honcho's pipes are no terminal to them);
+# LOG_FORMAT=json (or GATEWAY_LOG_FORMAT=json) keeps the JSON lines.
+TERMINAL := $(shell test -t 2 && echo yes)
 run: setup
+	$(if $(TERMINAL),LOG_FORMAT=$${LOG_FORMAT:-text} GATEWAY_LOG_FORMAT=$${GATEWAY_LOG_FORMAT:-text}) \
 	$(BIN)/honcho start -f Procfile -p $(PORT) $(PROCESSES)
 
 web: setup

@@ -8,6 +8,7 @@ The web process's blocking libraries are gevent-safe under the worker's monkey-p
 SQLite calls are short local reads and writes. WEB_WORKER_CLASS=gthread switches back.
 """
 import resource
+import sys
 
 from core import logs
 from core.config import read as read_settings
@@ -43,15 +44,17 @@ def on_starting(server):
 
 # gunicorn's own lines (start-up, worker exits, the access log) in the app's one JSON format; the app's loggers add
 # their handler to the root logger when it loads (core/logs.py).
-logconfig_dict = logs.gunicorn_logconfig(settings.LOG_LEVEL)
+logconfig_dict = logs.gunicorn_logconfig(settings.LOG_LEVEL, log_format=settings.LOG_FORMAT)
 
 
 def post_worker_init(worker):
-    """While nobody has an account, print the one-time link that creates the first admin (once, by the first worker)."""
+    """While nobody has an account, print the one-time link that creates the first admin as a banner of its own
+    on stderr, once, at start (by the first worker): not a log line, and never in the access log."""
     app = worker.wsgi
     if worker.age != 1 or app.config.get("AUTH") != "password":
         return
-    from webapp.auth import setup_link
+    from webapp.auth import setup_banner, setup_link
     link = setup_link(app)
     if link:
-        worker.log.warning("No account exists yet. Create the first admin (this link works once): %s", link)
+        sys.stderr.write(setup_banner(link))
+        sys.stderr.flush()

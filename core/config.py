@@ -60,6 +60,9 @@ class Settings(BaseSettings):
                                    tuning=True)
     WEB_THREADS: int = setting(32, "threads per web process when `WEB_WORKER_CLASS=gthread`", tuning=True)
     LOG_LEVEL: str = setting("INFO", "log level (logs are JSON lines on stderr)")
+    LOG_FORMAT: str = setting(
+        "auto", "`json` (one JSON object a line: for systemd's journal and log shippers), `text` (short readable "
+        "lines), or `auto`: text when stderr is a terminal, else JSON (`make run` in a terminal passes `text`)")
 
     # -- the gateway --------------------------------------------------------------------------------------------
     GATEWAY_URL: str = setting(
@@ -237,6 +240,14 @@ class Settings(BaseSettings):
         """An on/off setting: unset, empty, 0 or false is off; anything else on."""
         if isinstance(value, str):
             return value not in ("", "0", "false")
+        return value
+
+    @field_validator("LOG_FORMAT", mode="before")
+    @classmethod
+    def _log_format(cls, value):
+        value = str(value).strip().lower()
+        if value not in ("auto", "json", "text"):
+            raise ValueError("must be auto, json or text")
         return value
 
     @field_validator("LOG_LEVEL", mode="before")

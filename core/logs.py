@@ -1,5 +1,6 @@
 """The one JSON log format of every pdfqueue process (web, worker, gateway, and both gunicorns): one event a line,
-with the same keys everywhere (ts, level, logger, message, plus each event's own fields)."""
+with the same keys everywhere (ts, level, logger, message, plus each event's own fields). In a terminal
+(LOG_FORMAT=text, or auto with stderr a terminal) the same events are short readable lines instead."""
 import logging
 import re
 import sys
@@ -38,9 +39,44 @@ class RedactSecretPaths(logging.Filter):
         return True
 
 
-def formatter():
-    """A formatter writing records in the one format."""
-    return JsonFormatter(FIELDS, rename_fields=RENAMED)
+# Fields of an event worth showing on a readable line, after its message.
+TEXT_FIELDS = ("job_id", "correlation_id", "event_id", "attempts", "error_code")
+
+
+def wants_text(log_format, stream=None):
+    """True if logs should be readable lines: LOG_FORMAT=text, or auto with the stream (stderr) a terminal."""
+    if log_format == "auto":
+        stream = stream or sys.stderr
+        return hasattr(stream, "isatty") and stream.isatty()
+    return log_format == "text"
+
+
+class TextFormatter(logging.Formatter):
+    """`12:03:04 WARNING worker.run: message  job_id=… correlation_id=…`: one short line an event."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record):
+        line = super().format(record)
+        extras = " ".join(f"{name}={getattr(record, name)}" for name in TEXT_FIELDS
+                          if getattr(record, name, None) is not None)
+        return f"{line}  {extras}" if extras and "\n" not in line else line
+
+
+class TextAccessFormatter(logging.Formatter):
+    """gunicorn's access lines as `12:03:04 GET /api/jobs 200 3.1 ms 127.0.0.1`."""
+
+    def format(self, record):
+        atoms = record.args if isinstance(record.args, dict) else {}
+        query = f"?{atoms['q']}" if atoms.get("q") else ""
+        return (f"{self.formatTime(record, '%H:%M:%S')} {atoms.get('m', '-')} {atoms.get('U', '-')}{query} "
+                f"{atoms.get('s', '-')} {atoms.get('D', 0) / 1000:.1f} ms {atoms.get('h', '-')}")
+
+
+def formatter(log_format="json"):
+    """A formatter writing records in the one format (or, in a terminal, as readable lines)."""
+    return TextFormatter() if wants_text(log_format) else JsonFormatter(FIELDS, rename_fields=RENAMED)
 
 
 class AccessFormatter(JsonFormatter):
@@ -62,9 +98,9 @@ class AccessFormatter(JsonFormatter):
         log_record["message"] = "request"
 
 
-def gunicorn_logconfig(level, access=True):
+def gunicorn_logconfig(level, access=True, log_format="json"):
     """gunicorn's logconfig_dict: its own lines (start-up, worker exits; the access log on stdout, one JSON object
-    of fields a request) in the one format."""
+    of fields a request) in the one format, or as readable lines (log_format, see wants_text)."""
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
     loggers = {"gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False}}
     if access:
@@ -73,7 +109,9 @@ def gunicorn_logconfig(level, access=True):
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED},
-                       "access": {"()": "core.logs.AccessFormatter", "fmt": FIELDS, "rename_fields": RENAMED}},
+                       "access": {"()": "core.logs.AccessFormatter", "fmt": FIELDS, "rename_fields": RENAMED}}
+        if not wants_text(log_format) else {"json": {"()": "core.logs.TextFormatter"},
+                                             "access": {"()": "core.logs.TextAccessFormatter"}},
         "filters": {"redact": {"()": "core.logs.RedactSecretPaths"}},
         "handlers": {"json": handler, "access": {**handler, "formatter": "access", "stream": "ext://sys.stdout",
                                                  "filters": ["redact"]}},
@@ -82,19 +120,21 @@ def gunicorn_logconfig(level, access=True):
     }
 
 
-def configure(level=None):
-    """Send this process's logs to stderr as JSON lines (once)."""
+def configure(level=None, log_format="json"):
+    """Send this process's logs to stderr as JSON lines, or readable ones (once)."""
+    # Alembic announces each of its plugins at INFO whenever it loads: noise before every admin command's answer.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     root = logging.getLogger()
     if any(getattr(h, "_pdfqueue", False) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter())
+    handler.setFormatter(formatter(log_format))
     handler._pdfqueue = True
     root.addHandler(handler)
     root.setLevel(level or "INFO")
 
 
 def init_app(app):
-    """Configure JSON logging unless testing (pytest captures plain records)."""
+    """Configure logging unless testing (pytest captures plain records)."""
     if not app.testing:
-        configure(app.config["LOG_LEVEL"])
+        configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])

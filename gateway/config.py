@@ -36,6 +36,16 @@ class GatewaySettings(BaseSettings):
     MAPPINGS_DIR: str = Field(str(DEFAULT_DIR), description="folder of `*.json` mappings, read once at start",
                               json_schema_extra={"shown": "gateway/mappings"})
     LOG_LEVEL: str = Field("INFO", description="level of the `gateway` loggers")
+    LOG_FORMAT: str = Field("auto", description="`json` (one JSON object a line), `text` (short readable lines), or "
+                            "`auto`: text when stderr is a terminal, else JSON")
+
+    @field_validator("LOG_FORMAT", mode="before")
+    @classmethod
+    def _log_format(cls, value):
+        value = str(value).strip().lower()
+        if value not in ("auto", "json", "text"):
+            raise ValueError("must be auto, json or text")
+        return value
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod

@@ -19,6 +19,6 @@ graceful_timeout = 10
 preload_app = True  # load mappings and pypdfium2 once, before forking workers
 accesslog = None  # the app logs one JSON line per request itself
 loglevel = settings.LOG_LEVEL.lower()
-logconfig_dict = logs.gunicorn_logconfig(loglevel.upper())  # gunicorn's own lines in the one format
+logconfig_dict = logs.gunicorn_logconfig(loglevel.upper(), settings.LOG_FORMAT)  # gunicorn's own lines in the one format
 # Web and gateway gunicorns share a box; neither uses gunicorn 27's control socket (one path for all).
 control_socket_disable = True

@@ -18,17 +18,40 @@ RENAMED = {"asctime": "ts", "levelname": "level", "name": "logger"}
 access_logger = logging.getLogger("gateway.access")
 
 
-def formatter():
-    """A formatter writing records in the one format."""
-    return JsonFormatter(FIELDS, rename_fields=RENAMED)
+# An event's fields worth showing on a readable line, after its message.
+TEXT_FIELDS = ("method", "path", "status", "duration_ms", "mapping", "pages", "correlation_id", "error")
 
 
-def gunicorn_logconfig(level):
+def wants_text(log_format):
+    """True if logs should be readable lines: GATEWAY_LOG_FORMAT=text, or auto with stderr a terminal."""
+    return log_format == "text" or (log_format == "auto" and sys.stderr.isatty())
+
+
+class TextFormatter(logging.Formatter):
+    """`12:03:04 INFO    gateway.access: request  method=POST path=/process status=200 …`: one short line."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record):
+        line = super().format(record)
+        extras = " ".join(f"{name}={getattr(record, name)}" for name in TEXT_FIELDS
+                          if getattr(record, name, None) is not None)
+        return f"{line}  {extras}" if extras and "\n" not in line else line
+
+
+def formatter(log_format="json"):
+    """A formatter writing records in the one format (or, in a terminal, as readable lines)."""
+    return TextFormatter() if wants_text(log_format) else JsonFormatter(FIELDS, rename_fields=RENAMED)
+
+
+def gunicorn_logconfig(level, log_format="json"):
     """gunicorn's logconfig_dict: its own lines (start-up, worker exits) in the one format, on stderr."""
+    json_formatter = {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": FIELDS, "rename_fields": RENAMED}},
+        "formatters": {"json": {"()": "gateway.logs.TextFormatter"} if wants_text(log_format) else json_formatter},
         "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"level": level, "handlers": []},
         "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False}},
@@ -39,7 +62,7 @@ def init_app(app):
     gateway_logger = logging.getLogger("gateway")
     if not gateway_logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(formatter())
+        handler.setFormatter(formatter(app.config.get("LOG_FORMAT", "json")))
         gateway_logger.addHandler(handler)
         gateway_logger.propagate = False
     gateway_logger.setLevel(app.config["LOG_LEVEL"])

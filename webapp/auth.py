@@ -155,6 +155,13 @@ def setup_link(app):
             return url_for("auth.setup", secret=OneTimeLink.create(SETUP, SETUP_LIFETIME), _external=True)
 
 
+def setup_banner(link):
+    """The lines the web process prints at start while nobody has an account."""
+    rule = "=" * max(60, len(link) + 4)
+    return (f"\n{rule}\n  No account exists yet. Create the first admin here (the link works once, for a day):"
+            f"\n\n  {link}\n\n{rule}\n\n")
+
+
 def invite_link(email, admin=False):
     """A one-time link (INVITE_DAYS) that lets email choose a password and join; raise AccountError if taken."""
     email = normalize_email(email)

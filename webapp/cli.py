@@ -58,7 +58,10 @@ def users_create(email, admin):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def users_list(as_json):
     """List every account."""
-    for user in db.session.execute(select(User).order_by(User.email)).scalars():
+    users = db.session.execute(select(User).order_by(User.email)).scalars().all()
+    if not users and not as_json:
+        click.echo("No accounts yet.", err=True)  # on stderr: a script reading stdout sees no account lines
+    for user in users:
         if as_json:
             click.echo(json.dumps(user.to_admin_dict()))
         else:

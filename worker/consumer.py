@@ -143,7 +143,7 @@ def _doorbell(config):
 
 def main():
     app = core.create_app({"MIGRATE": False})
-    logs.configure(app.config["LOG_LEVEL"])
+    logs.configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     config = app.config
     WatchingConsumer.bell = _doorbell(config)
     consumer = WatchingConsumer(

@@ -90,3 +90,56 @@ def test_share_invitation_reset_and_set_up_secrets_are_redacted_from_the_access_
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert "abc.DEF" not in done.stdout
     assert (line["message"], line["path"], line["query"]) == ("request", f"/{kind}/[redacted]", "x=1")
+
+
+# -- for people at a terminal ---------------------------------------------------------------------
+
+
+def test_in_text_format_every_process_writes_short_readable_lines_and_access_lines_stay_redacted():
+    code = """if True:
+        import datetime, logging, runpy
+        from types import SimpleNamespace
+        from gunicorn.config import Config
+        from gunicorn.glogging import Logger
+        from core import logs
+        cfg = Config()
+        cfg.set("logconfig_dict", runpy.run_path("gunicorn.conf.py")["logconfig_dict"])
+        cfg.set("accesslog", "-")
+        response = SimpleNamespace(status="200 OK", response_length=10, headers=[], sent=10)
+        request = SimpleNamespace(headers=[], method="GET", path="/d/abc.DEF", query="", uri="/d/abc.DEF",
+                                  version=(1, 1))
+        environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/d/abc.DEF", "PATH_INFO": "/d/abc.DEF", "QUERY_STRING": "",
+                   "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1"}
+        Logger(cfg).access(response, request, environ, datetime.timedelta(seconds=0.0123))
+        logs.configure("INFO", "text")
+        logging.getLogger("worker.run").warning("job done", extra={"job_id": "j1", "correlation_id": "c1"})
+    """
+    env = {**__import__("os").environ, "LOG_FORMAT": "text"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    access, = done.stdout.splitlines()
+    assert access.endswith(" GET /d/[redacted] 200 12.3 ms 127.0.0.1") and "abc.DEF" not in done.stdout
+    app_line = done.stderr.strip().splitlines()[-1]
+    assert app_line.endswith("WARNING worker.run: job done  job_id=j1 correlation_id=c1")
+    assert not app_line.startswith("{")
+
+
+def test_an_admin_command_prints_its_answer_and_no_log_lines(tmp_path):
+    env = {**__import__("os").environ, "DATA_DIR": str(tmp_path), "LOG_FORMAT": "json"}
+    flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
+    subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True)
+    done = subprocess.run([*flask, "users", "list"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    assert (done.stdout, done.stderr) == ("", "No accounts yet.\n")
+    made = subprocess.run([*flask, "tokens", "create", "robot@example.com"], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert made.returncode != 0 and "{" not in made.stderr  # a clear refusal, no JSON log lines around it
+
+
+def test_the_first_run_link_is_a_banner_of_its_own_printed_at_start():
+    from tests.support.stack import running_stack
+    with running_stack(gateway_url="http://127.0.0.1:9", workers=0) as stack:  # nobody has asked for a page yet
+        log = stack.log("web")
+    banner = log[log.index("No account exists yet"):]
+    link = banner.split("\n\n")[1].strip()
+    assert link.startswith("http://127.0.0.1:") and "/setup/" in link
+    lines_with_link = [line for line in log.splitlines() if link in line]
+    assert lines_with_link == [f"  {link}"]  # not inside a JSON log line, and not in the access log
