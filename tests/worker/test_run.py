@@ -602,3 +602,22 @@ def test_an_over_limits_answer_fails_the_job_after_one_call(worker_app, api, fak
     with worker_app.app_context():
         from worker import breaker
         assert breaker.state() == "closed"
+
+
+def test_parse_failed_answers_fail_their_jobs_at_once_and_never_count_toward_the_breaker(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, BREAKER_THRESHOLD=2, BREAKER_DISTINCT_JOBS=2, UPLOADS_PER_MINUTE=100)
+    api = ApiClient(app.test_client())
+    fake.status, fake.error_code = 422, "PARSE_FAILED"
+    fake.healthy = False  # even with /healthz failing at that moment: the parse's answer is the file's own
+    jobs = [upload(api, f"raises{n}") for n in range(3)]
+    for job in jobs:
+        for _ in range(2):  # however often the worker comes back to it
+            run(app, job["id"])
+    for job in jobs:
+        stored = load(app, job["id"])
+        assert (stored.status, stored.error_code, stored.attempts, stored.dead_letter) == (
+            "failed", "GW_PARSE_FAILED", 1, False)
+        assert "will not be retried" in stored.error and "fake gateway says 422" in stored.error
+    assert fake.total_calls() == 3 and fake.health_checks == 0  # no breaker bookkeeping at all
+    with app.app_context():
+        assert breaker.state() == "closed" and breaker._failing_jobs() == 0
