@@ -1,8 +1,9 @@
 """Seeded mutations of test PDFs, for fuzzing the gateway (tests/gateway/test_gw_fuzz.py, bench/bench_fuzz.py).
 
-    bases = corpus()                       # name -> bytes: a few small invoices and PDFs, made once
-    case = describe(42)                    # Case(seed=42, mutation="stream", base="plain", ...), named "00042-stream-plain"
-    pdf = mutate(case, bases)              # the same bytes for the same seed, every time
+    bases = corpus()          # name -> bytes: a few small invoices and PDFs, made once
+    case = describe(168)      # Case(seed=168, mutation="number", base="xref", ...), named "00168-number-xref"
+    pdf = mutate(case, bases)  # the same bytes for the same seed, every time
+    code, problem = judge(case, status, content_type, body)  # the gateway's answer: problem None if the contract's
 
 A seed picks everything (the mutation, the PDF it starts from, the mapping, the format, where the bytes change),
 so a failing case is made again from its name alone. Mutations: flipped bytes, truncations, a corrupted xref,
@@ -10,13 +11,23 @@ corrupted streams, duplicated and deleted spans, changed numbers and keywords, t
 """
 
 import base64
+import json
 import random
 import re
 import zlib
 from dataclasses import dataclass
 
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
 from tests.support.invoicegen import make_broken_xref_pdf, make_encrypted_pdf, make_invoice, make_text_pdf
 
+ROOTS = {"pt_simon_invoice_v1": "Invoice", "generic_v1": "Document"}
+MEDIA_TYPES = {"application/xml": "application/xml; charset=utf-8", "application/json": "application/json"}
+# What any file may be told, whatever its bytes (gateway/README.md's error codes): a refusal, final; or the one 5xx
+# that is the file's doing, its parse over the limits.
+REFUSALS = {(400, "EMPTY_FILE"), (415, "NOT_PDF"), (422, "UNREADABLE"), (422, "ENCRYPTED"), (422, "TOO_MANY_PAGES"),
+            (422, "NOTHING_FOUND"), (422, "PARSE_FAILED"), (503, "OVER_LIMITS")}
 # (base name, weight): invoices most, since their mapping has the most code to walk into.
 BASES = [("invoice", 3), ("plain", 3), ("twopage", 1), ("xref", 1), ("text", 1), ("encrypted", 1)]
 NUMBER = re.compile(rb"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
@@ -92,7 +103,9 @@ def flip(rng, data, bases):
 
 def truncate(rng, data, bases):
     """Cut the file anywhere (the first bytes too, now and then)."""
-    return data[:rng.randrange(16, len(data))] if rng.random() < 0.95 else data[:rng.randrange(16)]
+    if rng.random() < 0.95 and len(data) > 16:
+        return data[:rng.randrange(16, len(data))]
+    return data[:rng.randrange(min(16, len(data)))]
 
 
 def xref(rng, data, bases):
@@ -169,7 +182,10 @@ def number(rng, data, bases):
     numbers = list(NUMBER.finditer(data))
     out = data
     for match in sorted(rng.sample(numbers, min(len(numbers), rng.randint(1, 5))), key=lambda m: -m.start()):
-        value = rng.choice(ODD_NUMBERS) if rng.random() < 0.6 else b"%d" % (int(float(match[0])) * rng.choice([-1, 2, 10]))
+        if rng.random() < 0.6:
+            value = rng.choice(ODD_NUMBERS)
+        else:
+            value = b"%d" % (int(float(match[0])) * rng.choice([-1, 2, 10]))
         out = out[:match.start()] + value + out[match.end():]
     return out
 
@@ -213,3 +229,30 @@ def mutate(case, bases):
         if data:
             data = MUTATIONS[rng.choice(list(MUTATIONS))](rng, data, bases)
     return data
+
+
+def judge(case, status, content_type, body):
+    """(the error code or None, what is wrong with the answer or None): a 200 must be the asked format with the
+    mapping's root element, anything else the contract's JSON error with one of REFUSALS."""
+    if status == 200:
+        if content_type != MEDIA_TYPES[case.accept]:
+            return None, f"200 as {content_type!r}, not {MEDIA_TYPES[case.accept]!r}"
+        try:
+            root = list(json.loads(body)) if case.accept == "application/json" else [SafeET.fromstring(body).tag]
+        except (ValueError, SyntaxError, DefusedXmlException) as exc:  # ElementTree's ParseError is a SyntaxError
+            return None, f"200 with a body that does not parse ({exc})"
+        return None, None if root == [ROOTS[case.mapping]] else f"200 with the root {root}"
+    if content_type != "application/json":
+        return None, f"{status} as {content_type!r}: {body[:200]!r}"
+    try:
+        error = json.loads(body)["error"]
+        code, message = error["code"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        return None, f"{status} without the JSON error shape: {body[:200]!r}"
+    if set(json.loads(body)) != {"error"} or set(error) != {"code", "message"}:
+        return code, f"{status} with more than the JSON error shape: {body[:200]!r}"
+    if not isinstance(message, str) or not message or "\n" in message:
+        return code, f"{status} {code} without a one-line message"
+    if (status, code) not in REFUSALS:
+        return code, f"{status} {code}: {message}"
+    return code, None
