@@ -32,6 +32,7 @@ QUICK_ARGS = {
     "bench_overhead.py": ["--jobs", "12", "--rounds", "1", "--latency-samples", "3", "--queued", "10000"],
     "bench_webhooks.py": ["--jobs", "5", "--events", "300"],
     "bench_multipart.py": ["--rounds", "2", "--reps", "5"],
+    "bench_fuzz.py": ["--cases", "300"],
 }
 # What a figure that misses its target is known to be missing by, from reading the bench's own output.
 GAPS = {

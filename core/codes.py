@@ -8,6 +8,7 @@ GW_4XX = "GW_4XX"  # the gateway refused the file: final
 GW_5XX = "GW_5XX"  # the gateway failed or broke off: retried
 GW_TIMEOUT = "GW_TIMEOUT"  # the gateway did not answer in time: retried
 GW_OVER_LIMITS = "GW_OVER_LIMITS"  # the gateway's parse ran past its limits (a PDF bomb): final, after one call
+GW_PARSE_FAILED = "GW_PARSE_FAILED"  # the gateway's parse raised on the file (a pdfium or mapping bug): final
 IO_ERROR = "IO_ERROR"  # our own storage failed: retried (final when the uploaded PDF is gone)
 CIRCUIT_OPEN = "CIRCUIT_OPEN"  # held by the open breaker: still queued, nothing spent
 LEASE_EXPIRED = "LEASE_EXPIRED"  # the worker stopped answering mid-job: retried like a transient failure

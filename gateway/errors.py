@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import current_app, jsonify
+from flask import current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -12,11 +12,14 @@ _HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 
 
 
 class GatewayError(Exception):
-    """A refusal or failure with its HTTP status and a short code; 4xx are final, 5xx transient."""
+    """A refusal or failure with its HTTP status and a short code; 4xx are final, 5xx transient.
 
-    def __init__(self, status, code, message):
+    traceback: the text of the exception behind it, when there is one (a parse that raised in its child): the
+    parent logs it with the request."""
+
+    def __init__(self, status, code, message, traceback=None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.traceback = status, code, message, traceback
 
 
 def error_response(status, code, message):
@@ -26,6 +29,9 @@ def error_response(status, code, message):
 
 
 def _gateway_error(exc):
+    if exc.traceback:
+        logger.error("%s %s: %s", exc.status, exc.code, exc.message,
+                     extra={"correlation_id": g.get("correlation_id"), "traceback": exc.traceback})
     return error_response(exc.status, exc.code, exc.message)
 
 

@@ -9,6 +9,11 @@ The child is a sandbox, not only a limit: it keeps only its answer pipe (every o
 the gateway's sockets included, is closed), runs with an empty environment, may not open more than a few
 files, write to any file, or start a process or thread, and answers as JSON — a parent that unpickled what a
 compromised parser wrote would run its code. The answer is read up to Limits.answer_bytes.
+
+What func raises is func's to classify (convert.py makes an exception in one document's parse that document's
+422 PARSE_FAILED); whatever it leaves unclassified, and a child that cannot confine itself, is the gateway's
+502, answered with its traceback for the parent to log. Limits overrun are 503 OVER_LIMITS, a failed fork is
+503 OVERLOADED.
 """
 
 import ctypes
@@ -20,6 +25,7 @@ import select
 import signal
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 from .errors import GatewayError
@@ -30,6 +36,7 @@ _PR_SET_PDEATHSIG = 1
 
 _ANSWER_FD = 3
 _MAX_FILES = 16  # the answer pipe, stdio, and what a parse may open (nothing: the PDF is in memory)
+_TRACEBACK_CHARS = 16 * 1024  # of a traceback sent back for the log: its end, where it was raised
 
 
 @dataclass(frozen=True)
@@ -110,14 +117,17 @@ def _outcome(payload, status, overrun, limits):
         if "ok" in answer:
             return answer["ok"]
         status, code, message = answer["error"]
-        error = GatewayError(int(status), str(code), str(message))
+        trace = answer.get("traceback")
+        error = GatewayError(int(status), str(code), str(message),
+                             traceback=str(trace)[-_TRACEBACK_CHARS:] if trace else None)
     except (ValueError, TypeError, KeyError):
         raise GatewayError(502, "GATEWAY_ERROR", "the parser process gave no usable answer") from None
     raise error
 
 
 def _child(write_fd, func, args, limits):
-    """Confine itself, run, send {"ok": result} or {"error": [status, code, message]} as JSON, and exit at once.
+    """Confine itself, run, send {"ok": result} or {"error": [status, code, message], "traceback": text} as JSON,
+    and exit at once.
 
     func's result must be JSON: the parent decodes nothing else."""
     code = 0
@@ -125,15 +135,7 @@ def _child(write_fd, func, args, limits):
         _reset_signals()
         write_fd = _keep_only(write_fd)
         os.environ.clear()  # no secret the gateway was started with is the parser's to read
-        _set_limits(limits)
-        try:
-            answer = {"ok": func(*args)}
-        except GatewayError as exc:
-            answer = {"error": [exc.status, exc.code, exc.message]}
-        except MemoryError:
-            answer = {"error": [503, "OVER_LIMITS", f"parsing needed more than {limits.memory_mb} MiB"]}
-        except Exception as exc:  # reported to the parent, which logs and answers 502
-            answer = {"error": [502, "GATEWAY_ERROR", f"the parser failed: {type(exc).__name__}: {exc}"]}
+        answer = _answer(func, args, limits)
         data = memoryview(json.dumps(answer).encode())
         while data:
             data = data[os.write(write_fd, data):]
@@ -141,6 +143,29 @@ def _child(write_fd, func, args, limits):
         code = 70
     finally:
         os._exit(code)
+
+
+def _answer(func, args, limits):
+    try:
+        _set_limits(limits)
+    except Exception as exc:  # cannot confine itself (a hard limit below ours, say): the box's trouble, not the file's
+        return _error(502, "GATEWAY_ERROR", f"the parser process could not start: {type(exc).__name__}: {exc}",
+                      traceback.format_exc())
+    try:
+        return {"ok": func(*args)}
+    except GatewayError as exc:
+        return _error(exc.status, exc.code, exc.message, exc.traceback)
+    except MemoryError:
+        return _error(503, "OVER_LIMITS", f"parsing needed more than {limits.memory_mb} MiB")
+    except Exception as exc:  # func's own bug, not classified by it: the parent logs it and answers 502
+        return _error(502, "GATEWAY_ERROR", f"the parser failed: {type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _error(status, code, message, trace=None):
+    answer = {"error": [status, code, message]}
+    if trace:
+        answer["traceback"] = trace[-_TRACEBACK_CHARS:]
+    return answer
 
 
 def _reset_signals():

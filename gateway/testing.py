@@ -21,11 +21,13 @@ def free_port():
 
 @contextmanager
 def running_gateway(env=None, log=subprocess.DEVNULL, start_timeout=30):
-    """Start `gunicorn -c gateway/gunicorn.conf.py gateway.wsgi:app` with env added; yield its base URL."""
+    """Start `gunicorn -c gateway/gunicorn.conf.py gateway.wsgi:app` with env added (a None value unsets that
+    variable); yield its base URL."""
     port = free_port()
+    env = {**os.environ, **(env or {}), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)}
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
-        cwd=ROOT, env={**os.environ, **(env or {}), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)},
+        cwd=ROOT, env={name: value for name, value in env.items() if value is not None},
         stdout=log, stderr=log,
     )
     url = f"http://127.0.0.1:{port}"

@@ -11,11 +11,12 @@ from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 
 from core import codes
-from core.codes import GW_4XX, GW_5XX, GW_OVER_LIMITS, GW_TIMEOUT, TOO_LARGE
+from core.codes import GW_4XX, GW_5XX, GW_OVER_LIMITS, GW_PARSE_FAILED, GW_TIMEOUT, TOO_LARGE
 from core.counters import observe_gateway
 from worker.retry import ConversionError, FinalError, TransientError
 
 OVER_LIMITS = "OVER_LIMITS"  # the gateway's code for a file that ran past its parse limits (gateway/sandbox.py)
+PARSE_FAILED = "PARSE_FAILED"  # its 422 for a file whose parse raised (gateway/convert.py)
 
 
 class PoisonFile(FinalError):
@@ -28,6 +29,19 @@ class PoisonFile(FinalError):
         super().__init__(GW_OVER_LIMITS, f"The file is too costly to convert ({message}); it will not be retried. "
                                          "Check the PDF (a corrupt or hostile file, or a huge scan) and upload a "
                                          "fixed copy.")
+
+
+class ParseFailed(FinalError):
+    """The gateway's parse of this file raised (a pdfium or mapping bug the file walks into): the file's own final
+    answer from a gateway that is up, so it is never counted toward the breaker, however many files get it."""
+
+    blames_gateway = False
+
+    def __init__(self, message):
+        super().__init__(GW_PARSE_FAILED, f"The converter failed on this file ({message}); it will not be retried. "
+                                          "The gateway's log has the details under this job's correlation id: "
+                                          "retry the job once the converter is fixed, or upload a re-exported copy.")
+
 
 CONNECT_TIMEOUT = 5
 HEALTH_TIMEOUT = 3
@@ -105,7 +119,10 @@ def process(base_url, pdf_path, mapping, correlation_id, out, read_timeout, max_
         if response.status_code == 413:  # the PDF is over the gateway's size limit: final, and said as such
             raise FinalError(TOO_LARGE, _error(response)[1])
         if 400 <= response.status_code < 500:
-            raise FinalError(GW_4XX, _error(response)[1])
+            code, message = _error(response)
+            if code == PARSE_FAILED:
+                raise ParseFailed(message)
+            raise FinalError(GW_4XX, message)
         if response.status_code != 200:
             code, message = _error(response)
             if code == OVER_LIMITS:

@@ -155,3 +155,122 @@ def test_log_lines_are_json(client, access_records):
     formatter = logging.getLogger("gateway").handlers[0].formatter
     line = json.loads(formatter.format(access_records[0]))
     assert (line["correlation_id"], line["status"], line["path"]) == ("json-line", 200, "/healthz")
+
+
+# -- a parse that raises is the document's answer; a parser that cannot start is the gateway's (issue 27) ------
+
+
+@pytest.fixture
+def gateway_records():
+    """Every record the gateway's loggers write (access lines and errors alike)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("gateway")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def raise_in_pdfium(monkeypatch):
+    import pypdfium2
+    def fail(self, key):
+        raise pypdfium2.PdfiumError("Failed to get metadata (injected)")
+    monkeypatch.setattr(pypdfium2.PdfDocument, "get_metadata_value", fail)
+    return "PdfiumError"
+
+
+def raise_in_reading(monkeypatch):
+    from gateway import pdftext
+    def fail(chars, word_gap, cell_gap):
+        return [][0]
+    monkeypatch.setattr(pdftext, "_lines", fail)
+    return "IndexError"
+
+
+def raise_in_rendering(monkeypatch):
+    from gateway import convert
+    def fail(root, pretty=False):
+        raise ValueError("cannot serialise (injected)")
+    monkeypatch.setitem(convert.RENDERERS, "xml", fail)
+    return "ValueError"
+
+
+@pytest.mark.parametrize("inject", [raise_in_pdfium, raise_in_reading, raise_in_rendering])
+def test_a_parse_that_raises_is_the_documents_final_422_with_its_traceback_logged(
+        monkeypatch, convert, small_pdf, gateway_records, inject):
+    exception = inject(monkeypatch)  # in this process, so in the child forked for the parse
+    response = convert(small_pdf, headers={"X-Correlation-ID": "raises"})
+    assert_error(response, 422, "PARSE_FAILED")
+    assert exception in response.get_json()["error"]["message"]
+    assert_traceback_logged(gateway_records, "raises", exception, (422, "PARSE_FAILED"))
+
+
+def test_a_mapping_whose_data_makes_its_code_raise_is_422_parse_failed(tmp_path, small_pdf, gateway_records):
+    """No monkeypatch: a check summing a text column (which the mapping's validation lets through) raises
+    decimal.InvalidOperation inside the child, as the next mapping bug would."""
+    from gateway.mappings import DEFAULT_DIR
+    spec = json.loads((DEFAULT_DIR / "pt_simon_invoice_v1.json").read_text(encoding="utf-8"))
+    spec["checks"]["DescriptionsSum"] = {"sum": "tables.lines.rows.Description", "equals": "fields.NetTotal"}
+    (tmp_path / "sums_text_v1.json").write_text(json.dumps(spec), encoding="utf-8")
+    client = create_app({"MAPPINGS_DIR": str(tmp_path), "PARSE_TIMEOUT_S": 20}).test_client()
+    response = client.post("/process", headers={"X-Correlation-ID": "sums-text"}, data={
+        "file": (io.BytesIO(small_pdf), "a.pdf", "application/pdf"), "mapping": "sums_text_v1"})
+    assert_error(response, 422, "PARSE_FAILED")
+    assert_traceback_logged(gateway_records, "sums-text", "InvalidOperation", (422, "PARSE_FAILED"))
+
+
+def setup_fails(monkeypatch):
+    from gateway import sandbox
+    def refuse(limits):
+        raise ValueError("not allowed to raise maximum limit")
+    monkeypatch.setattr(sandbox, "_set_limits", refuse)
+    return 502, "GATEWAY_ERROR", "_set_limits"
+
+
+def fork_fails(monkeypatch):
+    import errno
+    import os
+    def refuse():
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", refuse)
+    return 503, "OVERLOADED", None
+
+
+def the_box_fails_mid_parse(monkeypatch):
+    from gateway import engine
+    def fail(mapping, document):
+        raise OSError(24, "Too many open files")
+    monkeypatch.setattr(engine, "apply_mapping", fail)
+    return 502, "GATEWAY_ERROR", "OSError"
+
+
+def memory_runs_out_mid_parse(monkeypatch):
+    from gateway import engine
+    def fail(mapping, document):
+        raise MemoryError()
+    monkeypatch.setattr(engine, "apply_mapping", fail)
+    return 503, "OVER_LIMITS", None
+
+
+@pytest.mark.parametrize("inject", [setup_fails, fork_fails, the_box_fails_mid_parse, memory_runs_out_mid_parse])
+def test_a_parser_that_cannot_start_or_run_stays_a_5xx(monkeypatch, convert, small_pdf, gateway_records, inject):
+    """Not the document's doing, so not its final answer: the worker retries a 5xx, and counts it toward its
+    breaker; one the gateway did not expect is logged with its traceback."""
+    status, code, in_traceback = inject(monkeypatch)
+    assert_error(convert(small_pdf, headers={"X-Correlation-ID": "no-parser"}), status, code)
+    if in_traceback:
+        assert_traceback_logged(gateway_records, "no-parser", in_traceback, (status, code))
+
+
+def assert_traceback_logged(records, correlation_id, text, answer):
+    """One error line with the request's correlation id and the child's traceback, and the access line."""
+    mine = [record for record in records if getattr(record, "correlation_id", None) == correlation_id]
+    errors = [record for record in mine if record.levelno == logging.ERROR]
+    assert len(errors) == 1, [record.getMessage() for record in mine]
+    trace = errors[0].traceback
+    assert trace.startswith("Traceback (most recent call last)") and text in trace
+    line = json.loads(logging.getLogger("gateway").handlers[0].formatter.format(errors[0]))
+    assert (line["level"], line["correlation_id"], line["traceback"]) == ("ERROR", correlation_id, trace)
+    (access,) = [record for record in mine if record.name == "gateway.access"]
+    assert (access.status, access.error) == answer

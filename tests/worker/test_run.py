@@ -615,3 +615,22 @@ def test_a_job_whose_pdf_path_leads_outside_data_dir_is_never_sent(make_app, fak
     run(app, job["id"])
     failed = load(app, job["id"])
     assert (failed.status, failed.error_code) == ("failed", "IO_ERROR") and sum(fake.calls.values()) == 0
+
+
+def test_parse_failed_answers_fail_their_jobs_at_once_and_never_count_toward_the_breaker(make_app, fake):
+    app = make_app(GATEWAY_URL=fake.url, BREAKER_THRESHOLD=2, BREAKER_DISTINCT_JOBS=2, UPLOADS_PER_MINUTE=100)
+    api = ApiClient(app.test_client())
+    fake.status, fake.error_code = 422, "PARSE_FAILED"
+    fake.healthy = False  # even with /healthz failing at that moment: the parse's answer is the file's own
+    jobs = [upload(api, f"raises{n}") for n in range(3)]
+    for job in jobs:
+        for _ in range(2):  # however often the worker comes back to it
+            run(app, job["id"])
+    for job in jobs:
+        stored = load(app, job["id"])
+        assert (stored.status, stored.error_code, stored.attempts, stored.dead_letter) == (
+            "failed", "GW_PARSE_FAILED", 1, False)
+        assert "will not be retried" in stored.error and "fake gateway says 422" in stored.error
+    assert fake.total_calls() == 3 and fake.health_checks == 0  # no breaker bookkeeping at all
+    with app.app_context():
+        assert breaker.state() == "closed" and breaker._failing_jobs() == 0
