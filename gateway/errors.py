@@ -1,9 +1,9 @@
-"""The gateway's one error type, and handlers that answer every error in the contract's JSON shape."""
+"""The gateway's one error type, and handlers that answer every error in the contract's JSON shape.
+
+Flask is imported by the handlers, not here: the parse zygote raises GatewayError without loading Flask
+(zygote.py says why)."""
 
 import logging
-
-from flask import current_app, jsonify
-from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,8 @@ class GatewayError(Exception):
 
 
 def error_response(status, code, message):
+    from flask import jsonify
+
     response = jsonify({"error": {"code": code, "message": " ".join(str(message).split())}})
     response.status_code = status
     return response
@@ -30,6 +32,8 @@ def _gateway_error(exc):
 
 
 def _http_error(exc):
+    from flask import current_app
+
     status = exc.code or 500
     if status == 413:  # werkzeug's own cap, hit while streaming a body that had no Content-Length
         return error_response(413, "TOO_LARGE", f"the upload is over the {current_app.config['MAX_MB']} MiB limit")
@@ -44,6 +48,8 @@ def _unexpected(exc):
 
 
 def init_app(app):
+    from werkzeug.exceptions import HTTPException
+
     app.register_error_handler(GatewayError, _gateway_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

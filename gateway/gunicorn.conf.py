@@ -20,5 +20,11 @@ preload_app = True  # load mappings and pypdfium2 once, before forking workers
 accesslog = None  # the app logs one JSON line per request itself
 loglevel = settings.LOG_LEVEL.lower()
 logconfig_dict = logs.gunicorn_logconfig(loglevel.upper())  # gunicorn's own lines in the one format
+
 # Web and gateway gunicorns share a box; neither uses gunicorn 27's control socket (one path for all).
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """Start this worker's parse zygote as the worker boots, so the first request does not wait for it."""
+    worker.wsgi.extensions["gateway.zygote"].start()
