@@ -212,6 +212,7 @@ class Zygote:
 def main():
     """The zygote: read the app's mappings from stdin, warm up, say ready, then fork a child per request."""
     control = socket.socket(fileno=int(sys.argv[1]))
+    os.environ.clear()  # the interpreter has started: nothing here needs the gateway's environment, no child gets it
     _mappings.update(pickle.load(sys.stdin.buffer))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
