@@ -10,9 +10,10 @@ def create_app(test_config=None):
     # megabyte Flask and pydantic would add to it is copied again by every fork.
     from flask import Flask
 
-    from . import api, config, errors, logs, mappings, zygote
+    from . import api, config, errors, forms, logs, mappings, zygote
 
     app = Flask(__name__)
+    app.request_class = forms.GatewayRequest
     app.config.from_mapping(config.from_env())
     if test_config:
         app.config.update(test_config)
