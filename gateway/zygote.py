@@ -79,10 +79,9 @@ _zygotes = {}
 
 def for_mappings(mappings):
     """The Zygote for this set of mappings (one per set in a process: every app of a test run shares one)."""
-    state = pickle.dumps(mappings, protocol=pickle.HIGHEST_PROTOCOL)
-    key = hashlib.sha256(state).hexdigest()
+    key = hashlib.sha256(pickle.dumps(mappings, protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()
     if key not in _zygotes:
-        _zygotes[key] = Zygote(state)
+        _zygotes[key] = Zygote(mappings)
     return _zygotes[key]
 
 
@@ -90,8 +89,8 @@ class Zygote:
     """A process's handle on its zygote: started on first use (gunicorn's workers start theirs as they boot, see
     gateway/gunicorn.conf.py), started again after it died. A forked process gets a zygote of its own."""
 
-    def __init__(self, mappings_state=None):
-        self._mappings_state = mappings_state or pickle.dumps({})
+    def __init__(self, mappings=None):
+        self._mappings_state = pickle.dumps(mappings or {}, protocol=pickle.HIGHEST_PROTOCOL)
         self._pid = None  # the process these belong to: a gunicorn master's handle is copied into every worker
         self._lock = self._process = self._control = None
         self._ready = False
@@ -162,12 +161,13 @@ class Zygote:
         with zygotes:
             try:
                 # A fresh interpreter, not a fork of this (large) one; its own session, so a terminal's ^C goes to
-                # the worker, which the zygote then follows. PYTHONPATH: this process's path, so the zygote
-                # imports the same code. -c, not -m: requests name gateway.zygote's functions, not __main__'s.
+                # the worker, which the zygote then follows. -c, not -m: requests name gateway.zygote's functions,
+                # not __main__'s. Of the environment only the interpreter's own variables (and this process's
+                # path, so the zygote imports the same code): the gateway's secrets are never in its memory, nor
+                # in any child's (clearing os.environ would leave the block a process starts with).
                 self._process = subprocess.Popen(
                     [sys.executable, "-c", "from gateway.zygote import main; main()", str(zygotes.fileno())],
-                    stdin=subprocess.PIPE, pass_fds=[zygotes.fileno()], start_new_session=True,
-                    env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+                    stdin=subprocess.PIPE, pass_fds=[zygotes.fileno()], start_new_session=True, env=_environment())
             except OSError as exc:
                 ours.close()
                 raise GatewayError(503, "OVERLOADED", f"cannot start the parser process ({exc.strerror})") from None
@@ -205,6 +205,12 @@ class Zygote:
                 self._process.wait()
         self._process = self._control = None
         self._ready = False
+
+
+def _environment():
+    """Python's own variables (and coverage's, when a test run measures the zygote too), with this path."""
+    kept = {name: value for name, value in os.environ.items() if name.startswith(("PYTHON", "COVERAGE_"))}
+    return {**kept, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 # --- the zygote's side ---------------------------------------------------------------------------------------
