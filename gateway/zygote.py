@@ -30,7 +30,6 @@ if none can be started, the request answers 503 OVERLOADED.
 
 import ctypes
 import gc
-import hashlib
 import logging
 import os
 import pickle
@@ -79,7 +78,7 @@ _zygotes = {}
 
 def for_mappings(mappings):
     """The Zygote for this set of mappings (one per set in a process: every app of a test run shares one)."""
-    key = hashlib.sha256(pickle.dumps(mappings, protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()
+    key = pickle.dumps(mappings, protocol=pickle.HIGHEST_PROTOCOL)
     if key not in _zygotes:
         _zygotes[key] = Zygote(mappings)
     return _zygotes[key]
