@@ -5,8 +5,7 @@ import uuid
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from . import mappings, sandbox
-from .convert import convert_pdf
+from . import mappings, sandbox, zygote
 from .errors import GatewayError
 
 bp = Blueprint("gateway", __name__)
@@ -54,7 +53,8 @@ def process():
                             wall_s=config["PARSE_TIMEOUT_S"], answer_bytes=config["MAX_ANSWER_MB"] << 20)
     # Parses wait for one of this worker's slots; /healthz never does (gevent: each request its own greenlet).
     with sandbox.parse_slot(config["PARSES_PER_WORKER"]):
-        pages, body = sandbox.run(convert_pdf, (data, mapping, fmt, pretty, config["MAX_PAGES"]), limits)
+        pages, body = current_app.extensions["gateway.zygote"].run(
+            zygote.convert, (data, mapping.name, fmt, pretty, config["MAX_PAGES"]), limits)
     g.log["pages"] = pages
     return Response(body.encode("utf-8"), status=200, content_type=MEDIA_TYPES[fmt])
 

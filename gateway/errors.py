@@ -1,9 +1,9 @@
-"""The gateway's one error type, and handlers that answer every error in the contract's JSON shape."""
+"""The gateway's one error type, and handlers that answer every error in the contract's JSON shape.
+
+Flask is imported by the handlers, not here: the parse zygote raises GatewayError without loading Flask
+(zygote.py says why)."""
 
 import logging
-
-from flask import current_app, g, jsonify
-from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +23,16 @@ class GatewayError(Exception):
 
 
 def error_response(status, code, message):
+    from flask import jsonify
+
     response = jsonify({"error": {"code": code, "message": " ".join(str(message).split())}})
     response.status_code = status
     return response
 
 
 def _gateway_error(exc):
+    from flask import g
+
     if exc.traceback:
         logger.error("%s %s: %s", exc.status, exc.code, exc.message,
                      extra={"correlation_id": g.get("correlation_id"), "traceback": exc.traceback})
@@ -36,6 +40,8 @@ def _gateway_error(exc):
 
 
 def _http_error(exc):
+    from flask import current_app
+
     status = exc.code or 500
     if status == 413:  # werkzeug's own cap, hit while streaming a body that had no Content-Length
         return error_response(413, "TOO_LARGE", f"the upload is over the {current_app.config['MAX_MB']} MiB limit")
@@ -50,6 +56,8 @@ def _unexpected(exc):
 
 
 def init_app(app):
+    from werkzeug.exceptions import HTTPException
+
     app.register_error_handler(GatewayError, _gateway_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -1,5 +1,7 @@
 """Gunicorn settings for the gateway: `gunicorn -c gateway/gunicorn.conf.py gateway.wsgi:app`."""
 
+from gunicorn.glogging import Logger
+
 from gateway import logs
 from gateway.config import read as read_settings
 
@@ -20,5 +22,22 @@ preload_app = True  # load mappings and pypdfium2 once, before forking workers
 accesslog = None  # the app logs one JSON line per request itself
 loglevel = settings.LOG_LEVEL.lower()
 logconfig_dict = logs.gunicorn_logconfig(loglevel.upper(), settings.LOG_FORMAT)  # gunicorn's own lines in the one format
+
+
+class GatewayLogger(Logger):
+    """gunicorn's logger without access lines: the app writes one per request itself (gateway/logs.py). With a
+    logconfig_dict gunicorn would otherwise build each request's line (its atoms) for a logger nothing prints."""
+
+    def access(self, resp, req, environ, request_time):
+        pass
+
+
+logger_class = GatewayLogger
+
 # Web and gateway gunicorns share a box; neither uses gunicorn 27's control socket (one path for all).
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """Start this worker's parse zygote as the worker boots, so the first request does not wait for it."""
+    worker.wsgi.extensions["gateway.zygote"].start()

@@ -32,6 +32,10 @@ from .errors import GatewayError
 
 _MiB = 1 << 20
 _PR_SET_PDEATHSIG = 1
+try:  # looked up once, not in each child: a CDLL is a new ctypes class, and each child would build it afresh
+    _prctl = ctypes.CDLL(None).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
 
 
 _ANSWER_FD = 3
@@ -177,10 +181,8 @@ def _reset_signals():
         signal.set_wakeup_fd(-1)
     except ValueError:
         pass
-    try:  # die with the gateway worker rather than linger as an orphan
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    if _prctl is not None:  # die with the gateway worker rather than linger as an orphan
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _keep_only(write_fd):
@@ -196,8 +198,11 @@ def _keep_only(write_fd):
 
 
 def _set_limits(limits):
-    with open("/proc/self/statm") as statm:
-        address_space = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    statm = os.open("/proc/self/statm", os.O_RDONLY)  # os.open, not open(): no io stack built in each child
+    try:
+        address_space = int(os.read(statm, 256).split()[0]) * resource.getpagesize()
+    finally:
+        os.close(statm)
     cap = address_space + limits.memory_mb * _MiB
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 2))

@@ -172,34 +172,18 @@ def gateway_records():
     logger.removeHandler(handler)
 
 
-def raise_in_pdfium(monkeypatch):
-    import pypdfium2
-    def fail(self, key):
-        raise pypdfium2.PdfiumError("Failed to get metadata (injected)")
-    monkeypatch.setattr(pypdfium2.PdfDocument, "get_metadata_value", fail)
-    return "PdfiumError"
+def in_the_child(monkeypatch, fault):
+    """Have the gateway send each parse's child the fault (tests/support/gwfaults.py) instead of zygote.convert."""
+    from gateway import zygote
+    from tests.support import gwfaults
+    monkeypatch.setattr(zygote, "convert", getattr(gwfaults, fault))
 
 
-def raise_in_reading(monkeypatch):
-    from gateway import pdftext
-    def fail(chars, word_gap, cell_gap):
-        return [][0]
-    monkeypatch.setattr(pdftext, "_lines", fail)
-    return "IndexError"
-
-
-def raise_in_rendering(monkeypatch):
-    from gateway import convert
-    def fail(root, pretty=False):
-        raise ValueError("cannot serialise (injected)")
-    monkeypatch.setitem(convert.RENDERERS, "xml", fail)
-    return "ValueError"
-
-
-@pytest.mark.parametrize("inject", [raise_in_pdfium, raise_in_reading, raise_in_rendering])
+@pytest.mark.parametrize("fault, exception", [("raise_in_pdfium", "PdfiumError"), ("raise_in_reading", "IndexError"),
+                                              ("raise_in_rendering", "ValueError")])
 def test_a_parse_that_raises_is_the_documents_final_422_with_its_traceback_logged(
-        monkeypatch, convert, small_pdf, gateway_records, inject):
-    exception = inject(monkeypatch)  # in this process, so in the child forked for the parse
+        monkeypatch, convert, small_pdf, gateway_records, fault, exception):
+    in_the_child(monkeypatch, fault)
     response = convert(small_pdf, headers={"X-Correlation-ID": "raises"})
     assert_error(response, 422, "PARSE_FAILED")
     assert exception in response.get_json()["error"]["message"]
@@ -207,7 +191,7 @@ def test_a_parse_that_raises_is_the_documents_final_422_with_its_traceback_logge
 
 
 def test_a_mapping_whose_data_makes_its_code_raise_is_422_parse_failed(tmp_path, small_pdf, gateway_records):
-    """No monkeypatch: a check summing a text column (which the mapping's validation lets through) raises
+    """No injection: a check summing a text column (which the mapping's validation lets through) raises
     decimal.InvalidOperation inside the child, as the next mapping bug would."""
     from gateway.mappings import DEFAULT_DIR
     spec = json.loads((DEFAULT_DIR / "pt_simon_invoice_v1.json").read_text(encoding="utf-8"))
@@ -220,44 +204,30 @@ def test_a_mapping_whose_data_makes_its_code_raise_is_422_parse_failed(tmp_path,
     assert_traceback_logged(gateway_records, "sums-text", "InvalidOperation", (422, "PARSE_FAILED"))
 
 
-def setup_fails(monkeypatch):
-    from gateway import sandbox
-    def refuse(limits):
-        raise ValueError("not allowed to raise maximum limit")
-    monkeypatch.setattr(sandbox, "_set_limits", refuse)
+def limits_it_cannot_set(monkeypatch, app):
+    """The child cannot confine itself: an address-space cap past what setrlimit takes (a hard limit below ours
+    on a real box)."""
+    monkeypatch.setitem(app.config, "PARSE_MEMORY_MB", 1 << 60)
     return 502, "GATEWAY_ERROR", "_set_limits"
 
 
-def fork_fails(monkeypatch):
-    import errno
-    import os
-    def refuse():
-        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
-    monkeypatch.setattr(os, "fork", refuse)
-    return 503, "OVERLOADED", None
-
-
-def the_box_fails_mid_parse(monkeypatch):
-    from gateway import engine
-    def fail(mapping, document):
-        raise OSError(24, "Too many open files")
-    monkeypatch.setattr(engine, "apply_mapping", fail)
+def box_fails_mid_parse(monkeypatch, app):
+    in_the_child(monkeypatch, "the_box_fails_mid_parse")
     return 502, "GATEWAY_ERROR", "OSError"
 
 
-def memory_runs_out_mid_parse(monkeypatch):
-    from gateway import engine
-    def fail(mapping, document):
-        raise MemoryError()
-    monkeypatch.setattr(engine, "apply_mapping", fail)
+def memory_runs_out(monkeypatch, app):
+    in_the_child(monkeypatch, "memory_runs_out_mid_parse")
     return 503, "OVER_LIMITS", None
 
 
-@pytest.mark.parametrize("inject", [setup_fails, fork_fails, the_box_fails_mid_parse, memory_runs_out_mid_parse])
-def test_a_parser_that_cannot_start_or_run_stays_a_5xx(monkeypatch, convert, small_pdf, gateway_records, inject):
+# A zygote that cannot fork or start answers 503 OVERLOADED: tests/gateway/test_gw_zygote.py.
+@pytest.mark.parametrize("inject", [limits_it_cannot_set, box_fails_mid_parse, memory_runs_out])
+def test_a_parser_that_cannot_start_or_run_stays_a_5xx(monkeypatch, app, convert, small_pdf, gateway_records,
+                                                       inject):
     """Not the document's doing, so not its final answer: the worker retries a 5xx, and counts it toward its
     breaker; one the gateway did not expect is logged with its traceback."""
-    status, code, in_traceback = inject(monkeypatch)
+    status, code, in_traceback = inject(monkeypatch, app)
     assert_error(convert(small_pdf, headers={"X-Correlation-ID": "no-parser"}), status, code)
     if in_traceback:
         assert_traceback_logged(gateway_records, "no-parser", in_traceback, (status, code))

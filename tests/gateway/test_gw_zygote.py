@@ -1,0 +1,221 @@
+"""The parse zygote (gateway/zygote.py): the same sandbox as sandbox.run, forked from a small warm process that
+never holds a document, started again when it dies, one per gunicorn worker."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+# The probes of the sandbox's own tests, run here in children forked from the zygote instead.
+from test_gw_sandbox import (LIMITS, answer_pickle_bytes, child_limits, crash, environment, hog_memory,
+                             open_descriptors, open_many_files, refuse, spin, start_a_thread, write_a_file)
+
+from gateway import zygote as zygote_module
+from gateway.errors import GatewayError
+from gateway.mappings import load_all
+from gateway.sandbox import Limits
+from tests.support.invoicegen import make_invoice
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    """A zygote of the default mappings, as every app of this test run shares it."""
+    return zygote_module.for_mappings(load_all())
+
+
+@pytest.fixture
+def own_zygote():
+    """A zygote of this test's own, stopped after it."""
+    started = zygote_module.Zygote(load_all())
+    yield started
+    started.close()
+
+
+def test_a_document_converts(zygote):
+    pdf, truth = make_invoice(n_lines=30, seed=24)
+    pages, body = zygote.run(zygote_module.convert, (pdf, "pt_simon_invoice_v1", "xml", False, 2000), LIMITS)
+    assert pages == 1 and f"<InvoiceNumber>{truth['Header']['InvoiceNumber']}</InvoiceNumber>" in body
+
+
+def test_results_and_errors_come_back_as_from_sandbox_run(zygote):
+    assert zygote.run(divmod, (17, 5), LIMITS) == [3, 2]
+    assert zygote.run(str.__mul__, ("x", 3 << 20), LIMITS) == "x" * (3 << 20)  # bigger than a socket buffer
+    with pytest.raises(GatewayError) as caught:
+        zygote.run(refuse, (), LIMITS)
+    assert (caught.value.status, caught.value.code, caught.value.message) == (422, "UNREADABLE", "nope")
+    with pytest.raises(GatewayError) as caught:
+        zygote.run(int, ("not a number",), LIMITS)
+    assert (caught.value.status, caught.value.code) == (502, "GATEWAY_ERROR")
+
+
+@pytest.mark.parametrize("func, limits, word", [
+    (spin, Limits(memory_mb=128, cpu_s=1, wall_s=10), "CPU"),
+    (hog_memory, LIMITS, "128 MiB"),
+    (time.sleep, Limits(memory_mb=128, cpu_s=2, wall_s=0.5), "longer than 0.5 s"),
+    (crash, LIMITS, "SIGSEGV"),
+])
+def test_each_limit_is_503_over_limits_and_costs_only_the_child(zygote, func, limits, word):
+    started = time.monotonic()
+    with pytest.raises(GatewayError) as caught:
+        zygote.run(func, (30,) if func is time.sleep else (), limits)
+    assert (caught.value.status, caught.value.code) == (503, "OVER_LIMITS") and word in caught.value.message
+    assert time.monotonic() - started < 8
+    assert zygote.run(divmod, (7, 2), LIMITS) == [3, 1]
+
+
+def test_an_answer_over_its_cap_is_over_limits(zygote):
+    with pytest.raises(GatewayError) as caught:
+        zygote.run(str.__mul__, ("x", 2 << 20), Limits(memory_mb=128, cpu_s=2, wall_s=5, answer_bytes=1 << 20))
+    assert (caught.value.status, caught.value.code) == (503, "OVER_LIMITS") and "1 MiB" in caught.value.message
+    assert zygote.run(divmod, (7, 2), LIMITS) == [3, 1]
+
+
+def test_the_child_is_confined_as_sandbox_runs_is(zygote, monkeypatch, tmp_path):
+    monkeypatch.setenv("SECRET_KEY", "the-web-apps-secret")
+    assert zygote.run(environment, (), LIMITS) == {}
+    fds = zygote.run(open_descriptors, (), LIMITS)
+    assert fds[:4] == [0, 1, 2, 3] and len(fds) <= 5  # listdir's own descriptor may show
+    assert zygote.run(child_limits, (), LIMITS) == [[0, 0], [0, 0]]
+    target = tmp_path / "out"
+    for func, args in [(write_a_file, (str(target),)), (open_many_files, ()), (answer_pickle_bytes, ())]:
+        with pytest.raises(GatewayError) as caught:
+            zygote.run(func, args, LIMITS)
+        assert caught.value.status in (502, 503)
+    assert not target.exists() or target.stat().st_size == 0
+    if os.geteuid() != 0:  # root is exempt from RLIMIT_NPROC
+        with pytest.raises(GatewayError):
+            zygote.run(start_a_thread, (), LIMITS)
+
+
+def test_the_zygote_runs_one_thread(zygote):
+    zygote.run(divmod, (1, 1), LIMITS)
+    status = Path(f"/proc/{zygote._process.pid}/status").read_text()
+    assert "\nThreads:\t1\n" in status  # forking a process with threads would copy their locks mid-use
+
+
+def test_the_gateways_environment_never_reaches_the_zygote(own_zygote, monkeypatch):
+    """Not even the block it started with, which clearing os.environ leaves in memory (and every child's)."""
+    secret = "gateway-secret-" + os.urandom(8).hex()
+    monkeypatch.setenv("GATEWAY_SOMETHING_SECRET", secret)
+    own_zygote.run(divmod, (1, 1), LIMITS)
+    assert secret.encode() not in memory_of(own_zygote._process.pid)
+    assert Path(f"/proc/{own_zygote._process.pid}/environ").read_bytes().count(b"=") <= 3  # PYTHONPATH, coverage's
+
+
+def test_the_zygote_imports_no_flask_gevent_or_pydantic():
+    code = ("import sys, gateway.zygote; heavy = {'flask', 'werkzeug', 'gevent', 'pydantic', 'pydantic_core'}; "
+            "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_zygote_never_holds_a_document(own_zygote):
+    marker = b"zygote-must-not-see-" + os.urandom(8).hex().encode()
+    pdf = make_invoice(n_lines=5, seed=1)[0] + b"%" + marker + b"\n"
+    own_zygote.run(zygote_module.convert, (pdf, "generic_v1", "xml", False, 10), LIMITS)
+    assert marker not in memory_of(own_zygote._process.pid)
+    assert marker in pdf  # and the search would have found it
+
+
+def memory_of(pid):
+    """Every readable private mapping of a process, concatenated."""
+    chunks = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            if fields[1].startswith("r") and (len(fields) < 6 or not fields[5].startswith("/")):
+                try:
+                    mem.seek(start)
+                    chunks.append(mem.read(end - start))
+                except (OSError, ValueError, OverflowError):
+                    pass
+    return b"".join(chunks)
+
+
+def test_children_run_side_by_side(zygote):
+    results = {}
+
+    def convert(n):
+        results[n] = zygote.run(time.sleep, (0.5,), LIMITS)
+    threads = [threading.Thread(target=convert, args=(n,)) for n in range(4)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {n: None for n in range(4)} and time.monotonic() - started < 1.5
+
+
+def test_a_zygote_that_died_is_started_again(own_zygote):
+    assert own_zygote.run(divmod, (1, 1), LIMITS) == [1, 0]
+    first = own_zygote._process.pid
+    os.kill(first, signal.SIGKILL)
+    own_zygote._process.wait()
+    assert own_zygote.run(divmod, (5, 2), LIMITS) == [2, 1]
+    assert own_zygote._process.pid != first
+
+
+def test_a_zygote_dying_mid_parse_answers_503_overloaded_and_the_next_parse_works(own_zygote):
+    own_zygote.run(divmod, (1, 1), LIMITS)  # started and ready
+    dying = own_zygote._process.pid
+    threading.Timer(0.5, os.kill, (dying, signal.SIGKILL)).start()
+    with pytest.raises(GatewayError) as caught:
+        own_zygote.run(time.sleep, (5,), LIMITS)
+    assert (caught.value.status, caught.value.code) == (503, "OVERLOADED")  # transient: the worker retries
+    assert own_zygote.run(divmod, (5, 2), LIMITS) == [2, 1]
+
+
+def test_a_zygote_that_cannot_start_answers_503_overloaded(own_zygote, monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(GatewayError) as caught:
+        own_zygote.run(divmod, (1, 1), LIMITS)
+    assert (caught.value.status, caught.value.code) == (503, "OVERLOADED")
+
+
+def test_a_zygote_that_exits_at_start_answers_503_overloaded(own_zygote, monkeypatch):
+    monkeypatch.setattr(own_zygote, "_mappings_state", b"not a pickle")  # it dies reading its mappings
+    with pytest.raises(GatewayError) as caught:
+        own_zygote.run(divmod, (1, 1), LIMITS)
+    assert (caught.value.status, caught.value.code) == (503, "OVERLOADED")
+
+
+def test_each_gunicorn_worker_has_its_own_zygote_which_dies_with_it():
+    from gateway.testing import running_gateway
+    with running_gateway({"GATEWAY_WORKERS": "2"}) as url:
+        pdf = make_invoice(n_lines=5, seed=2)[0]
+        for _ in range(4):
+            response = requests.post(f"{url}/process", files={"file": ("a.pdf", pdf, "application/pdf")},
+                                     data={"mapping": "generic_v1"}, timeout=30)
+            assert response.status_code == 200
+        master = gateway_master(url)
+        workers = children(master)
+        zygotes = {worker: children(worker) for worker in workers}
+        assert len(workers) == 2 and all(len(each) == 1 for each in zygotes.values())
+        victim = workers[0]
+        os.kill(victim, signal.SIGKILL)
+        (orphan,) = zygotes[victim]
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{orphan}").exists() and Path(f"/proc/{orphan}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline, "the zygote of a killed worker exits"
+            time.sleep(0.1)
+
+
+def children(pid):
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def gateway_master(url):
+    """The gunicorn master running_gateway started for url (a child of this process)."""
+    port = url.rsplit(":", 1)[1]
+    (master,) = [pid for pid in children(os.getpid())
+                 if f"GATEWAY_PORT={port}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()]
+    return master
