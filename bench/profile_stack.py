@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/profile_stack.py [--jobs 40] [--rounds 3] [--top 25] [--out bench/out/profile]
 
-Starts a stack on loopback with our gateway (tests/support/stack.py), samples worker.py and the web's gunicorn worker
-with py-spy (`pip install py-spy`; it needs ptrace, as root or with CAP_SYS_PTRACE) while the invoices are
+Starts a stack on loopback with our gateway (tests/support/stack.py), samples worker.py, the web's gunicorn worker
+and the gateway's first gunicorn worker (its parse children are short-lived processes py-spy cannot follow) with py-spy (`pip install py-spy`; it needs ptrace, as root or with CAP_SYS_PTRACE) while the invoices are
 uploaded and converted, and prints for each process the functions holding the most samples: "self" where
 the CPU is spent, "total" with what they call. The raw stacks are kept in --out (py-spy's "raw" format, one
 line a stack, for flame graph tools). Not a benchmark: run_all.py does not run it.
@@ -54,7 +54,8 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     with running_stack(WORKER_CONCURRENCY=CONCURRENCY, UPLOADS_PER_MINUTE=100000, GATEWAY_TIMEOUT=60) as stack:
         session = owner_session(stack)
-        targets = {"worker": stack.procs["worker"].pid, "web": children(stack.procs["web"].pid)[0]}
+        targets = {"worker": stack.procs["worker"].pid, "web": children(stack.procs["web"].pid)[0],
+                   "gateway": children(stack.procs["gateway"].pid)[0]}
         spies = {name: subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", str(args.rate), "--format", "raw",
                                          "--nonblocking", "--output", str(args.out / f"{name}.txt")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -93,7 +93,10 @@ def _read_until(fd, deadline, cap):
                 return b"", "time"
             ready, _, _ = select.select([fd], [], [], remaining)
             if ready:
-                chunk = os.read(fd, 1 << 20)
+                try:
+                    chunk = os.read(fd, 1 << 20)
+                except ConnectionResetError:  # a socket (zygote.py) whose other end closed with our bytes unread
+                    chunk = b""
                 if not chunk:
                     return b"".join(chunks), None
                 size += len(chunk)

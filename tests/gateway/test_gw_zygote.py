@@ -187,6 +187,37 @@ def test_a_zygote_that_exits_at_start_answers_503_overloaded(own_zygote, monkeyp
     assert (caught.value.status, caught.value.code) == (503, "OVERLOADED")
 
 
+def test_a_zygote_that_cannot_fork_answers_503_overloaded(monkeypatch):
+    """Played here by a thread: it answers a request with fork's errno and closes the request socket unread."""
+    import errno
+    import socket
+
+    stand_in = zygote_module.Zygote()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    class Running:
+        pid = -1
+
+        def poll(self):
+            return None
+    with stand_in._own_lock():
+        stand_in._process, stand_in._control, stand_in._ready = Running(), ours, True
+
+    def cannot_fork():
+        _, fds, _, _ = socket.recv_fds(theirs, 64, 1)
+        with socket.socket(fileno=fds[0]) as request:
+            time.sleep(0.2)  # the request is in its buffer, unread, when it closes: the worker's read sees a reset
+            request.sendall(zygote_module._TRAILER.pack(zygote_module._MAGIC, zygote_module._NO_FORK, errno.EAGAIN))
+    playing = threading.Thread(target=cannot_fork)
+    playing.start()
+    with pytest.raises(GatewayError) as caught:
+        stand_in.run(divmod, (1, 1), LIMITS)
+    playing.join()
+    assert (caught.value.status, caught.value.code) == (503, "OVERLOADED") and "temporarily" in caught.value.message
+    ours.close()
+    theirs.close()
+
+
 def test_each_gunicorn_worker_has_its_own_zygote_which_dies_with_it():
     from gateway.testing import running_gateway
     with running_gateway({"GATEWAY_WORKERS": "2"}) as url:
