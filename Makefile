@@ -26,13 +26,17 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 # Served locally from webapp/static/vendor (built, never committed): no CDN, boxes may be offline. pdf.js (the
-# review page's PDF) is its modern build, worker, standard fonts and image decoders.
+# review page's PDF) is its modern build, worker, standard fonts and image decoders; Swagger UI (/api/docs) its
+# bundle and stylesheet.
 PDFJS := node_modules/pdfjs-dist
+SWAGGER := node_modules/swagger-ui-dist
 assets: node_modules/.installed
 	@mkdir -p webapp/static/vendor/pdfjs
 	@cp node_modules/htmx.org/dist/htmx.min.js node_modules/htmx-ext-sse/dist/sse.js webapp/static/vendor/
 	@cp $(PDFJS)/build/pdf.min.mjs $(PDFJS)/build/pdf.worker.min.mjs $(PDFJS)/LICENSE webapp/static/vendor/pdfjs/
 	@cp -r $(PDFJS)/standard_fonts $(PDFJS)/wasm webapp/static/vendor/pdfjs/
+	@mkdir -p webapp/static/vendor/swagger-ui
+	@cp $(SWAGGER)/swagger-ui-bundle.js $(SWAGGER)/swagger-ui.css $(SWAGGER)/LICENSE webapp/static/vendor/swagger-ui/
 
 db: $(VENV)/.installed
 	$(BIN)/flask --app wsgi db upgrade
