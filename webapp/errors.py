@@ -100,7 +100,9 @@ def init_app(app):
     @app.errorhandler(HTTPException)
     def _http(exc):
         message = "Not found." if exc.code == 404 else exc.description
-        return render(ApiError(code_of_status(exc.code), exc.code, message))
+        # What the exception says beyond its page: a 405's Allow (RFC 9110 requires it), a 416's Content-Range.
+        headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+        return render(ApiError(code_of_status(exc.code), exc.code, message, headers))
 
     @app.errorhandler(Exception)
     def _unexpected(exc):
