@@ -10,7 +10,7 @@ export PORT GATEWAY_PORT
 # With GATEWAY_URL set, an external gateway does the work and ours is not started.
 PROCESSES := $(if $(GATEWAY_URL),web worker,web worker gateway)
 
-.PHONY: setup run test web worker gateway bench bench-quick faults db assets system-deps clean
+.PHONY: setup run test web worker gateway bench bench-quick faults fuzz-api db assets system-deps clean
 
 setup: $(VENV)/.installed assets db
 
@@ -85,6 +85,12 @@ PRIVATE_MOUNTS = $(shell u="unshare --mount"; [ "$$(id -u)" = 0 ] || u="unshare 
 	$$u true 2>/dev/null && echo "$$u env PDFQUEUE_PRIVATE_MOUNTS=1")
 faults: setup
 	$(PRIVATE_MOUNTS) $(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
+
+# The long schemathesis run against a real stack (tests/web/test_api_fuzz.py, marked `fuzz` and so left out of `make
+# test`, which runs a short one): thousands of generated requests and stateful sequences along the document's links,
+# every answer checked against GET /api/openapi.json. FUZZ_API_EXAMPLES (per operation) and FUZZ_API_SECONDS bound it.
+fuzz-api: setup
+	$(BIN)/python -m pytest -m fuzz -s tests/web/test_api_fuzz.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules webapp/static/vendor
