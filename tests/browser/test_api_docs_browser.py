@@ -30,6 +30,7 @@ def test_the_reference_renders_under_the_csp_and_tries_requests_out(page, stack,
     create.locator("textarea.body-param__text").fill('{"name": "from the reference"}')
     create.get_by_role("button", name="Execute").click()
     expect(create.locator(".live-responses-table tr.response .response-col_status").first).to_have_text("201")
-    assert [t["name"] for t in page.request.get(f"{stack.web_url}/api/tokens").json()["tokens"]] == ["from the reference"]
+    tokens = page.request.get(f"{stack.web_url}/api/tokens").json()["tokens"]
+    assert [token["name"] for token in tokens] == ["from the reference"]
 
     assert page.evaluate("window.__csp") == []

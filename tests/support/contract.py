@@ -154,7 +154,8 @@ def check(response):
     if declared is None:
         raise ContractBroken(f"{what}: the document names no {status} answer for this operation"
                              + (f" (body: {response.get_data()[:300]!r})" if mimetype == "application/json" else ""))
-    read = request.method != "HEAD" and (mimetype == "application/json" or not (mimetype in UNREAD or response.is_streamed))
+    streams = mimetype in UNREAD or response.is_streamed
+    read = request.method != "HEAD" and (mimetype == "application/json" or not streams)
     body = response.get_data() if read else b""
     content = declared.get("content") or {}
     if not content:

@@ -1,4 +1,4 @@
-"""Schemathesis hooks for fuzzing a stack of ours (SCHEMATHESIS_HOOKS=tests.support.fuzz_hooks; tests/web/test_api_fuzz.py).
+"""Schemathesis hooks for fuzzing a stack of ours (tests/support/schemathesis.toml; tests/web/test_api_fuzz.py).
 
 A webhook URL is resolved when it is made, and a webhook is called when a job finishes: a generated URL naming any
 host could send DNS look-ups or deliveries off this machine. So every URL sent to POST /api/webhooks names an

@@ -22,7 +22,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "support" / "schemathesis.toml"
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,positive_data_acceptance,unsupported_method,allow_header_conformance")
 SHORT = {"max_examples": 3, "max_time": 40, "phases": "examples,coverage,fuzzing", "checks": CHECKS}
-LONG = {"max_examples": int(os.environ.get("FUZZ_API_EXAMPLES", "60")), "max_time": int(os.environ.get("FUZZ_API_SECONDS", "900")),
+LONG = {"max_examples": int(os.environ.get("FUZZ_API_EXAMPLES", "60")),
+        "max_time": int(os.environ.get("FUZZ_API_SECONDS", "900")),
         "phases": "examples,coverage,fuzzing,stateful", "checks": "all"}
 
 
@@ -87,7 +88,8 @@ def _requests_answered(stack):
 def report(label, code, output, requests, seconds):
     """One line of figures for the log (make fuzz-api prints it), and the whole output when the run failed."""
     summary = [line for line in output.splitlines() if "generated" in line or "passed" in line or "failures" in line]
-    print(f"\n{label}: {requests} requests in {seconds:.0f} s, exit {code}; " + " | ".join(s.strip() for s in summary[-3:]))
+    print(f"\n{label}: {requests} requests in {seconds:.0f} s, exit {code}; "
+          + " | ".join(line.strip() for line in summary[-3:]))
     assert code == 0, output[-20000:]
 
 
