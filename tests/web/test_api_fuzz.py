@@ -93,14 +93,16 @@ def report(label, code, output, requests, seconds):
     assert code == 0, output[-20000:]
 
 
+@pytest.mark.timeout(300)  # the stack's start (up to 90 s on a busy box), the seed jobs, then at most SHORT's max_time
 def test_generated_requests_get_documented_answers(fuzz_stack, tmp_path):
     stack, session, data = fuzz_stack
     code, output, requests, seconds = run_schemathesis(stack, session, data, tmp_path, **SHORT)
     report("schemathesis (short)", code, output, requests, seconds)
-    assert requests > 200  # it did reach the web
+    assert requests > 100  # it did reach the web (about 700 on an idle box)
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(LONG["max_time"] + 600)
 def test_thousands_of_generated_requests_and_stateful_sequences(fuzz_stack, tmp_path):
     stack, session, data = fuzz_stack
     code, output, requests, seconds = run_schemathesis(stack, session, data, tmp_path, **LONG)
