@@ -42,6 +42,7 @@ class JobId(BaseConverter):
 
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("job", JobId))  # before the rules below
 
+
 @bp.get("/session")
 def session_info():
     """Say who is signed in, and hand scripts the CSRF token that cookie sessions need."""
