@@ -18,12 +18,13 @@ from tests.support import invoicegen
 from tests.support.stack import ROOT, owner_session, running_stack
 
 CONFIG = Path(__file__).resolve().parents[1] / "support" / "schemathesis.toml"
-# What the checks are: answers as documented, no 5xx, valid input accepted; 405s say Allow (RFC 9110).
+# What the checks are: answers as documented, no 5xx, valid input accepted; 405s say Allow (RFC 9110). Never
+# negative_data_rejection: the API is lenient on input by design (tests/support/schemathesis.toml says why).
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,positive_data_acceptance,unsupported_method,allow_header_conformance")
 SHORT = {"max_examples": 3, "max_time": 40, "phases": "examples,coverage,fuzzing", "checks": CHECKS}
 LONG = {"max_examples": int(os.environ.get("FUZZ_API_EXAMPLES", "60")),
-        "max_time": int(os.environ.get("FUZZ_API_SECONDS", "900")),
+        "max_time": int(os.environ.get("FUZZ_API_SECONDS", "420")),
         "phases": "examples,coverage,fuzzing,stateful", "checks": "all"}
 
 
@@ -74,7 +75,7 @@ def run_schemathesis(stack, session, data, tmp_path, max_examples, max_time, pha
     command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
                f"{stack.web_url}/api/openapi.json", "-H", f"Authorization: {token}",
                "--max-examples", str(max_examples), "--max-time", str(max_time), "--phases", phases,
-               "--checks", checks, "--seed", os.environ.get("FUZZ_API_SEED", "25"), "--no-color", "--workers", "1"]
+               "--checks", checks, "--exclude-checks", "negative_data_rejection", "--seed", os.environ.get("FUZZ_API_SEED", "25"), "--no-color", "--workers", "1"]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max_time + 300,
                               env={**os.environ, "PDFQUEUE_FUZZ_TOKEN_ID": own_id})
     seconds = time.monotonic() - started
