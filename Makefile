@@ -10,7 +10,7 @@ export PORT GATEWAY_PORT
 # With GATEWAY_URL set, an external gateway does the work and ours is not started.
 PROCESSES := $(if $(GATEWAY_URL),web worker,web worker gateway)
 
-.PHONY: setup run test coverage web worker gateway bench bench-quick faults db assets system-deps clean
+.PHONY: setup run test coverage web worker gateway bench bench-quick faults fuzz-api db assets system-deps clean
 
 setup: $(VENV)/.installed assets db
 
@@ -26,13 +26,17 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 # Served locally from webapp/static/vendor (built, never committed): no CDN, boxes may be offline. pdf.js (the
-# review page's PDF) is its modern build, worker, standard fonts and image decoders.
+# review page's PDF) is its modern build, worker, standard fonts and image decoders; Swagger UI (/api/docs) its
+# bundle and stylesheet.
 PDFJS := node_modules/pdfjs-dist
+SWAGGER := node_modules/swagger-ui-dist
 assets: node_modules/.installed
 	@mkdir -p webapp/static/vendor/pdfjs
 	@cp node_modules/htmx.org/dist/htmx.min.js node_modules/htmx-ext-sse/dist/sse.js webapp/static/vendor/
 	@cp $(PDFJS)/build/pdf.min.mjs $(PDFJS)/build/pdf.worker.min.mjs $(PDFJS)/LICENSE webapp/static/vendor/pdfjs/
 	@cp -r $(PDFJS)/standard_fonts $(PDFJS)/wasm webapp/static/vendor/pdfjs/
+	@mkdir -p webapp/static/vendor/swagger-ui
+	@cp $(SWAGGER)/swagger-ui-bundle.js $(SWAGGER)/swagger-ui.css $(SWAGGER)/LICENSE webapp/static/vendor/swagger-ui/
 
 db: $(VENV)/.installed
 	$(BIN)/flask --app wsgi db upgrade
@@ -89,6 +93,12 @@ PRIVATE_MOUNTS = $(shell u="unshare --mount"; [ "$$(id -u)" = 0 ] || u="unshare 
 	$$u true 2>/dev/null && echo "$$u env PDFQUEUE_PRIVATE_MOUNTS=1")
 faults: setup
 	$(PRIVATE_MOUNTS) $(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
+
+# The long schemathesis run against a real stack (tests/web/test_api_fuzz.py, marked `fuzz` and so left out of `make
+# test`, which runs a short one): thousands of generated requests and stateful sequences along the document's links,
+# every answer checked against GET /api/openapi.json. FUZZ_API_EXAMPLES (per operation) and FUZZ_API_SECONDS bound it.
+fuzz-api: setup
+	$(BIN)/python -m pytest -m fuzz -s tests/web/test_api_fuzz.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules webapp/static/vendor

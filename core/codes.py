@@ -39,3 +39,8 @@ UNKNOWN_MAPPING = "UNKNOWN_MAPPING"
 WEBHOOK_URL = "WEBHOOK_URL"  # a webhook URL that is malformed, not https:// (and not an allowed host), or unresolvable
 PRIVATE_ADDRESS = "PRIVATE_ADDRESS"  # a webhook host on a loopback, link-local or private address, not allowed
 EMAIL_OFF = "EMAIL_OFF"  # an email choice while the service has no SMTP_URL
+REQUEST_TIMEOUT = "REQUEST_TIMEOUT"  # 408: the body took longer than BODY_TIMEOUT_SECONDS to arrive
+RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"  # 416: a Range outside the file (GET /api/jobs/<id>/pdf)
+
+# Every code above, in order: the ErrorCode enum of GET /api/openapi.json (webapp/apidoc.py).
+CATALOGUE = tuple(value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str))

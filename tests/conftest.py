@@ -1,4 +1,5 @@
-"""Shared fixtures: an app on real SQLite files in tmp_path, a CSRF-aware client, a live server, the fake gateway.
+"""Shared fixtures: an app on real SQLite files in tmp_path, a CSRF-aware client (its answers from /api/ checked
+against the OpenAPI document), a live server, the fake gateway.
 The helpers they use, which benchmarks share, are in tests/support/."""
 import shutil
 import sqlite3
@@ -11,6 +12,7 @@ from flask_migrate import upgrade
 from werkzeug.serving import make_server
 
 from tests.support.app import WORKER_SETTINGS, ApiClient
+from tests.support.contract import ContractClient
 from tests.support.fakegateway import FakeGateway
 from webapp import create_app
 from core.db import db
@@ -63,6 +65,7 @@ def make_app(tmp_path, migrated_database, request, monkeypatch):
                   "GATEWAY_URL": "http://127.0.0.1:9", "HUEY_MEMORY": True}
         config.update(overrides)
         app = create_app(config)
+        app.test_client_class = ContractClient  # every answer from /api/ is checked against the OpenAPI document
         path = Path(app.config["INSTANCE_DIR"]) / "pdfqueue.db"
         fresh_sqlite = app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{path}" and not path.exists()
         if fresh_sqlite:

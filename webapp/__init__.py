@@ -6,8 +6,8 @@ def create_app(test_config=None):
     """Build the app from the environment, then test_config on top."""
     app = core.build_app(__name__, test_config)
 
-    from . import (admin, api, auth, bulk, cli, errors, identity, limits, metrics, pages, security, stream, uploads,
-                   webhooks)
+    from . import (admin, api, apidoc, auth, bulk, cli, errors, identity, limits, metrics, pages, security, stream,
+                   uploads, webhooks)
 
     security.init_app(app)
     identity.init_app(app)
@@ -21,6 +21,7 @@ def create_app(test_config=None):
     app.register_blueprint(api.shared)
     bulk.init_app(app)
     stream.init_app(app)
+    apidoc.init_app(app)
     pages.init_app(app)
     metrics.init_app(app)
     cli.init_app(app)

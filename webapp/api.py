@@ -9,6 +9,7 @@ from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import text
+from werkzeug.routing import BaseConverter
 
 from . import htmx, limits, security, uploads
 from core import breaker_state as breaker
@@ -31,6 +32,17 @@ from core.paths import kept_file
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 logger = logging.getLogger("pdfqueue.web")
+
+
+class JobId(BaseConverter):
+    """A job id in a path: one segment, never the name of a route beside /api/jobs/<job_id> (archive, bulk), so that
+    `DELETE /api/jobs/archive` is a 405 whose Allow is archive's methods, not a look for a job called "archive"."""
+
+    regex = r"(?!(?:archive|bulk)(?:/|$))[^/]+"
+
+
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("job", JobId))  # before the rules below
+
 
 @bp.get("/session")
 def session_info():
@@ -60,20 +72,20 @@ def jobs_index():
                    server_time=isoformat(server_time), next_cursor=next_cursor)
 
 
-@bp.get("/jobs/<job_id>")
+@bp.get("/jobs/<job:job_id>")
 def job_show(job_id):
     """Show one of my jobs."""
     return jsonify(owned_or_404(job_id).to_dict())
 
 
-@bp.delete("/jobs/<job_id>")
+@bp.delete("/jobs/<job:job_id>")
 def job_delete(job_id):
     """Delete one of my jobs and its files."""
     delete_with_files(owned_or_404(job_id))
     return "", 204
 
 
-@bp.post("/jobs/<job_id>/retry")
+@bp.post("/jobs/<job:job_id>/retry")
 @limits.action_limit("retry")
 def job_retry(job_id):
     """Queue a failed job again from its kept PDF."""
@@ -84,7 +96,7 @@ def job_retry(job_id):
     return htmx.trigger(jsonify(job.to_dict()), htmx.QUEUE_ACTIVE), 202
 
 
-@bp.post("/jobs/<job_id>/priority")
+@bp.post("/jobs/<job:job_id>/priority")
 def job_priority(job_id):
     """Run next: move a queued job to the front of everyone's queue (admins only; see Job.run_next)."""
     if not is_admin():
@@ -118,20 +130,21 @@ def download_response(job, spend=True):
     return response
 
 
-@bp.route("/jobs/<job_id>/download", methods=["GET", "POST"])
+@bp.route("/jobs/<job:job_id>/download", methods=["GET", "POST"])
 def job_download(job_id):
     """Download my job's XML result. Only a request from our own pages, a token or a POST with CSRF counts as
     its download for RETENTION_XML_AFTER_DOWNLOAD (identity.may_spend)."""
     return download_response(owned_or_404(job_id), spend=may_spend())
 
 
-@bp.get("/jobs/<job_id>/pdf")
+@bp.get("/jobs/<job:job_id>/pdf")
 def job_pdf(job_id):
     """Show my job's source PDF inline (the review page draws it); 410 once retention removed it."""
     job = owned_or_404(job_id)
     path = kept_file(current_app.config["DATA_DIR"], job.upload_path)
     if path is None or not path.exists():
         raise ApiError(codes.EXPIRED, 410, "The PDF was removed by retention; upload it again to see it.")
+    _whole_file_for_a_long_suffix(path.stat().st_size)
     # Inline, so the browser shows it rather than saving it; Range requests let a reader fetch what it draws.
     response = send_file(path, mimetype="application/pdf", as_attachment=False, download_name=job.filename,
                          conditional=True, etag=True, max_age=0)
@@ -140,7 +153,17 @@ def job_pdf(job_id):
     return response
 
 
-@bp.get("/jobs/<job_id>/events")
+def _whole_file_for_a_long_suffix(size):
+    """A suffix range longer than the file (`bytes=-N`, N > size) asks for all of it (RFC 9110 14.1.2); werkzeug
+    (3.1) answers 416 instead, so ask it for the whole file from the first byte."""
+    wanted = request.range
+    if wanted is not None and wanted.units == "bytes" and len(wanted.ranges) == 1:
+        start, end = wanted.ranges[0]
+        if start < 0 and end is None and -start > size:
+            request.environ["HTTP_RANGE"] = "bytes=0-"
+
+
+@bp.get("/jobs/<job:job_id>/events")
 def job_events(job_id):
     """List my job's history, oldest first: each attempt, error, hold, retry and transition with its time."""
     job = owned_or_404(job_id)
@@ -153,7 +176,7 @@ def share_serializer():
     return URLSafeSerializer([*config.get("SECRET_KEY_FALLBACKS", ()), config["SECRET_KEY"]], salt="pdfqueue.share.v2")
 
 
-@bp.post("/jobs/<job_id>/share")
+@bp.post("/jobs/<job:job_id>/share")
 @limits.action_limit("share")
 def job_share(job_id):
     """Make a short-lived signed link to my job's result that needs no session."""
@@ -166,7 +189,7 @@ def job_share(job_id):
     return jsonify(url=f"/d/{share_serializer().dumps(claims)}", expires_at=isoformat(expires)), 201
 
 
-@bp.delete("/jobs/<job_id>/share")
+@bp.delete("/jobs/<job:job_id>/share")
 @limits.action_limit("share")
 def job_unshare(job_id):
     """Revoke every share link of my job."""

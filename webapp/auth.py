@@ -222,8 +222,11 @@ def tokens_index():
 def tokens_create():
     """Make a personal API token; its secret appears only in this answer."""
     body = request.get_json(silent=True) or {}
+    name = body.get("name") if isinstance(body, dict) else None
+    if name is not None and not isinstance(name, str):
+        raise ApiError(codes.BAD_REQUEST, 400, "'name' must be a string: what uses the token.")
     try:
-        token, secret = ApiToken.create(current_user, body.get("name") if isinstance(body, dict) else None)
+        token, secret = ApiToken.create(current_user, name)
     except AccountError as error:
         raise ApiError(codes.BAD_REQUEST, 400, str(error))
     return jsonify({**token.to_dict(), "token": secret}), 201

@@ -17,9 +17,16 @@ from .limits import limiter
 
 logger = logging.getLogger(__name__)
 
-_CODES_BY_STATUS = {400: codes.BAD_REQUEST, 404: codes.NOT_FOUND, 405: codes.METHOD_NOT_ALLOWED,
-                    409: codes.CONFLICT, 410: codes.EXPIRED, 413: codes.TOO_LARGE, 415: codes.NOT_PDF,
+_CODES_BY_STATUS = {400: codes.BAD_REQUEST, 401: codes.UNAUTHENTICATED, 403: codes.FORBIDDEN, 404: codes.NOT_FOUND,
+                    405: codes.METHOD_NOT_ALLOWED, 408: codes.REQUEST_TIMEOUT, 409: codes.CONFLICT,
+                    410: codes.EXPIRED, 413: codes.TOO_LARGE, 415: codes.NOT_PDF, 416: codes.RANGE_NOT_SATISFIABLE,
                     429: codes.RATE_LIMITED, 503: codes.UNAVAILABLE}
+
+
+def code_of_status(status):
+    """The catalogue's code for an HTTP error werkzeug raised: its own, else the plain one of its class (the
+    catalogue is complete: a script never meets a code that core/codes.py does not list)."""
+    return _CODES_BY_STATUS.get(status) or (codes.BAD_REQUEST if status < 500 else codes.INTERNAL)
 
 
 def render(error):
@@ -92,9 +99,10 @@ def init_app(app):
 
     @app.errorhandler(HTTPException)
     def _http(exc):
-        code = _CODES_BY_STATUS.get(exc.code, "HTTP_%d" % exc.code)
         message = "Not found." if exc.code == 404 else exc.description
-        return render(ApiError(code, exc.code, message))
+        # What the exception says beyond its page: a 405's Allow (RFC 9110 requires it), a 416's Content-Range.
+        headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+        return render(ApiError(code_of_status(exc.code), exc.code, message, headers))
 
     @app.errorhandler(Exception)
     def _unexpected(exc):

@@ -206,6 +206,13 @@ def test_failed_sign_ins_are_throttled_per_address_across_accounts(make_app):
 # -- personal API tokens -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("body", [{"name": [None, None]}, {"name": 7}, {"name": {"a": 1}}, {"name": "   "}, {}, ["x"]])
+def test_a_token_needs_a_name_that_is_text(client, body):
+    """Schemathesis: {"name": [null, null]} was a 500 (the list met str.strip)."""
+    refused = client.post("/api/tokens", json=body)
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "BAD_REQUEST"
+
+
 def test_a_token_is_shown_once_works_without_csrf_and_stops_when_revoked(app, client):
     made = client.post("/api/tokens", json={"name": "month-end"})
     assert made.status_code == 201

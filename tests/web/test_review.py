@@ -265,6 +265,20 @@ def test_the_pdf_is_served_inline_as_a_pdf(client):
     assert ranged.status_code == 206 and ranged.data == b"%PDF-"
 
 
+def test_a_suffix_range_longer_than_the_pdf_gets_all_of_it(client):
+    """Schemathesis: `Range: bytes=-3309` on a smaller file was a 416; RFC 9110 14.1.2 says it means the whole file."""
+    job = upload(client, "suffix")
+    size = len(pdf_bytes("suffix"))
+    whole = client.get(f"/api/jobs/{job['id']}/pdf", headers={"Range": f"bytes=-{size + 1000}"})
+    assert whole.status_code == 206 and whole.data == pdf_bytes("suffix")
+    assert whole.headers["Content-Range"] == f"bytes 0-{size - 1}/{size}"
+    tail = client.get(f"/api/jobs/{job['id']}/pdf", headers={"Range": "bytes=-5"})
+    assert tail.status_code == 206 and tail.data == pdf_bytes("suffix")[-5:]
+    beyond = client.get(f"/api/jobs/{job['id']}/pdf", headers={"Range": f"bytes={size + 10}-"})
+    assert beyond.status_code == 416 and beyond.get_json()["error"]["code"] == "RANGE_NOT_SATISFIABLE"
+    assert beyond.headers["Content-Range"] == f"bytes */{size}"
+
+
 def test_the_pdf_is_gone_after_retention(app, client):
     job = upload(client, "old")
     with app.app_context():
