@@ -65,14 +65,16 @@ system-deps:
 # 80 % fails. Measured under CI=true, or `make coverage`: tracing every process of the suite makes it about 40 %
 # slower, which a developer's `make test` goes without.
 COVERAGE ?= $(filter true,$(CI))
-COVERAGE_ARGS ?= $(if $(COVERAGE),--cov --cov-report=term --cov-fail-under=80)
-# The suite on every core (pytest-xdist): tests sharing a stack (a module's, the browser tests', the scale-out
-# tests') stay together on one worker, the rest are dealt out one by one (tests/conftest.py). XDIST_ARGS= runs it
-# in one process.
+COVERAGE_FIRST = $(if $(COVERAGE),--cov --cov-report=)
+COVERAGE_LAST = $(if $(COVERAGE),--cov-append --cov --cov-report=term --cov-fail-under=80)
+# The suite on every core (pytest-xdist): tests sharing a stack (a module's, the scale-out tests') stay together on
+# one worker, the rest are dealt out one by one (tests/conftest.py). XDIST_ARGS= runs it in one process. The
+# browser tests run after, alone: their pages wait on live updates, which stacks starting beside them slow.
 XDIST_ARGS ?= -n auto --dist loadgroup
 test: setup system-deps
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest $(XDIST_ARGS) $(COVERAGE_ARGS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST_ARGS) $(COVERAGE_FIRST) --ignore=tests/browser $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(COVERAGE_LAST) tests/browser $(PYTEST_ARGS)
 
 coverage:
 	$(MAKE) test COVERAGE=1

@@ -296,6 +296,7 @@
 
   function initQueue(live) {
     var opened = false, errors = 0; // errors since the stream last opened
+    var deleted = new Set(); // rows deleted from this page: a poll answered before the delete must not bring one back
 
     function liveState() { return document.getElementById("live-state"); }
 
@@ -337,6 +338,7 @@
     document.body.addEventListener("htmx:oobBeforeSwap", function (evt) {
       var detail = evt.detail, row = detail.fragment.querySelector("tr.job-row");
       if (!row) return; // totals, the live-state line, a deletion
+      if (deleted.has(row.id)) { detail.shouldSwap = false; return; }
       var shown = document.getElementById(row.id);
       if (shown && shown.dataset.updated > row.dataset.updated) { detail.shouldSwap = false; return; }
       if (detail.target.id === "job-rows" && (shown || !detail.target.hasAttribute("data-first-page"))) {
@@ -352,6 +354,7 @@
     document.body.addEventListener("htmx:oobErrorNoTarget", function (evt) {
       var row = evt.detail.content, rows = document.getElementById("job-rows");
       if (!rows || !row || !row.classList || !row.classList.contains("job-row") || document.getElementById(row.id)) return;
+      if (deleted.has(row.id)) return;
       var shown = Array.prototype.slice.call(rows.querySelectorAll("tr.job-row"));
       var created = row.dataset.created;
       if (!shown.length) return; // the empty view's table brings itself when a row lands on top
@@ -371,8 +374,10 @@
       if (!evt.detail.successful) {
         toast(errorMessage(xhr), "error");
       } else if (action === "delete") {
-        // htmx took away the row the click was on; a poll answered meanwhile may have put a fresh copy in its place.
-        var copy = document.getElementById(button.closest("tr").id);
+        // htmx took away the row the click was on; a poll answered meanwhile may have put a fresh copy in its place,
+        // and one answered before the delete but arriving after it must not put it back.
+        var id = button.closest("tr").id, copy = document.getElementById(id);
+        deleted.add(id);
         if (copy) copy.remove();
         announce(name + " deleted");
       } else if (action === "retry") {
