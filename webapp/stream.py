@@ -27,6 +27,7 @@ from .queue_view import queue_view, row_context, totals_context
 bp = Blueprint("stream", __name__, url_prefix="/api")
 
 HEARTBEAT_SECONDS = 15
+CREDENTIALS_SECONDS = 15  # an open stream asks its credentials again this often: it ends within one heartbeat
 RETRY_MS = 3000
 # Resuming from further back than this starts from here: removals are not kept longer (core/operations.py REMOVALS_KEPT),
 # and a page away that long reloads anyway.
@@ -168,7 +169,7 @@ def events_stream():
             stream = Stream(listener, cursor, view if dashboard else None)
             # The credentials are asked again once a heartbeat: a stream ends within one after its session is
             # signed out, its token revoked, its user disabled or (seeing others' jobs) demoted.
-            next_check = time.monotonic() + HEARTBEAT_SECONDS
+            next_check = time.monotonic() + CREDENTIALS_SECONDS
             try:
                 yield sse(comment="ping") + f"retry: {RETRY_MS}\n\n"
                 while True:
@@ -182,7 +183,7 @@ def events_stream():
                         db.session.remove()
                         if not allowed:
                             return
-                        next_check = now + HEARTBEAT_SECONDS
+                        next_check = now + CREDENTIALS_SECONDS
                     left = ends - now
                     if left <= 0:
                         return

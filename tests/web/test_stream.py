@@ -113,6 +113,12 @@ def fast_heartbeat(monkeypatch):
     monkeypatch.setattr(stream_module, "HEARTBEAT_SECONDS", 0.2)
 
 
+@pytest.fixture
+def fast_credentials(monkeypatch, fast_heartbeat):
+    """Streams ask their credentials again at each (fast) heartbeat, as they do at the real one."""
+    monkeypatch.setattr(stream_module, "CREDENTIALS_SECONDS", 0.2)
+
+
 def job_event(job_id, status=None):
     def matches(event, _id, data):
         if event != "job":
@@ -455,7 +461,7 @@ def ends_within(response, seconds):
 
 
 @pytest.mark.parametrize("how", ["signed out", "disabled", "token revoked"])
-def test_an_open_stream_ends_within_a_heartbeat_of_its_credentials_ending(app, live_server, fast_heartbeat, how):
+def test_an_open_stream_ends_within_a_heartbeat_of_its_credentials_ending(app, live_server, fast_credentials, how):
     from core.accounts import ApiToken, User
     if how == "token revoked":
         user, secret = people.with_token(app)
@@ -483,7 +489,7 @@ def test_an_open_stream_ends_within_a_heartbeat_of_its_credentials_ending(app, l
     theirs.close()
 
 
-def test_a_demoted_admins_stream_of_everyones_jobs_ends_but_their_own_goes_on(app, live_server, fast_heartbeat):
+def test_a_demoted_admins_stream_of_everyones_jobs_ends_but_their_own_goes_on(app, live_server, fast_credentials):
     from core.accounts import User
     admin = people.http_session(app, live_server, admin=True)
     everyone = admin.get(f"{live_server}/api/events?owner=all", stream=True, timeout=10)
