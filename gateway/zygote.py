@@ -215,8 +215,15 @@ def _environment():
 # --- the zygote's side ---------------------------------------------------------------------------------------
 
 def main():
-    """The zygote: read the app's mappings from stdin, warm up, say ready, then fork a child per request."""
-    control = socket.socket(fileno=int(sys.argv[1]))
+    """The zygote: read the app's mappings from stdin, warm up, say ready, then fork a child per request. A worker
+    that stops while its zygote still starts (a gateway stopped at once) ends it quietly, as one stopping later."""
+    try:
+        _start_and_serve(socket.socket(fileno=int(sys.argv[1])))
+    except (ConnectionError, EOFError):
+        pass
+
+
+def _start_and_serve(control):
     os.environ.clear()  # the interpreter has started: nothing here needs the gateway's environment, no child gets it
     _mappings.update(pickle.load(sys.stdin.buffer))
     devnull = os.open(os.devnull, os.O_RDONLY)

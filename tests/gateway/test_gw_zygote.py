@@ -165,6 +165,14 @@ def test_a_zygote_that_died_is_started_again(own_zygote):
     assert own_zygote._process.pid != first
 
 
+def test_a_zygote_whose_worker_stops_while_it_warms_up_exits_quietly(own_zygote, capfd):
+    own_zygote.start()  # warming up: it has not said "ready" yet
+    process = own_zygote._process
+    own_zygote.close()  # the worker stops at once (a gateway stopped right after it started)
+    assert process.wait(timeout=30) == 0
+    assert capfd.readouterr().err == ""  # no traceback in the gateway's log, whose lines are all JSON
+
+
 def test_a_zygote_dying_mid_parse_answers_503_overloaded_and_the_next_parse_works(own_zygote):
     own_zygote.run(divmod, (1, 1), LIMITS)  # started and ready
     dying = own_zygote._process.pid

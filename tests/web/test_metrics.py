@@ -5,7 +5,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker import upkeep
-from tests.support.app import WORKER_SETTINGS, pdf_bytes, run, upload
+from tests.support.app import WORKER_SETTINGS, load, pdf_bytes, run, upload
 from core import counters
 from core.db import db
 from core.clock import utcnow
@@ -18,8 +18,9 @@ from tests.support.app import ApiClient
 
 @pytest.fixture
 def worker_app(make_app, fake):
-    """As conftest's, with a low upload limit so a refusal is cheap to provoke."""
-    return make_app(GATEWAY_URL=fake.url, UPLOADS_PER_MINUTE=5, **WORKER_SETTINGS)
+    """As conftest's, with a low upload limit so a refusal is cheap to provoke, and a gateway timeout no loaded
+    test box reaches (the counts below assume each attempt gets the fake's answer, never GW_TIMEOUT)."""
+    return make_app(GATEWAY_URL=fake.url, UPLOADS_PER_MINUTE=5, **{**WORKER_SETTINGS, "GATEWAY_TIMEOUT": 30})
 
 
 def scrape(api):
@@ -133,6 +134,8 @@ def test_accepted_uploads_job_durations_and_retry_outcomes_are_counted(worker_ap
     run(worker_app, second["id"])  # a transient failure: retried automatically
     fake.status = 200
     run(worker_app, second["id"])
+    retried = load(worker_app, second["id"])
+    assert (retried.status, retried.attempts) == ("complete", 2), (retried.error_code, retried.error)
     upload(api, "two")
     samples = scrape(api)
     assert value(samples, "pdfqueue_uploads_accepted_total", outcome="new") == 3
