@@ -149,6 +149,8 @@ def check(response):
         errors = [error.message for error in envelope.iter_errors(response.get_json())]
         if errors:
             raise ContractBroken(f"{what}: not the error envelope: {errors}")
+        if status == 405 and "Allow" not in response.headers:
+            raise ContractBroken(f"{what}: a 405 without Allow (RFC 9110 requires it)")
         return
     declared = response_of(spec, operation, status)
     if declared is None:

@@ -88,9 +88,9 @@ def _requests_answered(stack):
 
 def report(label, code, output, requests, seconds):
     """One line of figures for the log (make fuzz-api prints it), and the whole output when the run failed."""
-    summary = [line for line in output.splitlines() if "generated" in line or "passed" in line or "failures" in line]
-    print(f"\n{label}: {requests} requests in {seconds:.0f} s, exit {code}; "
-          + " | ".join(line.strip() for line in summary[-3:]))
+    wanted = ("generated", "Scenarios:", "API Links:")
+    summary = [line.strip() for line in output.splitlines() if any(word in line for word in wanted)]
+    print(f"\n{label}: {requests} requests in {seconds:.0f} s, exit {code}; " + " | ".join(summary))
     assert code == 0, output[-20000:]
 
 
