@@ -1,9 +1,10 @@
 """Run one parse in a forked child with memory, CPU and wall-time caps; whatever the file does, only the child
 pays.
 
-Fork per parse rather than a pool: a fresh child per file needs no pool to heal when one dies, inherits the
-upload and the loaded mappings without copying, and costs a few milliseconds. Gunicorn's sync workers are
-single-threaded (sync; gevent's workers, one OS thread), so forking from them is safe.
+Fork per parse rather than a pool: a fresh child per file needs no pool to heal when one dies and sees no other
+document's memory. run() forks from the calling process; the gateway's workers fork from their zygote instead
+(zygote.py: a small warm process, so each fork copies less and starts warm), whose children run _child below
+and are answered through _outcome, the same confinement and the same answers.
 
 The child is a sandbox, not only a limit: it keeps only its answer pipe (every other inherited descriptor,
 the gateway's sockets included, is closed), runs with an empty environment, may not open more than a few
