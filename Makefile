@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 GATEWAY_PORT ?= 8002
 export PORT GATEWAY_PORT
+# Python keeps compiled modules (__pycache__, git-ignored), whatever the shell says: without them every process the
+# suite starts compiles the code again, and pytest rewrites the asserts of every test module in each of its workers.
+unexport PYTHONDONTWRITEBYTECODE
 
 # With GATEWAY_URL set, an external gateway does the work and ours is not started.
 PROCESSES := $(if $(GATEWAY_URL),web worker,web worker gateway)
@@ -67,10 +70,12 @@ system-deps:
 COVERAGE ?= $(filter true,$(CI))
 COVERAGE_FIRST = $(if $(COVERAGE),--cov --cov-report=)
 COVERAGE_LAST = $(if $(COVERAGE),--cov-append --cov --cov-report=term --cov-fail-under=80)
-# The suite on every core (pytest-xdist): tests sharing a stack (a module's, the scale-out tests') stay together on
-# one worker, the rest are dealt out one by one (tests/conftest.py). XDIST_ARGS= runs it in one process. The
-# browser tests run after, alone: their pages wait on live updates, which stacks starting beside them slow.
-XDIST_ARGS ?= -n auto --dist loadgroup
+# The suite in two pytest-xdist workers per core: most tests spend most of their time waiting (on a stack's
+# processes, a lease, a stream), so two per core keep the cores busy. Tests sharing a stack (a module's, the
+# scale-out tests') stay together on one worker, the rest are dealt out one by one (tests/conftest.py).
+# XDIST_ARGS= runs it in one process. The browser tests run after, alone: their pages wait on live updates, which
+# a busy box slows.
+XDIST_ARGS ?= -n $(shell echo $$(( 2 * $$(nproc) ))) --dist loadgroup
 test: setup system-deps
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(XDIST_ARGS) $(COVERAGE_FIRST) --ignore=tests/browser $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 from flask_migrate import upgrade
+from werkzeug.routing import Rule
 from werkzeug.serving import make_server
 
 from tests.support.app import WORKER_SETTINGS, ApiClient
@@ -20,6 +21,24 @@ from webapp.limits import limiter
 
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdefghijklmnop"
+
+
+# Nearly every test builds an app, and two thirds of building one is werkzeug compiling two URL builders (Python
+# code, made from an AST) for each of the app's routes: the same code for the same route in every app. Compiled
+# once per process here instead. What a builder's code depends on is the key (werkzeug's Rule._compile_builder:
+# the rule's parts, its defaults and append_unknown); each rule still binds the function to itself.
+_compile_builder = Rule._compile_builder
+_builders = {}
+
+
+def _compile_builder_once(rule, append_unknown=True):
+    key = (rule.rule, tuple(rule._trace), repr(sorted((rule.defaults or {}).items())), append_unknown)
+    if key not in _builders:
+        _builders[key] = _compile_builder(rule, append_unknown)
+    return _builders[key]
+
+
+Rule._compile_builder = _compile_builder_once
 
 
 @pytest.fixture(scope="session")
@@ -130,8 +149,11 @@ def live_server(app):
     thread.join()
 
 
-# Fixtures made once for many tests that are cheap enough to make once per xdist worker.
-PER_WORKER = {"migrated_database"}
+# Fixtures made once for many tests that are cheap enough to make once per xdist worker, by (folder, name): the
+# session's migrated database, and the browser tests' stack and chromium (two workers each starting their own cost
+# a few seconds and save a minute of pages waiting one after another).
+PER_WORKER = {("tests", "migrated_database"), ("tests/browser", "stack"), ("tests/browser", "chromium"),
+              ("tests/browser", "artifacts")}
 WIDER = ["class", "module", "package", "session"]
 
 
@@ -142,7 +164,8 @@ def _shared_group(item):
     for name in item.fixturenames:
         fixturedef = (item._fixtureinfo.name2fixturedefs.get(name) or [None])[-1]
         # Skip pytest's own (tmp_path_factory and the like: no baseid) and the cheap ones.
-        if fixturedef is None or fixturedef.scope not in WIDER or not fixturedef.baseid or name in PER_WORKER:
+        if (fixturedef is None or fixturedef.scope not in WIDER or not fixturedef.baseid
+                or (fixturedef.baseid, name) in PER_WORKER):
             continue
         rank = WIDER.index(fixturedef.scope)
         home = item.nodeid.split("::")[0] if rank < 2 else fixturedef.baseid

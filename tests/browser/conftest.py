@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.support.stack import ROOT, running_stack
 
@@ -11,6 +12,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / "test-artifacts"
+# A page's step (a click answered, a change streamed) on a box busy with a whole test run (coverage on, under CI)
+# can take past expect's default 5 s: wait up to 10 (a passing test waits no longer for it).
+expect.set_options(timeout=10_000)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -179,9 +179,12 @@ def target(make_app, tmp_path):
 
 
 def files_of(app):
-    """{path under DATA_DIR: bytes} of every file, the database folded into its main file first."""
+    """{path under DATA_DIR: bytes} of every file, the database folded into its main file first (and the app's
+    buffered metrics written first, or its flusher thread could write them between two looks)."""
     data_dir = Path(app.config["DATA_DIR"])
     with app.app_context():
+        counters.flush()
+        db.session.remove()
         db.engine.dispose()
     with closing(sqlite3.connect(data_dir / "instance" / "pdfqueue.db")) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

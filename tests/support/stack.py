@@ -1,13 +1,16 @@
 """Start pdfqueue's real processes on loopback in a throwaway DATA_DIR: gunicorn web processes, worker.py and a
 gateway. The fault drills, the browser and scale-out tests and the benchmarks all run on this one stack."""
+import atexit
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import requests
@@ -179,13 +182,38 @@ def running_stack(gateway_url=None, gateway_delay=None, webs=1, workers=1, data_
             fake = [sys.executable, "-m", "tests.support.fakegateway", str(gateway_port), str(gateway_delay)]
             stack.start("gateway", GATEWAY if gateway_delay is None else fake, f"{stack.gateway_url}/healthz",
                         wait=False)
-        stack.flask("db", "upgrade")
+        _migrate(stack)
         for name in _names("web", webs):
             stack.start_web(name, wait=False)
         for name in _names("worker", workers):
             stack.start(name, WORKER)
         stack.wait_ready()
         yield stack
+
+
+_migrated = {}  # this process's new SQLite database as `flask db upgrade` made it, which later stacks start from
+
+
+def _migrate(stack):
+    """Bring the stack's database to the head: `flask db upgrade`, run once per process for a new SQLite database
+    (each later stack starts from a copy of what it made, as the in-process tests' apps do: tests/conftest.py), and
+    every time for PostgreSQL or a database already there."""
+    database = Path(stack.env.get("INSTANCE_DIR") or stack.data_dir / "instance") / "pdfqueue.db"
+    if stack.env.get("DATABASE_URL") or database.exists():
+        stack.flask("db", "upgrade")
+        return
+    if "sqlite" not in _migrated:
+        env = {name: value for name, value in stack.env.items() if name != "INSTANCE_DIR"}
+        made = Path(tempfile.mkdtemp(prefix="pdfqueue-migrated-"))
+        atexit.register(shutil.rmtree, made, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, check=True,
+                       capture_output=True, env={**env, "DATA_DIR": str(made)})
+        made_database = made / "instance" / "pdfqueue.db"
+        with closing(sqlite3.connect(made_database)) as connection:  # the log folded in: the file alone is it
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _migrated["sqlite"] = made_database
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_migrated["sqlite"], database)
 
 
 def owner_session(stack, admin=False):

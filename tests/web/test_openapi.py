@@ -19,7 +19,7 @@ from core.jobs.history import EventKind
 from core.jobs.model import Job
 from core.jobs.states import STATUS_GROUPS, Status
 from core.outbox import DELIVERED, FAILED, PENDING, SKIPPED, WEBHOOK_EVENTS
-from tests.support.app import ApiClient, claim, upload
+from tests.support.app import ApiClient, claim, pdf_bytes, upload
 from tests.support.contract import ContractBroken, closed
 from tests.support.receiver import Receiver
 from webapp.apidoc import document
@@ -134,6 +134,30 @@ def test_a_status_the_operation_does_not_document_fails(make_app):
 
     with pytest.raises(ContractBroken, match="names no 418 answer"):
         ApiClient(app.test_client()).get("/api/tokens")
+
+
+def test_a_required_header_missing_or_a_header_its_schema_refuses_fails(make_app):
+    app = make_app(UPLOADS_PER_MINUTE=1)
+    retry_after = {}
+    inner = app.wsgi_app
+
+    def mangle(environ, start_response):  # as a proxy in front would: the app's own answer, its header changed
+        def start(status, headers, exc_info=None):
+            if status.startswith("429"):
+                headers = [(name, value) for name, value in headers if name != "Retry-After"]
+                headers += [("Retry-After", retry_after["value"])] if retry_after["value"] else []
+            return start_response(status, headers, exc_info)
+        return inner(environ, start)
+
+    app.wsgi_app = mangle
+    client = ApiClient(app.test_client())
+    upload(client, "first")
+    retry_after["value"] = "soon"  # the document says digits
+    with pytest.raises(ContractBroken, match="header Retry-After: 'soon' does not match"):
+        client.upload((pdf_bytes("second"), "second.pdf"))
+    retry_after["value"] = None
+    with pytest.raises(ContractBroken, match="header Retry-After: required, missing"):
+        client.upload((pdf_bytes("third"), "third.pdf"))
 
 
 def test_a_405_says_which_methods_the_route_takes(client):
