@@ -1,6 +1,6 @@
 """The gateway's settings, one typed object read once at start (pydantic-settings): each a GATEWAY_* variable with
 its type, default and one line of meaning; gateway/README.md's table is checked against them
-(tests/gateway/test_gw_config.py). The gateway stands alone, so it keeps its own, apart from pdfqueue's
+(tests/core/test_config.py). The gateway stands alone, so it keeps its own, apart from pdfqueue's
 (core/config.py)."""
 import multiprocessing
 

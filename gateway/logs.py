@@ -2,7 +2,7 @@
 
 The gateway stands alone (it may run on a box of its own), so it keeps its own copy of pdfqueue's one log format:
 the same keys as every other process (ts, level, logger, message, plus each event's fields); a test holds the two
-formats together (tests/gateway/test_gw_logs.py).
+formats together (tests/core/test_logs.py).
 """
 
 import logging
