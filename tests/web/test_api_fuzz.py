@@ -6,6 +6,7 @@ The short run is part of the suite (about half a minute, with the stack's start)
 (`-m fuzz`: thousands of requests, and stateful sequences that follow the document's links), which CI runs too.
 Webhook URLs stay on this machine and the run never revokes its own token (tests/support/fuzz_hooks.py).
 """
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "support" / "schemathesis.toml"
 # negative_data_rejection: the API is lenient on input by design (tests/support/schemathesis.toml says why).
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,positive_data_acceptance,unsupported_method,allow_header_conformance")
-SHORT = {"max_examples": 3, "max_time": 25, "phases": "examples,coverage,fuzzing", "checks": CHECKS}
+SHORT = {"max_examples": 3, "max_time": 30, "phases": "examples,coverage,fuzzing", "checks": CHECKS}
 LONG = {"max_examples": int(os.environ.get("FUZZ_API_EXAMPLES", "60")),
         "max_time": int(os.environ.get("FUZZ_API_SECONDS", "420")),
         "phases": "examples,coverage,fuzzing,stateful", "checks": "all"}
@@ -70,27 +71,37 @@ def run_schemathesis(stack, session, data, tmp_path, max_examples, max_time, pha
         '"path.token" = { dictionary = "shares", probability = 0.5 }', ""]))
     token = session.headers["Authorization"]
     own_id = session.get(f"{stack.web_url}/api/tokens").json()["tokens"][0]["id"]
-    before = _requests_answered(stack)
+    before, ok_before = _requests_answered(stack), _requests_answered(stack, ok=True)
     started = time.monotonic()
     command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
                f"{stack.web_url}/api/openapi.json", "-H", f"Authorization: {token}",
                "--max-examples", str(max_examples), "--max-time", str(max_time), "--phases", phases,
                "--checks", checks, "--exclude-checks", "negative_data_rejection", "--seed", os.environ.get("FUZZ_API_SEED", "25"), "--no-color", "--workers", "1"]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max_time + 300,
-                              env={**os.environ, "PDFQUEUE_FUZZ_TOKEN_ID": own_id})
+                              env={**_without_coverage(os.environ), "PDFQUEUE_FUZZ_TOKEN_ID": own_id})
     seconds = time.monotonic() - started
-    return finished.returncode, finished.stdout + finished.stderr, _requests_answered(stack) - before, seconds
+    answered = (_requests_answered(stack) - before, _requests_answered(stack, ok=True) - ok_before)
+    return finished.returncode, finished.stdout + finished.stderr, answered, seconds
 
 
-def _requests_answered(stack):
-    return sum(1 for line in stack.log("web").splitlines() if '"logger": "gunicorn.access"' in line)
+def _without_coverage(environ):
+    """The environment less coverage's variables: schemathesis runs none of our code, and measuring it under
+    `CI=true` only slowed the generating of requests."""
+    return {name: value for name, value in environ.items() if not name.startswith("COVERAGE_")}
+
+
+def _requests_answered(stack, ok=False):
+    """How many requests the stack's web answered so far (with ok, only those answered 2xx): its access lines."""
+    lines = [json.loads(line) for line in stack.log("web").splitlines() if '"logger": "gunicorn.access"' in line]
+    return sum(1 for line in lines if not ok or 200 <= line["status"] < 300)
 
 
 def report(label, code, output, requests, seconds):
     """One line of figures for the log (make fuzz-api prints it), and the whole output when the run failed."""
     wanted = ("generated", "Scenarios:", "API Links:")
     summary = [line.strip() for line in output.splitlines() if any(word in line for word in wanted)]
-    print(f"\n{label}: {requests} requests in {seconds:.0f} s, exit {code}; " + " | ".join(summary))
+    answered, ok = requests
+    print(f"\n{label}: {answered} requests ({ok} answered 2xx) in {seconds:.0f} s, exit {code}; " + " | ".join(summary))
     assert code == 0, output[-20000:]
 
 
@@ -99,7 +110,10 @@ def test_generated_requests_get_documented_answers(fuzz_stack, tmp_path):
     stack, session, data = fuzz_stack
     code, output, requests, seconds = run_schemathesis(stack, session, data, tmp_path, **SHORT)
     report("schemathesis (short)", code, output, requests, seconds)
-    assert requests > 100  # it did reach the web (about 450 on an idle box)
+    # It reached the web, and as the token's user (about 500 requests on an idle box; how many depends on the
+    # box's load alone, the run stopping at max_time).
+    answered, ok = requests
+    assert answered > 0 and ok > 0
 
 
 @pytest.mark.fuzz
@@ -108,4 +122,4 @@ def test_thousands_of_generated_requests_and_stateful_sequences(fuzz_stack, tmp_
     stack, session, data = fuzz_stack
     code, output, requests, seconds = run_schemathesis(stack, session, data, tmp_path, **LONG)
     report("schemathesis (long)", code, output, requests, seconds)
-    assert requests > 1000
+    assert requests[0] > 1000
