@@ -128,15 +128,20 @@ def test_unknown_route_and_method_answer_json(client):
     assert_error(client.get("/process"), 405, "METHOD_NOT_ALLOWED")
 
 
-@pytest.fixture
-def access_records():
+def records_of(name):
+    """A fixture's body: every record the named logger (and those under it) writes while the test runs."""
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("gateway.access")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+
+
+@pytest.fixture
+def access_records():
+    yield from records_of("gateway.access")
 
 
 def test_one_log_line_per_request(convert, access_records):
@@ -163,13 +168,7 @@ def test_log_lines_are_json(client, access_records):
 @pytest.fixture
 def gateway_records():
     """Every record the gateway's loggers write (access lines and errors alike)."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("gateway")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    yield from records_of("gateway")
 
 
 def in_the_child(monkeypatch, fault):

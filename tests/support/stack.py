@@ -52,10 +52,10 @@ class Stack:
                                     "MIGRATE": False})
         return self._app
 
-    def flask(self, *args):
-        """Run a `flask` CLI command against this stack's database and files."""
-        subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=self.env, check=True,
-                       capture_output=True)
+    def flask(self, *args, env=None):
+        """Run a `flask` CLI command against this stack's database and files (or those env says instead)."""
+        subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env or self.env,
+                       check=True, capture_output=True)
 
     def start(self, name, argv, health_url=None, wait=True, **extra_env):
         """Start a process; with health_url, return once it answers there (wait=False: once wait_ready() is
@@ -206,8 +206,7 @@ def _migrate(stack):
         env = {name: value for name, value in stack.env.items() if name != "INSTANCE_DIR"}
         made = Path(tempfile.mkdtemp(prefix="pdfqueue-migrated-"))
         atexit.register(shutil.rmtree, made, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, check=True,
-                       capture_output=True, env={**env, "DATA_DIR": str(made)})
+        stack.flask("db", "upgrade", env={**env, "DATA_DIR": str(made)})
         made_database = made / "instance" / "pdfqueue.db"
         with closing(sqlite3.connect(made_database)) as connection:  # the log folded in: the file alone is it
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
