@@ -1,0 +1,144 @@
+"""The pages on a phone (Chromium's touch emulation at 360 and 390 px wide): nothing wider than the screen, axe-core
+clean, the header behind a menu button, touch targets of 44 × 44 px, and the upload-and-watch flow by tapping."""
+import json
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import let_in
+from tests.browser.test_browser import CONVERTED, invoices, upload_via_api
+from tests.browser.test_browser import AXE
+from tests.browser.test_review_browser import wait_finished
+from tests.support.app import pdf_bytes
+
+PHONES = (360, 390)  # the narrowest phone the issue asks for, and a common one (390 × 844)
+HEIGHT = 844
+TARGET = 44  # px: WCAG 2.5.5's touch target
+# Every page a person meets, as (name, path); "{job}" is the converted invoice's id, "{link}" an invitation's secret.
+PAGES = [("upload", "/"), ("queue", "/queue"), ("review", "/review/{job}"), ("users", "/admin/users"),
+         ("tokens", "/tokens"), ("notifications", "/notifications"), ("password", "/link/{link}"),
+         ("login", "/login"), ("api-docs", "/api/docs"), ("error", "/review/not-a-job")]
+SIGNED_OUT = {"password", "login"}
+# Swagger UI's own markup (its <main>s, buttons in buttons, its grey on grey) fails axe at any width, a phone's or a
+# desktop's: on /api/docs axe checks the page around it, which is ours, and not the second <main> it brings.
+AXE_EXCLUDE = {"api-docs": (["#swagger-ui"], ["landmark-no-duplicate-main"])}
+# A file name as long as scanners write them, which must wrap or be cut rather than widen its row.
+HOOK_URL = "https://hooks.example.com/pdfqueue/a-rather-long-path/for-the-phone"
+LONG_NAME = "FATURA-FT-2025-000123-fornecedor-de-materiais-de-construcao-lda.pdf"
+
+
+def phone_context(chromium, width):
+    """A fresh touch-screen context width px wide (a phone's: mobile viewport, device scale 3)."""
+    context = chromium.new_context(viewport={"width": width, "height": HEIGHT}, has_touch=True, is_mobile=True,
+                                   device_scale_factor=3)
+    context.set_default_timeout(15000)
+    return context
+
+
+@pytest.fixture(scope="module")
+def site(stack, chromium):
+    """An admin with two jobs (an invoice converted, a PDF the gateway refused), a webhook, a pending invitation."""
+    from core.accounts import INVITE, OneTimeLink
+    from core.outbox import WEBHOOK_EVENTS, Subscription
+    from tests.support.people import new_email
+
+    context = chromium.new_context()
+    admin = let_in(context, stack, admin=True)
+    page = context.new_page()
+    invoice = invoices(1, seed=1300)[0][1]
+    upload_via_api(page, stack.web_url, [(LONG_NAME, invoice, None), ("unreadable.pdf", pdf_bytes("unreadable-phone"), None)])
+    jobs = {job["filename"]: job for job in wait_finished(page, stack.web_url, 2)}
+    cookies = context.cookies()
+    context.close()
+    with stack.app().app_context():
+        # Straight in the database: the box has no DNS for the URL, which the API would resolve (a public address).
+        Subscription.add_webhook(admin.id, HOOK_URL, list(WEBHOOK_EVENTS), [],
+                                 resolve=lambda *args, **kwargs: [(2, 1, 6, "", ("93.184.216.34", 443))])
+        invited = new_email("invited-with-a-long-address")
+        OneTimeLink.create(INVITE, timedelta(days=1), email=invited)
+        link = OneTimeLink.create(INVITE, timedelta(days=1), email=new_email("phone"))
+    return SimpleNamespace(admin=admin, cookies=cookies, jobs=jobs, link=link,
+                           job=jobs[LONG_NAME]["id"], failed=jobs["unreadable.pdf"]["id"])
+
+
+@pytest.fixture(scope="module", params=PHONES, ids=lambda width: f"{width}px")
+def phone(request, chromium):
+    """A phone's browser context, signed in nowhere (tests add the admin's cookies), and its width."""
+    context = phone_context(chromium, request.param)
+    yield SimpleNamespace(context=context, width=request.param)
+    context.close()
+
+
+def open_page(phone, stack, site, name, path):
+    """A tab of phone on the page name, signed in as the admin unless the page is for people signed out."""
+    phone.context.clear_cookies()
+    if name not in SIGNED_OUT:
+        phone.context.add_cookies(site.cookies)
+    tab = phone.context.new_page()
+    tab.goto(stack.web_url + path.format(job=site.job, link=site.link))
+    settled(tab, name)
+    return tab
+
+
+def settled(tab, name):
+    """Wait for what draws the page after it loads: the stream, pdf.js, Swagger UI."""
+    if name == "queue":
+        expect(tab.locator("#live-state")).to_have_attribute("data-state", "live")
+    elif name == "review":
+        expect(tab.locator('#pdf-viewer canvas[data-page="1"]')).to_have_attribute("data-drawn", "true")
+    elif name == "api-docs":
+        expect(tab.locator(".opblock").first).to_be_visible()
+
+
+def axe_violations(tab, exclude=(), rules_off=()):
+    """Every axe-core violation on the page outside the exclude selectors, but for rules_off, whatever its impact,
+    as (rule, impact, first targets)."""
+    if not tab.evaluate("typeof axe !== 'undefined'"):
+        tab.evaluate(AXE.read_text() + "\n;void 0")  # CDP evaluation: the page's CSP rightly refuses an inline copy
+    result = tab.evaluate("""([exclude, off]) => axe.run({exclude: exclude.map(selector => [selector])}, {
+        resultTypes: ["violations"], rules: Object.fromEntries(off.map(rule => [rule, {enabled: false}]))})""",
+                          [list(exclude), list(rules_off)])
+    return [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in result["violations"]]
+
+
+def overflowing(tab):
+    """The page's scrollWidth, and the elements whose right edge passes the viewport (the culprits, for a failure)."""
+    return tab.evaluate("""() => {
+        const width = document.documentElement.clientWidth, wide = [];
+        // Inside a box that scrolls or clips it (an absolutely placed one escapes those below its containing block).
+        const clipped = el => {
+            let escaping = getComputedStyle(el).position;
+            for (let up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+                const style = getComputedStyle(up);
+                if (escaping === "absolute" && style.position !== "static") escaping = "";
+                if (escaping !== "absolute" && escaping !== "fixed" && style.overflowX !== "visible") return true;
+            }
+            return false;
+        };
+        for (const el of document.querySelectorAll("body *")) {
+            const box = el.getBoundingClientRect();
+            if (clipped(el)) continue;
+            if (box.right > width + 0.5 && box.width > 0) wide.push(el.tagName.toLowerCase() + (el.id ? "#" + el.id : "")
+                + (el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\\s+/).join(".") : "")
+                + " " + Math.round(box.right));
+        }
+        return [document.documentElement.scrollWidth, wide.slice(0, 8)];
+    }""")
+
+
+@pytest.mark.parametrize("name,path", PAGES, ids=[name for name, _ in PAGES])
+def test_no_page_is_wider_than_the_phone_and_axe_passes(phone, stack, site, artifacts, name, path):
+    tab = open_page(phone, stack, site, name, path)
+    try:
+        width, culprits = overflowing(tab)
+        record = artifacts / "phone-widths.json"
+        widths = json.loads(record.read_text()) if record.exists() else {}
+        widths.setdefault(str(phone.width), {})[name] = width
+        record.write_text(json.dumps(widths, indent=1, sort_keys=True))
+        assert width <= phone.width, (width, culprits)
+        violations = axe_violations(tab, *AXE_EXCLUDE.get(name, ()))
+        assert violations == [], [(rule, impact) for rule, impact, _ in violations]
+    finally:
+        tab.close()
