@@ -137,8 +137,146 @@ def test_no_page_is_wider_than_the_phone_and_axe_passes(phone, stack, site, arti
         widths = json.loads(record.read_text()) if record.exists() else {}
         widths.setdefault(str(phone.width), {})[name] = width
         record.write_text(json.dumps(widths, indent=1, sort_keys=True))
+        tab.screenshot(path=str(artifacts / f"phone-{phone.width}-{name}.png"), full_page=True)
         assert width <= phone.width, (width, culprits)
         violations = axe_violations(tab, *AXE_EXCLUDE.get(name, ()))
         assert violations == [], [(rule, impact) for rule, impact, _ in violations]
     finally:
         tab.close()
+
+
+def too_small(locator):
+    """The visible ones of locator's elements smaller than a touch target, as (text or label, width, height)."""
+    small = []
+    for index in range(locator.count()):
+        element = locator.nth(index)
+        box = element.bounding_box()
+        if not element.is_visible() or box is None:
+            continue
+        if box["width"] < TARGET - 0.5 or box["height"] < TARGET - 0.5:
+            name = element.evaluate("el => el.getAttribute('aria-label') || el.innerText.trim() || el.outerHTML.slice(0, 80)")
+            small.append((name, round(box["width"]), round(box["height"])))
+    return small
+
+
+def test_the_header_folds_into_a_menu_whose_links_are_reachable(phone, stack, site):
+    tab = open_page(phone, stack, site, "queue", "/queue")
+    try:
+        menu = tab.get_by_role("button", name="Menu")
+        nav = tab.get_by_role("navigation", name="Main")
+        expect(menu).to_have_attribute("aria-expanded", "false")
+        expect(nav).to_be_hidden()
+        assert too_small(menu) == []
+        menu.tap()
+        expect(menu).to_have_attribute("aria-expanded", "true")
+        links = nav.get_by_role("link")
+        expect(links).to_have_text(["Upload", "Queue", "API tokens", "Notifications", "Users"])
+        expect(nav.get_by_role("button", name="Sign out")).to_be_visible()
+        expect(nav).to_contain_text(site.admin.email)
+        assert too_small(nav.locator("a, button")) == []
+        for index in range(links.count()):  # each one on the screen, none under another
+            box = links.nth(index).bounding_box()
+            assert 0 <= box["x"] and box["x"] + box["width"] <= phone.width, box
+            middle = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            assert tab.evaluate("([x, y, href]) => document.elementFromPoint(x, y).closest('a')?.getAttribute('href')",
+                                [*middle, links.nth(index).get_attribute("href")]) == links.nth(index).get_attribute("href")
+        tab.keyboard.press("Escape")
+        expect(menu).to_have_attribute("aria-expanded", "false")
+        expect(menu).to_be_focused()
+        menu.tap()
+        nav.get_by_role("link", name="API tokens").tap()
+        tab.wait_for_url("**/tokens")
+        expect(tab.get_by_role("heading", name="API tokens")).to_be_visible()
+        expect(tab.get_by_role("navigation", name="Main")).to_be_hidden()  # a new page starts with it folded
+    finally:
+        tab.close()
+
+
+def test_touch_targets_are_44_px(phone, stack, site):
+    tab = open_page(phone, stack, site, "queue", "/queue")
+    try:
+        notify = tab.locator("#notify")
+        expect(notify).to_be_visible()
+        box = notify.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= phone.width, box  # "Notify me…" stays on the screen
+        assert too_small(tab.locator("#menu-button")) == []
+        assert too_small(tab.locator(".page-actions .btn, .filters a, .filters button, .filters select, "
+                                     ".filters input[type=search]")) == []
+        assert too_small(tab.locator("#bulk button")) == []
+        actions = tab.locator("tr.job-row .actions > *, tr.job-row .select-hit, thead .select-hit")
+        assert actions.count() >= 2 * 5 + 1
+        assert too_small(actions) == []
+        for name in ("upload", "review", "users", "tokens", "notifications", "login"):
+            path = dict(PAGES)[name]
+            tab.close()
+            tab = open_page(phone, stack, site, name, path)
+            fields = "main input:not([type=hidden]):not([type=file]):not([type=checkbox])"  # the file's: the drop zone
+            assert too_small(tab.locator(f"main .btn, main label.check, #dropzone, main select, {fields}")) == [], name
+    finally:
+        tab.close()
+
+
+def test_a_phone_uploads_through_the_file_picker_and_watches_the_row_complete(stack, chromium):
+    context = phone_context(chromium, 390)
+    try:
+        let_in(context, stack)
+        tab = context.new_page()
+        polls = []
+        tab.on("request", lambda request: "/queue/rows" in request.url and polls.append(request.url))
+        tab.goto(f"{stack.web_url}/")
+        zone = tab.locator("#dropzone")
+        expect(zone).to_contain_text("Tap to choose PDFs")
+        expect(zone.get_by_text("Drop PDF files here")).to_be_hidden()
+        expect(zone.get_by_text("press Enter")).to_be_hidden()
+        assert too_small(zone) == []
+        name, data, truth = invoices(1, seed=1310)[0]
+        with tab.expect_file_chooser() as chooser:  # the tap opens the phone's picker
+            zone.tap()
+        chooser.value.set_files([{"name": name, "mimeType": "application/pdf", "buffer": data}])
+        expect(tab.locator('#upload-list .upload[data-state="accepted"]')).to_have_count(1)
+        tab.wait_for_url("**/queue")
+        row = tab.locator(f'tr.job-row[data-filename="{name}"]')
+        expect(row).to_be_visible()
+        expect(tab.locator("#live-state")).to_have_attribute("data-state", "live")
+        expect(row).to_have_attribute("data-status", "complete", timeout=CONVERTED)
+        expect(row.get_by_role("link", name=f"Download {name}")).to_be_visible()
+        assert polls == [], "the page polled while the stream was live"
+        box = row.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, box  # a card on the screen, not a table row
+        assert tab.evaluate("document.documentElement.scrollWidth") <= 390
+        with tab.expect_download() as download:
+            row.get_by_role("link", name=f"Download {name}").tap()
+        assert download.value.suggested_filename == name.replace(".pdf", ".xml")
+    finally:
+        context.close()
+
+
+def test_filters_selection_and_a_bulk_retry_by_tapping(stack, chromium, site):
+    context = phone_context(chromium, 360)
+    try:
+        context.add_cookies(site.cookies)
+        tab = context.new_page()
+        tab.goto(f"{stack.web_url}/queue")
+        expect(tab.locator("#live-state")).to_have_attribute("data-state", "live")
+        tab.get_by_role("link", name="Failed").tap()
+        tab.wait_for_url("**/queue?status=failed")
+        rows = tab.locator("tr.job-row")
+        expect(rows).to_have_count(1)
+        expect(rows).to_have_attribute("data-filename", "unreadable.pdf")
+        tab.get_by_role("link", name="All").tap()
+        tab.wait_for_url("**/queue?status=")
+        expect(rows).to_have_count(2)
+        expect(tab.locator("#live-state")).to_have_attribute("data-state", "live")
+        row = tab.locator('tr.job-row[data-filename="unreadable.pdf"]')
+        failed_at = row.get_attribute("data-updated")
+        row.locator(".select-hit").tap()  # the box's 44 px hit area, not the box itself
+        expect(row.get_by_role("checkbox", name="Select unreadable.pdf")).to_be_checked()
+        expect(tab.locator("#bulk-count")).to_have_text("1 job selected")
+        tab.locator("#bulk").get_by_role("button", name="Retry failed").tap()
+        expect(tab.locator("#toast")).to_have_text("1 job queued again.")
+        expect(tab.locator("#bulk-count")).to_have_text("No job selected")
+        expect(row).not_to_have_attribute("data-updated", failed_at)  # the stream brings the retried job's rows
+        expect(row).to_have_attribute("data-status", "failed", timeout=CONVERTED)
+        assert tab.evaluate("document.documentElement.scrollWidth") <= 360
+    finally:
+        context.close()
