@@ -159,7 +159,7 @@ def too_small(locator):
     return small
 
 
-def test_the_header_folds_into_a_menu_whose_links_are_reachable(phone, stack, site):
+def test_the_header_folds_into_a_menu_whose_links_are_reachable(phone, stack, site, artifacts):
     tab = open_page(phone, stack, site, "queue", "/queue")
     try:
         menu = tab.get_by_role("button", name="Menu")
@@ -173,6 +173,7 @@ def test_the_header_folds_into_a_menu_whose_links_are_reachable(phone, stack, si
         expect(links).to_have_text(["Upload", "Queue", "API tokens", "Notifications", "Users"])
         expect(nav.get_by_role("button", name="Sign out")).to_be_visible()
         expect(nav).to_contain_text(site.admin.email)
+        tab.screenshot(path=str(artifacts / f"phone-{phone.width}-menu.png"))
         assert too_small(nav.locator("a, button")) == []
         for index in range(links.count()):  # each one on the screen, none under another
             box = links.nth(index).bounding_box()
@@ -278,5 +279,23 @@ def test_filters_selection_and_a_bulk_retry_by_tapping(stack, chromium, site):
         expect(row).not_to_have_attribute("data-updated", failed_at)  # the stream brings the retried job's rows
         expect(row).to_have_attribute("data-status", "failed", timeout=CONVERTED)
         assert tab.evaluate("document.documentElement.scrollWidth") <= 360
+    finally:
+        context.close()
+
+
+def test_a_tablet_scrolls_the_pdf_in_a_focusable_box(stack, chromium, site):
+    context = phone_context(chromium, 768)  # one column, and the PDF's pages taller than its box
+    try:
+        context.add_cookies(site.cookies)
+        tab = context.new_page()
+        tab.goto(f"{stack.web_url}/review/{site.job}")
+        settled(tab, "review")
+        viewer = tab.get_by_role("region", name=LONG_NAME)
+        assert viewer.evaluate("box => box.scrollHeight > box.clientHeight")
+        viewer.focus()
+        tab.keyboard.press("PageDown")
+        expect(viewer).not_to_have_js_property("scrollTop", 0)
+        assert tab.evaluate("document.documentElement.scrollWidth") <= 768
+        assert axe_violations(tab) == []
     finally:
         context.close()
