@@ -212,7 +212,8 @@ def test_touch_targets_are_44_px(phone, stack, site):
             tab.close()
             tab = open_page(phone, stack, site, name, path)
             fields = "main input:not([type=hidden]):not([type=file]):not([type=checkbox])"  # the file's: the drop zone
-            assert too_small(tab.locator(f"main .btn, main label.check, #dropzone, main select, {fields}")) == [], name
+            assert too_small(tab.locator(f"main .btn, main label.check, main .check label, #dropzone, main select, {fields}")
+                             ) == [], name
     finally:
         tab.close()
 
