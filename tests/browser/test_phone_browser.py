@@ -8,8 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import let_in
-from tests.browser.test_browser import CONVERTED, invoices, upload_via_api
-from tests.browser.test_browser import AXE
+from tests.browser.test_browser import AXE, CONVERTED, invoices, upload_via_api
 from tests.browser.test_review_browser import wait_finished
 from tests.support.app import pdf_bytes
 
@@ -24,8 +23,8 @@ SIGNED_OUT = {"password", "login"}
 # Swagger UI's own markup (its <main>s, buttons in buttons, its grey on grey) fails axe at any width, a phone's or a
 # desktop's: on /api/docs axe checks the page around it, which is ours, and not the second <main> it brings.
 AXE_EXCLUDE = {"api-docs": (["#swagger-ui"], ["landmark-no-duplicate-main"])}
-# A file name as long as scanners write them, which must wrap or be cut rather than widen its row.
 HOOK_URL = "https://hooks.example.com/pdfqueue/a-rather-long-path/for-the-phone"
+# A file name as long as scanners write them, which must wrap or be cut rather than widen its row.
 LONG_NAME = "FATURA-FT-2025-000123-fornecedor-de-materiais-de-construcao-lda.pdf"
 
 
@@ -48,7 +47,8 @@ def site(stack, chromium):
     admin = let_in(context, stack, admin=True)
     page = context.new_page()
     invoice = invoices(1, seed=1300)[0][1]
-    upload_via_api(page, stack.web_url, [(LONG_NAME, invoice, None), ("unreadable.pdf", pdf_bytes("unreadable-phone"), None)])
+    refused = pdf_bytes("unreadable-phone")  # the gateway cannot open it: a failed job
+    upload_via_api(page, stack.web_url, [(LONG_NAME, invoice, None), ("unreadable.pdf", refused, None)])
     jobs = {job["filename"]: job for job in wait_finished(page, stack.web_url, 2)}
     cookies = context.cookies()
     context.close()
@@ -59,8 +59,8 @@ def site(stack, chromium):
         invited = new_email("invited-with-a-long-address")
         OneTimeLink.create(INVITE, timedelta(days=1), email=invited)
         link = OneTimeLink.create(INVITE, timedelta(days=1), email=new_email("phone"))
-    return SimpleNamespace(admin=admin, cookies=cookies, jobs=jobs, link=link,
-                           job=jobs[LONG_NAME]["id"], failed=jobs["unreadable.pdf"]["id"])
+    assert jobs[LONG_NAME]["status"] == "complete" and jobs["unreadable.pdf"]["status"] == "failed"
+    return SimpleNamespace(admin=admin, cookies=cookies, link=link, job=jobs[LONG_NAME]["id"])
 
 
 @pytest.fixture(scope="module", params=PHONES, ids=lambda width: f"{width}px")
@@ -117,12 +117,13 @@ def overflowing(tab):
             }
             return false;
         };
+        const named = el => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "")
+            + (typeof el.className === "string" && el.className ? "." + el.className.trim().replace(/\\s+/g, ".") : "");
         for (const el of document.querySelectorAll("body *")) {
             const box = el.getBoundingClientRect();
-            if (clipped(el)) continue;
-            if (box.right > width + 0.5 && box.width > 0) wide.push(el.tagName.toLowerCase() + (el.id ? "#" + el.id : "")
-                + (el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\\s+/).join(".") : "")
-                + " " + Math.round(box.right));
+            if (box.right > width + 0.5 && box.width > 0 && !clipped(el)) {
+                wide.push(named(el) + " " + Math.round(box.right));
+            }
         }
         return [document.documentElement.scrollWidth, wide.slice(0, 8)];
     }""")
@@ -154,7 +155,8 @@ def too_small(locator):
         if not element.is_visible() or box is None:
             continue
         if box["width"] < TARGET - 0.5 or box["height"] < TARGET - 0.5:
-            name = element.evaluate("el => el.getAttribute('aria-label') || el.innerText.trim() || el.outerHTML.slice(0, 80)")
+            name = element.evaluate("el => el.getAttribute('aria-label') || el.innerText.trim() "
+                                    "|| el.outerHTML.slice(0, 80)")
             small.append((name, round(box["width"]), round(box["height"])))
     return small
 
@@ -178,9 +180,10 @@ def test_the_header_folds_into_a_menu_whose_links_are_reachable(phone, stack, si
         for index in range(links.count()):  # each one on the screen, none under another
             box = links.nth(index).bounding_box()
             assert 0 <= box["x"] and box["x"] + box["width"] <= phone.width, box
-            middle = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            assert tab.evaluate("([x, y, href]) => document.elementFromPoint(x, y).closest('a')?.getAttribute('href')",
-                                [*middle, links.nth(index).get_attribute("href")]) == links.nth(index).get_attribute("href")
+            middle = [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2]
+            on_top = tab.evaluate("([x, y]) => document.elementFromPoint(x, y).closest('a')?.getAttribute('href')",
+                                  middle)
+            assert on_top == links.nth(index).get_attribute("href")
         tab.keyboard.press("Escape")
         expect(menu).to_have_attribute("aria-expanded", "false")
         expect(menu).to_be_focused()
@@ -211,9 +214,10 @@ def test_touch_targets_are_44_px(phone, stack, site):
             path = dict(PAGES)[name]
             tab.close()
             tab = open_page(phone, stack, site, name, path)
-            fields = "main input:not([type=hidden]):not([type=file]):not([type=checkbox])"  # the file's: the drop zone
-            assert too_small(tab.locator(f"main .btn, main label.check, main .check label, #dropzone, main select, {fields}")
-                             ) == [], name
+            # A checkbox's target is its label; the file input's, the drop zone.
+            fields = "main input:not([type=hidden]):not([type=file]):not([type=checkbox])"
+            targets = f"main .btn, main label.check, main .check label, #dropzone, main select, {fields}"
+            assert too_small(tab.locator(targets)) == [], name
     finally:
         tab.close()
 
@@ -231,7 +235,7 @@ def test_a_phone_uploads_through_the_file_picker_and_watches_the_row_complete(st
         expect(zone.get_by_text("Drop PDF files here")).to_be_hidden()
         expect(zone.get_by_text("press Enter")).to_be_hidden()
         assert too_small(zone) == []
-        name, data, truth = invoices(1, seed=1310)[0]
+        name, data, _ = invoices(1, seed=1310)[0]
         with tab.expect_file_chooser() as chooser:  # the tap opens the phone's picker
             zone.tap()
         chooser.value.set_files([{"name": name, "mimeType": "application/pdf", "buffer": data}])
