@@ -148,17 +148,12 @@ def test_no_page_is_wider_than_the_phone_and_axe_passes(phone, stack, site, arti
 
 def too_small(locator):
     """The visible ones of locator's elements smaller than a touch target, as (text or label, width, height)."""
-    small = []
-    for index in range(locator.count()):
-        element = locator.nth(index)
-        box = element.bounding_box()
-        if not element.is_visible() or box is None:
-            continue
-        if box["width"] < TARGET - 0.5 or box["height"] < TARGET - 0.5:
-            name = element.evaluate("el => el.getAttribute('aria-label') || el.innerText.trim() "
-                                    "|| el.outerHTML.slice(0, 80)")
-            small.append((name, round(box["width"]), round(box["height"])))
-    return small
+    return [tuple(each) for each in locator.evaluate_all("""(elements, target) => elements
+        .filter(el => el.checkVisibility() && el.getBoundingClientRect().width > 0)
+        .map(el => [el.getAttribute("aria-label") || el.innerText.trim() || el.outerHTML.slice(0, 80),
+                    el.getBoundingClientRect().width, el.getBoundingClientRect().height])
+        .filter(([, width, height]) => width < target - 0.5 || height < target - 0.5)
+        .map(([name, width, height]) => [name, Math.round(width), Math.round(height)])""", TARGET)]
 
 
 def test_the_header_folds_into_a_menu_whose_links_are_reachable(phone, stack, site, artifacts):
