@@ -299,3 +299,19 @@ def test_a_tablet_scrolls_the_pdf_in_a_focusable_box(stack, chromium, site):
         assert axe_violations(tab) == []
     finally:
         context.close()
+
+
+def test_without_javascript_the_links_wrap_and_the_pages_fit(stack, chromium, site):
+    context = chromium.new_context(viewport={"width": 360, "height": HEIGHT}, has_touch=True, is_mobile=True,
+                                   java_script_enabled=False)
+    try:
+        context.add_cookies(site.cookies)
+        tab = context.new_page()
+        for path in ("/", "/queue", "/admin/users"):
+            tab.goto(stack.web_url + path)
+            expect(tab.get_by_role("button", name="Menu")).to_be_hidden()  # nothing would open it
+            expect(tab.get_by_role("navigation", name="Main").get_by_role("link", name="Users")).to_be_visible()
+            width, culprits = overflowing(tab)
+            assert width <= 360, (path, width, culprits)
+    finally:
+        context.close()
