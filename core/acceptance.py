@@ -2,7 +2,9 @@
 MAX_UPLOAD_MB, room for it (the owner's quota, the disk's floor), kept under a name we choose as a queued job, or
 the live job it repeats (dedupe by content)."""
 import os
+import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 from flask import current_app
@@ -16,6 +18,18 @@ from core.jobs.model import Job, new_id
 from core.paths import kept_file
 
 PDF_MAGIC = b"%PDF-"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_FILENAME = 255
+
+
+def display_name(raw):
+    """The file name as given, made safe to show: no control characters, no format characters (Unicode
+    category Cf: bidi overrides that make "fdp.exe" read "exe.pdf", zero-width ones that hide a difference), not
+    absurdly long."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = _CONTROL.sub("", name.encode("utf-8", "replace").decode("utf-8", "replace"))
+    name = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
+    return name[:MAX_FILENAME] or "upload.pdf"
 
 
 def check_pdf(head, size, name):

@@ -9,6 +9,7 @@ workers. The poll itself is core/intake/.
 """
 import base64
 from datetime import datetime, timedelta
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -89,6 +90,30 @@ def unseal(token):
                           "(sources remove, then add).") from None
 
 
+def create(url, owner_email, mapping=None, senders=(), password=None):
+    """Set up a source as the admin page and the CLI ask: the new Source; raise SourceError saying what is wrong
+    (the URL, an unknown owner or mapping, a folder that is not one, a mailbox without its password)."""
+    from core.accounts import User  # accounts imports much; only setting up a source needs it
+
+    config = current_app.config
+    kind, parts = parse_url(url)
+    user = User.by_email(owner_email or "")
+    if user is None:
+        raise SourceError(f"No account for {owner_email!r}: the owner must be someone who can sign in.")
+    mapping = mapping or config["DEFAULT_MAPPING"]
+    if mapping not in config["MAPPINGS"]:
+        raise SourceError(f"Unknown mapping {mapping[:80]!r}; choose one of: {', '.join(config['MAPPINGS'])}.")
+    senders = [sender for sender in senders if sender.strip()]
+    if kind == FOLDER:
+        if senders:
+            raise SourceError("An allow-list of senders is for a mailbox; a folder has no senders.")
+        if not Path(parts["path"]).is_dir():
+            raise SourceError(f"{parts['path']} is not a folder on this machine.")
+    elif not password:
+        raise SourceError("A mailbox needs its password.")
+    return Source.add(url, user.id, mapping, senders, password if kind == IMAP else None)
+
+
 class Source(db.Model):
     """One mailbox or folder that feeds an owner's queue, and how its polls are going."""
 
@@ -135,8 +160,6 @@ class Source(db.Model):
         """A new source, on and due at once; raise SourceError if the URL is not one we take or a mailbox has no
         password."""
         kind, _parts = parse_url(url)
-        if kind == IMAP and not password:
-            raise SourceError("A mailbox needs its password.")
         senders = sorted({sender.strip().lower() for sender in senders if sender.strip()})
         with write_transaction() as session:
             source = cls(kind=kind, url=url.strip(), owner=owner, mapping=mapping, allow_from="\n".join(senders),

@@ -1,9 +1,7 @@
 """Incoming files: streamed to disk while hashed, checked, then kept under a name we choose."""
 import hashlib
 import logging
-import re
 import tempfile
-import unicodedata
 from math import inf
 from pathlib import Path
 
@@ -15,10 +13,8 @@ from werkzeug.formparser import FormDataParser
 from werkzeug.http import parse_options_header
 
 from core import codes, counters, queue
-from core.acceptance import PDF_MAGIC, check_pdf, keep, log_queued
+from core.acceptance import PDF_MAGIC, check_pdf, display_name, keep, log_queued  # noqa: F401 (display_name: bulk.py)
 from core.errors import ApiError, from_os_error
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-MAX_FILENAME = 255
 
 logger = logging.getLogger("pdfqueue.web")
 
@@ -218,16 +214,6 @@ def discard_incoming(_exc=None):
         incoming.close()
         if not incoming.kept:
             incoming.path.unlink(missing_ok=True)
-
-
-def display_name(raw):
-    """The file name as given, made safe to show: no control characters, no format characters (Unicode
-    category Cf: bidi overrides that make "fdp.exe" read "exe.pdf", zero-width ones that hide a difference), not
-    absurdly long."""
-    name = unicodedata.normalize("NFC", raw or "")
-    name = _CONTROL.sub("", name.encode("utf-8", "replace").decode("utf-8", "replace"))
-    name = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
-    return name[:MAX_FILENAME] or "upload.pdf"
 
 
 def normalize_mapping(name, allowed):

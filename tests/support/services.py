@@ -1,4 +1,5 @@
-"""Throwaway redis-server and PostgreSQL cluster on loopback, in a temp dir, for scale-out tests and by hand.
+"""Throwaway redis-server, PostgreSQL cluster and Dovecot IMAP server on loopback, in a temp dir, for the tests
+that need them and by hand.
 
     python -m tests.support.services        # start both, print REDIS_URL and DATABASE_URL, Ctrl-C stops and removes them
 
@@ -113,6 +114,115 @@ def postgres_cluster(database="pdfqueue"):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+DOVECOT_CONF = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 1
+default_internal_user = {internal}
+default_login_user = {login}
+mail_location = maildir:{root}/mail/%u
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+"""
+
+
+class Dovecot:
+    """A Dovecot IMAP server on a loopback port with one user (user / password), its mail in a temp maildir; it can
+    be stopped and started again on the same port (an outage)."""
+
+    USER, PASSWORD = "invoices", "a mailbox password"
+
+    def __init__(self, root):
+        self.binary = require("/usr/sbin/dovecot", "Dovecot IMAP server (Debian's dovecot-imapd)")
+        self.root = Path(root)
+        self.port = free_port()
+        self.process = None
+        root_user = os.geteuid() == 0
+        # As root, mail is kept as nobody (Dovecot runs no mail process as root); otherwise as ourselves.
+        uid, gid = (65534, 65534) if root_user else (os.getuid(), os.getgid())
+        me = os.environ.get("USER") or str(os.getuid())
+        for sub in ("run", "state", "mail", "home"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if root_user:
+            for sub in ("mail", "home"):
+                os.chown(self.root / sub, uid, gid)
+        (self.root / "passwd").write_text(f"{self.USER}:{{PLAIN}}{self.PASSWORD}::::::\n")
+        self.conf = self.root / "dovecot.conf"
+        self.conf.write_text(DOVECOT_CONF.format(
+            root=self.root, port=self.port, uid=uid, gid=gid, internal="dovecot" if root_user else me,
+            login="dovenull" if root_user else me))
+
+    def url(self, mailbox="INBOX"):
+        return f"imap://{self.USER}@127.0.0.1:{self.port}/{mailbox}"
+
+    def start(self):
+        self.process = subprocess.Popen([self.binary, "-F", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        try:
+            _wait_port(self.port, self.process, time.monotonic() + 15, "dovecot")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.log()[-2000:]}") from None
+        return self
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+        self.process = None
+
+    def log(self):
+        path = self.root / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def mailbox(self):
+        """An imap-tools connection as the user (APPEND and look), logged in; close it with logout()."""
+        from imap_tools import MailBoxUnencrypted
+        return MailBoxUnencrypted("127.0.0.1", self.port).login(self.USER, self.PASSWORD)
+
+
+@contextmanager
+def dovecot_server(workdir=None):
+    """Run Dovecot on a free loopback port in a temp dir; yield the Dovecot."""
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="dovecot-") as folder:
+        os.chmod(folder, 0o755)  # its login processes run as another user and must reach the run dir
+        server = Dovecot(folder).start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
