@@ -204,13 +204,14 @@ class Source(db.Model):
     # -- a poll's lease: the one guard against two polls of a source at once ------------------------------------
 
     @classmethod
-    def take_lease(cls, source_id, holder, seconds, force=False):
-        """Take the source's poll lease for seconds if it is on, due (or force) and nobody holds it (or theirs
-        lapsed); True if taken. One conditional UPDATE: of racing pollers, one wins."""
+    def take_lease(cls, source_id, holder, seconds, anytime=False, even_off=False):
+        """Take the source's poll lease for seconds if nobody holds it (or theirs lapsed), it is on (or even_off)
+        and due (or anytime); True if taken. One conditional UPDATE: of racing pollers, one wins."""
         now = utcnow()
-        conditions = [cls.id == source_id, cls.enabled.is_(True) | force,
-                      cls.lease_holder.is_(None) | (cls.lease_expires_at < now)]
-        if not force:
+        conditions = [cls.id == source_id, cls.lease_holder.is_(None) | (cls.lease_expires_at < now)]
+        if not even_off:
+            conditions.append(cls.enabled.is_(True))
+        if not anytime:
             conditions.append(cls.next_poll_at.is_(None) | (cls.next_poll_at <= now))
         with write_transaction() as session:
             return session.execute(update(cls).where(*conditions).values(

@@ -280,7 +280,8 @@ def sources_list(as_json):
 @sources.command("poll")
 @click.argument("source_id", required=False, type=int)
 def sources_poll(source_id):
-    """Poll one source (or every enabled one) once, now, in the foreground; print what it took."""
+    """Poll one source (even one that is off), or every enabled one, once, now, in the foreground; print what it
+    took. Exits 1 if a poll failed."""
     if source_id is not None:
         if db.session.get(sources_module.Source, source_id) is None:
             raise click.ClickException(f"no source {source_id}")
@@ -289,7 +290,7 @@ def sources_poll(source_id):
         ids = [source.id for source in sources_module.Source.listed() if source.enabled]
     failed = False
     for one in ids:
-        run = intake.poll(one, force=True)
+        run = intake.poll(one, anytime=True, even_off=source_id is not None)
         if run is None:
             click.echo(f"source {one}: a poll of it is under way elsewhere; nothing done")
             continue

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from core.intake.runner import PollFailed, Rejected
+from core.intake.failures import PollFailed, Rejected
 
 DONE, REJECTED = "done", "rejected"
 # Names writers give a file they have not finished (browsers, rsync, editors): left alone, never rejected.

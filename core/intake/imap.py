@@ -13,7 +13,7 @@ from flask import current_app
 from imap_tools import MailBox, MailBoxUnencrypted
 from imap_tools.errors import ImapToolsError, MailboxLoginError
 
-from core.intake.runner import PollFailed, Rejected
+from core.intake.failures import PollFailed, Rejected
 from core.sources import DONE_FOLDER, REJECTED_FOLDER, unseal
 
 logger = logging.getLogger("pdfqueue.intake")

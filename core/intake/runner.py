@@ -16,6 +16,7 @@ from core.acceptance import PDF_MAGIC, check_pdf, check_size, display_name, keep
 from core.clock import utcnow
 from core.db import db
 from core.errors import ApiError
+from core.intake.failures import PollFailed, Rejected
 from core.sources import FOLDER, IMAP, Source, SourceError
 
 logger = logging.getLogger("pdfqueue.intake")
@@ -25,14 +26,6 @@ logger = logging.getLogger("pdfqueue.intake")
 FILE_FAULTS = {codes.EMPTY, codes.NOT_PDF, codes.TOO_LARGE}
 WINDOW = timedelta(seconds=60)
 CHUNK = 1024 * 1024
-
-
-class PollFailed(Exception):
-    """The poll cannot go on (server down, password refused, no room to keep files): what is left waits in place."""
-
-
-class Rejected(Exception):
-    """One file refused for what it is (not a PDF, too large, empty); its text says why."""
 
 
 def holder_id():
@@ -134,12 +127,12 @@ class Poll:
         counters.add((counters.INTAKE_FILES, {"source": str(self.source.id), "outcome": "rejected"}, 1))
 
 
-def poll(source_id, force=False, holder=None):
-    """Poll the source once if its lease is free (and it is due, unless force): the Poll, or None if it was not
-    polled (busy, not due, off or gone). Its outcome is recorded on the source whatever happens."""
+def poll(source_id, anytime=False, even_off=False, holder=None):
+    """Poll the source once if its lease is free, it is on (or even_off) and due (or anytime): the Poll, or None if
+    it was not polled (busy, not due, off or gone). Its outcome is recorded on the source whatever happens."""
     holder = holder or holder_id()
     config = current_app.config
-    if not Source.take_lease(source_id, holder, config["INTAKE_LEASE_SECONDS"], force=force):
+    if not Source.take_lease(source_id, holder, config["INTAKE_LEASE_SECONDS"], anytime=anytime, even_off=even_off):
         return None
     source = db.session.get(Source, source_id)
     db.session.refresh(source)
