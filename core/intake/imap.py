@@ -113,6 +113,8 @@ def describe(exc):
     """A failure as one readable line."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server running?)"
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, EOFError)) or isinstance(exc, imaplib.IMAP4.abort):
+        return "the server broke off the connection (is it restarting?)"
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     text = str(exc) or type(exc).__name__
