@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
@@ -405,3 +406,52 @@ def test_the_worker_leading_upkeep_takes_a_dropped_file_within_seconds(app, owne
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert (inbox / "done" / "dropped.pdf").exists()
+
+
+def this_hosts_address():
+    """An address of this machine that is not loopback (the one a route out would use)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, the kernel only picks a source address
+            return probe.getsockname()[0]
+        except OSError:
+            return None
+
+
+def test_plain_imap_to_a_host_beyond_loopback_never_sends_the_password(app, owner):
+    """An imap:// server that offers no STARTTLS, on an address other than loopback: the poll refuses before LOGIN."""
+    import socket
+    address = this_hosts_address()
+    if address is None or address.startswith("127."):
+        from tests.support.services import unavailable
+        unavailable("this machine has no address beyond loopback")
+    heard = []
+    listener = socket.create_server((address, 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection, connection.makefile("rwb") as stream:
+            stream.write(b"* OK fake IMAP server without STARTTLS\r\n")
+            stream.flush()
+            for line in stream:
+                heard.append(line)
+                tag = line.split(b" ", 1)[0]
+                if b"CAPABILITY" in line.upper():
+                    stream.write(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag + b" OK done\r\n")
+                else:
+                    stream.write(tag + b" OK done\r\n")
+                stream.flush()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        beyond = SimpleNamespace(url=lambda: f"imap://invoices@{address}:{port}/INBOX", PASSWORD="a secret")
+        source_id = add_mailbox(app, beyond, owner)
+        result = cli(app, "poll", str(source_id))
+        server.join(timeout=10)
+    finally:
+        listener.close()
+    assert result.exit_code == 1 and "offers no STARTTLS" in result.output
+    assert heard and not any(b"LOGIN" in line.upper() or b"a secret" in line for line in heard)
