@@ -1,6 +1,7 @@
 """Intake in the worker: the process that leads upkeep (the maintenance lease, worker/upkeep.py) also polls the
 sources that are due (core/intake/) and watches every folder source with watchfiles, polling a folder as soon as
-something in it changes. Polls run on a small pool so that a slow mailbox holds up no other source; each takes its
+something in it changes, and holds an IMAP IDLE on each mailbox whose server offers it, polling the mailbox as soon as
+the server says a message arrived (Idler). Polls run on a small pool so that a slow mailbox holds up no other source; each takes its
 source's lease first (core/sources.py), so a poll never starts while the source's previous one still runs, in this
 process or in another that led before."""
 import logging
@@ -13,8 +14,9 @@ import watchfiles
 from core.coordination import Coordination
 from core.clock import utcnow
 from core.db import db
-from core.intake import runner
-from core.sources import FOLDER, Source
+from core.backoff import backoff
+from core.intake import imap, runner
+from core.sources import FOLDER, IMAP, Source, unseal
 from worker.leases import PROCESS_ID
 from worker.upkeep import MAINTENANCE
 
@@ -22,6 +24,7 @@ logger = logging.getLogger("pdfqueue.intake")
 
 TICK_SECONDS = 1.0  # how often due sources are looked for (and the folder watch given a chance to end)
 POLLERS = 2  # polls at a time in this process
+IDLE_SECONDS = 60  # an IDLE is ended and begun again this often (servers drop one after 30 minutes at the least)
 
 
 class Intake(threading.Thread):
@@ -34,11 +37,14 @@ class Intake(threading.Thread):
         self.pool = ThreadPoolExecutor(max_workers=POLLERS, thread_name_prefix="intake-poll")
         self.in_flight = set()  # source ids this process is polling now
         self.lock = threading.Lock()
+        self.idlers = {}  # source id -> Idler, for each enabled mailbox while this process leads
 
     def run(self):
         while not self.stopped.is_set():
             try:
-                folders = self._folders() if self._leads() else None
+                leads = self._leads()
+                self._keep_idlers(leads)
+                folders = self._folders() if leads else None
                 if folders:
                     self._watch(folders)
                 else:
@@ -48,10 +54,26 @@ class Intake(threading.Thread):
             except Exception:  # intake must outlive a bad tick (database restarting, say); the next one retries
                 logger.exception("intake tick failed")
                 self.stopped.wait(TICK_SECONDS)
+        self._keep_idlers(False)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def stop(self):
         self.stopped.set()
+
+    def _keep_idlers(self, leads):
+        """One Idler per enabled mailbox while this process leads; none otherwise."""
+        wanted = set()
+        if leads:
+            with self.app.app_context():
+                try:
+                    wanted = {source.id for source in Source.listed() if source.enabled and source.kind == IMAP}
+                finally:
+                    db.session.remove()
+        for source_id in set(self.idlers) - wanted:
+            self.idlers.pop(source_id).stopped.set()
+        for source_id in wanted - set(self.idlers):
+            self.idlers[source_id] = Idler(self, source_id)
+            self.idlers[source_id].start()
 
     def _leads(self):
         with self.app.app_context():
@@ -81,7 +103,9 @@ class Intake(threading.Thread):
             changed = {by_path[parent] for _, path in changes
                        if (parent := os.path.dirname(os.path.realpath(path))) in by_path}
             self.tick(changed)
-            if not self._leads() or self._folders() != folders:
+            leads = self._leads()
+            self._keep_idlers(leads)
+            if not leads or self._folders() != folders:
                 return
 
     def tick(self, changed=()):
@@ -110,3 +134,47 @@ class Intake(threading.Thread):
         finally:
             with self.lock:
                 self.in_flight.discard(source_id)
+
+
+class Idler(threading.Thread):
+    """Hold an IMAP IDLE on one mailbox source and have it polled as soon as the server says a message arrived
+    (EXISTS). Where the server offers no IDLE, or the connection fails, the regular polls carry on alone; a failing
+    IDLE waits longer each time before it tries again."""
+
+    def __init__(self, intake, source_id):
+        super().__init__(name=f"intake-idle-{source_id}", daemon=True)
+        self.intake, self.source_id = intake, source_id
+        self.stopped = threading.Event()
+        self.idling = threading.Event()  # set once its IDLE is under way
+
+    def run(self):
+        failures = 0
+        app = self.intake.app
+        while not self.stopped.is_set():
+            try:
+                with app.app_context():
+                    try:
+                        source = db.session.get(Source, self.source_id)
+                        if source is None:
+                            return
+                        parts, password = source.parts, unseal(source.secret)
+                        timeout = app.config["INTAKE_TIMEOUT"]
+                    finally:
+                        db.session.remove()
+                with imap.connect(parts, timeout) as mailbox:
+                    mailbox.login(parts["user"], password, initial_folder=parts["mailbox"])
+                    if "IDLE" not in mailbox.client.capabilities:
+                        logger.info("source %s: the server offers no IDLE; polling only", self.source_id)
+                        return
+                    failures = 0
+                    self.intake.tick({self.source_id})  # what arrived since the last poll, before the IDLE began
+                    self.idling.set()
+                    while not self.stopped.is_set():
+                        if any(b"EXISTS" in line for line in mailbox.idle.wait(timeout=IDLE_SECONDS)):
+                            self.intake.tick({self.source_id})
+            except Exception as exc:  # swallowed on purpose: the polls record the mailbox's failures on the source
+                self.idling.clear()
+                failures += 1
+                logger.info("source %s: IDLE failed (%s); polling carries on", self.source_id, exc)
+                self.stopped.wait(backoff(failures, app.config["INTAKE_RETRY_BASE_SECONDS"],
+                                          app.config["INTAKE_RETRY_MAX_SECONDS"]))

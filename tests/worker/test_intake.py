@@ -455,3 +455,34 @@ def test_plain_imap_to_a_host_beyond_loopback_never_sends_the_password(app, owne
         listener.close()
     assert result.exit_code == 1 and "offers no STARTTLS" in result.output
     assert heard and not any(b"LOGIN" in line.upper() or b"a secret" in line for line in heard)
+
+
+def test_the_worker_takes_new_mail_at_once_through_imap_idle(make_app, dovecot, mailbox):
+    """With polls an hour apart, only the server's IDLE news can bring a new message in within seconds."""
+    from core.coordination import Coordination
+    from worker.intake import Intake
+    from worker.leases import PROCESS_ID
+    from worker.upkeep import MAINTENANCE
+    app = make_app(INTAKE_POLL_SECONDS=3600)
+    owner = signed_in(app)[0]
+    source_id = add_mailbox(app, dovecot, owner)
+    with app.app_context():
+        assert Coordination.take_lead(MAINTENANCE, PROCESS_ID, 60)
+        db.session.remove()
+    intake = Intake(app)
+    intake.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (source_id in intake.idlers and intake.idlers[source_id].idling.is_set()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        polls = source_row(app, source_id).polls
+        mailbox.append(message(subject="pushed", attachments=[pdf("pushed")]))
+        while not jobs_of(app, owner):
+            assert time.monotonic() < deadline, source_row(app, source_id).to_dict()
+            time.sleep(0.05)
+    finally:
+        intake.stop()
+        intake.join(timeout=10)
+    assert [job.filename for job in jobs_of(app, owner)] == ["pushed.pdf"]
+    assert source_row(app, source_id).polls > polls
