@@ -157,8 +157,8 @@ class Source(db.Model):
 
     @classmethod
     def add(cls, url, owner, mapping, senders=(), password=None):
-        """A new source, on and due at once; raise SourceError if the URL is not one we take or a mailbox has no
-        password."""
+        """A new source, on and due at once (create() checks what an admin asked for first); raise SourceError if
+        the URL is not one we take."""
         kind, _parts = parse_url(url)
         senders = sorted({sender.strip().lower() for sender in senders if sender.strip()})
         with write_transaction() as session:
