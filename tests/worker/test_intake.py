@@ -486,3 +486,17 @@ def test_the_worker_takes_new_mail_at_once_through_imap_idle(make_app, dovecot, 
         intake.join(timeout=10)
     assert [job.filename for job in jobs_of(app, owner)] == ["pushed.pdf"]
     assert source_row(app, source_id).polls > polls
+
+
+def test_without_the_variable_the_password_is_asked_for_hidden(app, owner, monkeypatch):
+    from core.sources import unseal
+    monkeypatch.delenv("PDFQUEUE_SOURCE_PASSWORD", raising=False)
+    result = app.test_cli_runner().invoke(args=["sources", "add", "imaps://me@mail.example.com:993/Invoices",
+                                                "--owner", owner.email], input="typed at the prompt\n")
+    assert result.exit_code == 0 and "Password of the mailbox" in result.output
+    assert "typed at the prompt" not in result.output  # hidden input: not echoed
+    with app.app_context():
+        [source] = Source.listed()
+        assert unseal(source.secret) == "typed at the prompt"
+        assert source.parts == {"user": "me", "host": "mail.example.com", "tls": True, "port": 993,
+                                "mailbox": "Invoices", "loopback": False}
