@@ -25,7 +25,6 @@ logger = logging.getLogger("pdfqueue.intake")
 # box's, not the file's: the poll stops and the file waits where it is for the next one.
 FILE_FAULTS = {codes.EMPTY, codes.NOT_PDF, codes.TOO_LARGE}
 WINDOW = timedelta(seconds=60)
-CHUNK = 1024 * 1024
 
 
 def holder_id():
