@@ -10,13 +10,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import watchfiles
+from sqlalchemy import select
 
 from core.coordination import Coordination
 from core.clock import utcnow
 from core.db import db
 from core.backoff import backoff
 from core.intake import imap, runner
-from core.sources import FOLDER, IMAP, Source, unseal
+from core.sources import FOLDER, IMAP, Source, parse_url, unseal
 from worker.leases import PROCESS_ID
 from worker.upkeep import MAINTENANCE
 
@@ -42,55 +43,51 @@ class Intake(threading.Thread):
     def run(self):
         while not self.stopped.is_set():
             try:
-                leads = self._leads()
-                self._keep_idlers(leads)
-                folders = self._folders() if leads else None
+                leads, enabled = self._look()
+                self._keep_idlers(enabled)
+                folders = self._folders(enabled)
                 if folders:
                     self._watch(folders)
                 else:
-                    if folders is not None:
+                    if enabled:
                         self.tick()
                     self.stopped.wait(TICK_SECONDS)
             except Exception:  # intake must outlive a bad tick (database restarting, say); the next one retries
                 logger.exception("intake tick failed")
                 self.stopped.wait(TICK_SECONDS)
-        self._keep_idlers(False)
+        self._keep_idlers([])
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def stop(self):
         self.stopped.set()
 
-    def _keep_idlers(self, leads):
-        """One Idler per enabled mailbox while this process leads; none otherwise."""
-        wanted = set()
-        if leads:
-            with self.app.app_context():
-                try:
-                    wanted = {source.id for source in Source.listed() if source.enabled and source.kind == IMAP}
-                finally:
-                    db.session.remove()
+    def _look(self):
+        """(whether this process leads upkeep, and if it does the enabled sources as (id, kind, URL parts))."""
+        with self.app.app_context():
+            try:
+                row = Coordination.get(MAINTENANCE)
+                if row is None or row.holder != PROCESS_ID or row.lease_expires_at <= utcnow():
+                    return False, []
+                rows = db.session.execute(select(Source.id, Source.kind, Source.url)
+                                          .where(Source.enabled.is_(True)).order_by(Source.id)).all()
+                return True, [(source_id, kind, parse_url(url)[1]) for source_id, kind, url in rows]
+            finally:
+                db.session.remove()
+
+    def _keep_idlers(self, enabled):
+        """One Idler per enabled mailbox (while this process leads: enabled is empty otherwise)."""
+        wanted = {source_id for source_id, kind, _ in enabled if kind == IMAP}
         for source_id in set(self.idlers) - wanted:
             self.idlers.pop(source_id).stopped.set()
         for source_id in wanted - set(self.idlers):
             self.idlers[source_id] = Idler(self, source_id)
             self.idlers[source_id].start()
 
-    def _leads(self):
-        with self.app.app_context():
-            try:
-                row = Coordination.get(MAINTENANCE)
-                return row is not None and row.holder == PROCESS_ID and row.lease_expires_at > utcnow()
-            finally:
-                db.session.remove()
-
-    def _folders(self):
+    @staticmethod
+    def _folders(enabled):
         """{source id: folder} of the enabled folder sources whose folder exists."""
-        with self.app.app_context():
-            try:
-                sources = [source for source in Source.listed() if source.enabled and source.kind == FOLDER]
-                return {source.id: source.parts["path"] for source in sources if os.path.isdir(source.parts["path"])}
-            finally:
-                db.session.remove()
+        return {source_id: parts["path"] for source_id, kind, parts in enabled
+                if kind == FOLDER and os.path.isdir(parts["path"])}
 
     def _watch(self, folders):
         """Watch the folders, polling each that changes, and the due sources at each tick, until the set of folder
@@ -103,9 +100,9 @@ class Intake(threading.Thread):
             changed = {by_path[parent] for _, path in changes
                        if (parent := os.path.dirname(os.path.realpath(path))) in by_path}
             self.tick(changed)
-            leads = self._leads()
-            self._keep_idlers(leads)
-            if not leads or self._folders() != folders:
+            leads, enabled = self._look()
+            self._keep_idlers(enabled)
+            if not leads or self._folders(enabled) != folders:
                 return
 
     def tick(self, changed=()):
