@@ -49,6 +49,7 @@ class Poll:
         else:
             self.window = [now, 0]
         self.due_in = None  # seconds to the next poll when sooner than INTAKE_POLL_SECONDS (more waits)
+        self.error = None  # why the poll failed, once it has
 
     def room(self):
         """True while the source's minute has files left; else the next poll is due when the minute ends."""
@@ -74,9 +75,9 @@ class Poll:
         """Write chunks into a temp file in uploads/, hashed: (path, size, sha256, head)."""
         config = current_app.config
         limit = config["MAX_UPLOAD_MB"] * 1024 * 1024
-        fd, temp = tempfile.mkstemp(dir=config["UPLOAD_DIR"], prefix=".intake-", suffix=".part")
-        digest, size, head = hashlib.sha256(), 0, b""
+        digest, size, head, temp = hashlib.sha256(), 0, b"", None
         try:
+            fd, temp = tempfile.mkstemp(dir=config["UPLOAD_DIR"], prefix=".intake-", suffix=".part")
             with os.fdopen(fd, "wb") as handle:
                 for chunk in chunks:
                     size += len(chunk)
@@ -87,7 +88,8 @@ class Poll:
                     digest.update(chunk)
                     handle.write(chunk)
         except OSError as exc:
-            Path(temp).unlink(missing_ok=True)
+            if temp is not None:
+                Path(temp).unlink(missing_ok=True)
             raise PollFailed(f"Could not write {name} to uploads/: {exc.strerror}.") from exc
         return Path(temp), size, digest.hexdigest(), head
 
@@ -159,8 +161,3 @@ def poll(source_id, anytime=False, even_off=False, holder=None):
 def _poll_kind(kind):
     from core.intake import folder, imap  # each pulls its own library in only where it is used
     return {IMAP: imap.poll, FOLDER: folder.poll}[kind]
-
-
-def poll_due():
-    """Poll every source that is due now, one after another: the polls that ran."""
-    return [run for source_id in Source.due_ids() if (run := poll(source_id)) is not None]
