@@ -500,3 +500,32 @@ def test_without_the_variable_the_password_is_asked_for_hidden(app, owner, monke
         assert unseal(source.secret) == "typed at the prompt"
         assert source.parts == {"user": "me", "host": "mail.example.com", "tls": True, "port": 993,
                                 "mailbox": "Invoices", "loopback": False}
+
+
+@pytest.fixture(scope="module")
+def dovecot_tls():
+    with dovecot_server(tls=True) as server:
+        yield server
+
+
+def test_imaps_and_starttls_carry_the_mail_over_tls_and_an_untrusted_certificate_is_refused(app, owner, dovecot_tls,
+                                                                                           monkeypatch):
+    box = dovecot_tls.mailbox()
+    box.append(message(subject="over imaps", attachments=[pdf("imaps")]))
+    imaps = f"imaps://{dovecot_tls.USER}@127.0.0.1:{dovecot_tls.imaps_port}/INBOX"
+    result = cli(app, "add", imaps, "--owner", owner.email, env={"PDFQUEUE_SOURCE_PASSWORD": dovecot_tls.PASSWORD})
+    source_id = int(result.output.split()[1])
+    refused = cli(app, "poll", str(source_id))  # the throwaway CA is not trusted yet
+    assert refused.exit_code == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.output
+    assert subjects(box, "INBOX") == ["over imaps"]
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(dovecot_tls.ca_file))  # OpenSSL's default trust: now that CA
+    assert "took imaps.pdf" in cli(app, "poll", str(source_id)).output
+    box.append(message(subject="over starttls", attachments=[pdf("starttls")]))
+    starttls = f"imap://{dovecot_tls.USER}@127.0.0.1:{dovecot_tls.port}/INBOX"  # the server offers STARTTLS: used
+    result = cli(app, "add", starttls, "--owner", owner.email, env={"PDFQUEUE_SOURCE_PASSWORD": dovecot_tls.PASSWORD})
+    assert "took starttls.pdf" in cli(app, "poll", str(int(result.output.split()[1]))).output
+    logins = [line for line in dovecot_tls.log().splitlines() if "Login: user=<invoices>" in line]
+    assert ", TLS, " in logins[-1]  # the STARTTLS poll's login, after the upgrade
+    assert sum(", TLS, " in line for line in logins) == 2  # the imaps poll's and the STARTTLS poll's
+    box.logout()
