@@ -33,6 +33,7 @@ QUICK_ARGS = {
     "bench_webhooks.py": ["--jobs", "5", "--events", "300"],
     "bench_multipart.py": ["--rounds", "2", "--reps", "5"],
     "bench_fuzz.py": ["--cases", "300"],
+    "bench_intake.py": ["--messages", "50"],
 }
 # What a figure that misses its target is known to be missing by, from reading the bench's own output.
 GAPS = {

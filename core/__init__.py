@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from core import changes, config, counters, db, keys, logs, queue
+from core import changes, config, counters, db, keys, logs, queue, sources  # noqa: F401 (sources: its table)
 from core.jobs.model import Job
 
 

@@ -138,6 +138,27 @@ class Settings(BaseSettings):
     WORKER_SHUTDOWN_SECONDS: float = setting(
         30, "on SIGINT, how long running conversions may finish before their jobs are released")
 
+    # -- intake: sources (mailboxes and folders, core/intake/) ------------------------------------------------------
+    INTAKE_POLL_SECONDS: float = setting(
+        60, "how often each source (mailbox or folder) is looked at; a folder is also watched, so a file dropped in "
+        "it is taken within seconds")
+    INTAKE_FILES_PER_MINUTE: int = setting(
+        120, "files one source turns into jobs a minute (its own rate, not the browser's `UPLOADS_PER_MINUTE`); the "
+        "rest wait in the mailbox or folder for the next minute")
+    INTAKE_SETTLE_SECONDS: float = setting(
+        2, "a file in a folder source is taken only once it has not changed for this long (still being written)",
+        tuning=True)
+    INTAKE_RETRY_BASE_SECONDS: float = setting(
+        10, "after a failed poll (server down, wrong password, disk full) the source is tried again after base × "
+        "2^(failures−1), capped at `INTAKE_RETRY_MAX_SECONDS`", tuning=True)
+    INTAKE_RETRY_MAX_SECONDS: float = setting(900, "the cap of a failing source's back-off", tuning=True)
+    INTAKE_LEASE_SECONDS: float = setting(
+        120, "a poll's lease on its source, renewed at each message or file; a worker killed mid-poll leaves the "
+        "source to the next poll once it lapses", tuning=True)
+    INTAKE_TIMEOUT: float = setting(30, "seconds an IMAP server has to answer", tuning=True)
+    PDFQUEUE_SOURCE_PASSWORD: str = setting(
+        "", "for `sources add imap(s)://…` in scripts: the mailbox's password, instead of the prompt")
+
     # -- retention -------------------------------------------------------------------------------------------------
     RETENTION_PDF_DAYS: int = setting(7, "uploaded PDFs of finished jobs are deleted after this")
     RETENTION_XML_DAYS: int = setting(30, "results are deleted after this (downloads then answer `410 EXPIRED`)")

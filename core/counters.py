@@ -38,6 +38,9 @@ RETRIED_FINISHED = "retried_jobs_finished"  # jobs that needed more than one att
 JOB_DURATION = "job_duration_seconds"
 JOB_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 NOTIFICATIONS = "notifications"  # worker/delivery.py: each delivery attempt's outcome, by kind
+INTAKE_POLLS = "intake_polls"  # core/intake/: polls of each source
+INTAKE_ERRORS = "intake_errors"  # polls of each source that failed (server down, password refused, no room)
+INTAKE_FILES = "intake_files"  # files a source brought, by outcome: new, duplicate, reconverted, rejected
 
 class MetricCounter(db.Model):
     """One counter series: a name, its labels as sorted JSON, and a value only ever added to."""

@@ -6,8 +6,8 @@ def create_app(test_config=None):
     """Build the app from the environment, then test_config on top."""
     app = core.build_app(__name__, test_config)
 
-    from . import (admin, api, apidoc, auth, bulk, cli, errors, identity, limits, metrics, pages, security, stream,
-                   uploads, webhooks)
+    from . import (admin, api, apidoc, auth, bulk, cli, errors, identity, limits, metrics, pages, security, sources,
+                   stream, uploads, webhooks)
 
     security.init_app(app)
     identity.init_app(app)
@@ -16,6 +16,7 @@ def create_app(test_config=None):
     errors.init_app(app)
     auth.init_app(app)
     admin.init_app(app)
+    sources.init_app(app)
     webhooks.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.shared)

@@ -1,4 +1,4 @@
-"""Admin commands: `flask --app wsgi users|tokens|jobs|breaker ...`, `cleanup`, `backup DEST` and `restore SRC`.
+"""Admin commands: `flask --app wsgi users|tokens|jobs|breaker|sources ...`, `cleanup`, `backup DEST` and `restore SRC`.
 
 They act on any owner's jobs and accounts (an operator's view), through the same model transitions the API uses.
 A password comes from a prompt, or from PDFQUEUE_PASSWORD for scripts.
@@ -13,7 +13,9 @@ from sqlalchemy import select
 from core import backup as backup_module
 from core import config
 from core import breaker_state as breaker_module
+from core import sources as sources_module
 from core.accounts import AccountError, ApiToken, User
+from core.intake import runner as intake
 from core.operations import apply_retention, delete_with_files, retry_failed, wake_due
 from core.clock import isoformat
 from core.db import db
@@ -28,6 +30,8 @@ TAKES_ANY_ID = {"ignore_unknown_options": True}
 breaker = AppGroup("breaker", help="Show or reset the gateway circuit breaker.")
 users = AppGroup("users", help="Create, list, disable, enable and reset accounts.")
 tokens = AppGroup("tokens", help="Make personal API tokens (for provisioning scripts).")
+sources = AppGroup("sources", help="Mailboxes and folders whose PDFs become jobs: add, list, poll, disable, enable, "
+                   "remove.")
 
 
 def _password(prompt="Password"):
@@ -231,7 +235,108 @@ def breaker_reset():
     click.echo(f"breaker closed; {wake_due()} queued jobs woken")
 
 
+@sources.command("add")
+@click.argument("url")
+@click.option("--owner", required=True, help="Email of the account whose queue the source's jobs join.")
+@click.option("--mapping", help="The mapping of its jobs (default: DEFAULT_MAPPING).")
+@click.option("--from", "senders", multiple=True, metavar="ADDR",
+              help="Take mail only from this sender (repeat for more); without it, from anyone.")
+def sources_add(url, owner, mapping, senders):
+    """Add a source: imap://USER@HOST:PORT/MAILBOX (STARTTLS), imaps://… (TLS) or folder:///ABSOLUTE/PATH.
+
+    A mailbox's password comes from PDFQUEUE_SOURCE_PASSWORD, else a prompt; it is kept encrypted."""
+    try:
+        kind, _parts = sources_module.parse_url(url)
+        password = None
+        if kind == sources_module.IMAP:
+            password = config.read().PDFQUEUE_SOURCE_PASSWORD or click.prompt("Password of the mailbox",
+                                                                              hide_input=True)
+        source = sources_module.create(url, owner, mapping, senders, password)
+    except sources_module.SourceError as error:
+        raise click.ClickException(str(error))
+    click.echo(f"source {source.id} added: {source.url} into the queue of {owner.strip().lower()} "
+               f"(mapping {source.mapping})")
+
+
+@sources.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def sources_list(as_json):
+    """List the sources, how their polls went and what they took."""
+    listed = sources_module.Source.listed()
+    if not listed:
+        click.echo("No sources yet.", err=True)
+    emails = dict(db.session.execute(select(User.id, User.email)).all())
+    for source in listed:
+        if as_json:
+            click.echo(json.dumps({**source.to_dict(), "owner_email": emails.get(source.owner)}))
+        else:
+            state = "on" if source.enabled else "off"
+            click.echo(f"{source.id}  {state:<3}  {source.url}  → {emails.get(source.owner, source.owner)}  "
+                       f"last poll {isoformat(source.last_poll_at) or 'never'}  taken {source.files_taken}  "
+                       f"rejected {source.files_rejected}  errors {source.errors}"
+                       + (f"  last error: {source.last_error}" if source.last_error else ""))
+
+
+@sources.command("poll")
+@click.argument("source_id", required=False, type=int)
+def sources_poll(source_id):
+    """Poll one source (even one that is off), or every enabled one, once, now, in the foreground; print what it
+    took. Exits 1 if a poll failed."""
+    if source_id is not None:
+        if db.session.get(sources_module.Source, source_id) is None:
+            raise click.ClickException(f"no source {source_id}")
+        ids = [source_id]
+    else:
+        ids = [source.id for source in sources_module.Source.listed() if source.enabled]
+    failed = False
+    for one in ids:
+        run = intake.poll(one, anytime=True, even_off=source_id is not None)
+        if run is None:
+            click.echo(f"source {one}: a poll of it is under way elsewhere; nothing done")
+            continue
+        for name, job_id, outcome in run.taken:
+            click.echo(f"source {one}: took {name} (job {job_id}, {outcome})")
+        for name, reason in run.rejected:
+            click.echo(f"source {one}: rejected {name}: {reason}")
+        if run.error:
+            failed = True
+            click.echo(f"source {one}: failed: {run.error}", err=True)
+        elif not run.taken and not run.rejected:
+            click.echo(f"source {one}: nothing new")
+    if failed:
+        raise SystemExit(1)
+
+
+def _switch(source_id, enabled):
+    if not sources_module.Source.set_enabled(source_id, enabled):
+        raise click.ClickException(f"no source {source_id}")
+    click.echo(f"source {source_id} {'enabled' if enabled else 'disabled'}")
+
+
+@sources.command("disable")
+@click.argument("source_id", type=int)
+def sources_disable(source_id):
+    """Stop polling a source (what it holds waits there)."""
+    _switch(source_id, False)
+
+
+@sources.command("enable")
+@click.argument("source_id", type=int)
+def sources_enable(source_id):
+    """Poll a source again, at once."""
+    _switch(source_id, True)
+
+
+@sources.command("remove")
+@click.argument("source_id", type=int)
+def sources_remove(source_id):
+    """Delete a source (its jobs stay)."""
+    if not sources_module.Source.remove(source_id):
+        raise click.ClickException(f"no source {source_id}")
+    click.echo(f"source {source_id} removed")
+
+
 def init_app(app):
     """Register the admin commands on `flask`."""
-    for command in (users, tokens, jobs, breaker, cleanup, backup, restore):
+    for command in (users, tokens, jobs, breaker, sources, cleanup, backup, restore):
         app.cli.add_command(command)

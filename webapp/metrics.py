@@ -16,8 +16,10 @@ from sqlalchemy import func, select
 
 from core import codes
 from core.clock import utcnow
-from core.counters import (GATEWAY_BUCKETS, GATEWAY_LATENCY, JOB_BUCKETS, JOB_DURATION, JOBS_FINISHED, NOTIFICATIONS,
-                           RETRIED_FINISHED, RETRIES, UPLOADS_ACCEPTED, UPLOADS_REJECTED, MetricCounter, add, flush)
+from core.sources import Source
+from core.counters import (GATEWAY_BUCKETS, GATEWAY_LATENCY, INTAKE_ERRORS, INTAKE_FILES, INTAKE_POLLS, JOB_BUCKETS,
+                           JOB_DURATION, JOBS_FINISHED, NOTIFICATIONS, RETRIED_FINISHED, RETRIES, UPLOADS_ACCEPTED,
+                           UPLOADS_REJECTED, MetricCounter, add, flush)
 from core.db import db
 from core.errors import ApiError
 from core.coordination import Coordination, worker_heartbeat
@@ -103,6 +105,14 @@ class DatabaseCollector:
                                 "Age of the oldest undelivered outbox event (0 if none).",
                                 value=0 if oldest_event is None else (now - oldest_event).total_seconds())
 
+        failing = GaugeMetricFamily("pdfqueue_intake_failing_polls",
+                                    "Polls in a row that failed, per enabled source (0 once one succeeds).",
+                                    labels=["source", "kind"])
+        for source_id, kind, failures in session.execute(
+                select(Source.id, Source.kind, Source.failures).where(Source.enabled.is_(True))):
+            failing.add_metric([str(source_id), kind], failures or 0)
+        yield failing
+
         yield from self._counters(session)
         session.rollback()  # end the read transaction; a scrape holds nothing
 
@@ -131,6 +141,12 @@ class DatabaseCollector:
             delivered.add_metric([labels["kind"], labels["outcome"]], value)
         yield delivered
 
+        taken = CounterMetricFamily("pdfqueue_intake_files", "Files a source (mailbox or folder) brought, by source id "
+                                    "and outcome (new, duplicate, reconverted, rejected).", labels=["source", "outcome"])
+        for labels, value in series.get(INTAKE_FILES, []):
+            taken.add_metric([labels["source"], labels["outcome"]], value)
+        yield taken
+
         yield self._histogram(series, GATEWAY_LATENCY, GATEWAY_BUCKETS, "Gateway /process calls made by workers, "
                               "seconds, by outcome ('ok' or the job error code).", "outcome")
         yield self._histogram(series, JOB_DURATION, JOB_BUCKETS,
@@ -139,7 +155,10 @@ class DatabaseCollector:
         for name, help_text, label in (
                 (UPLOADS_ACCEPTED, "Uploaded files accepted, by outcome (new, duplicate, reconverted).", "outcome"),
                 (RETRIES, "Automatic retries scheduled after a transient failure, by error code.", "code"),
-                (RETRIED_FINISHED, "Jobs that took more than one attempt, by the state they ended in.", "status")):
+                (RETRIED_FINISHED, "Jobs that took more than one attempt, by the state they ended in.", "status"),
+                (INTAKE_POLLS, "Polls of each source (mailbox or folder), by source id.", "source"),
+                (INTAKE_ERRORS, "Polls of each source that failed (server down, password refused, no room), by "
+                 "source id.", "source")):
             family = CounterMetricFamily("pdfqueue_" + name, help_text, labels=[label])
             for labels, value in series.get(name, []):
                 family.add_metric([labels[label]], value)

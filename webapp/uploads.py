@@ -1,32 +1,20 @@
 """Incoming files: streamed to disk while hashed, checked, then kept under a name we choose."""
 import hashlib
 import logging
-import os
-import re
-import shutil
 import tempfile
-import unicodedata
 from math import inf
 from pathlib import Path
 
 from flask import Request, current_app, g, request
 from python_multipart.multipart import MultipartParser, MultipartState
-from sqlalchemy.exc import IntegrityError
 from werkzeug.datastructures import FileStorage, Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 from werkzeug.http import parse_options_header
 
 from core import codes, counters, queue
-from core.accounts import storage_used
-from core.errors import ApiError, from_os_error, insufficient_storage
-from core.db import db
-from core.jobs.model import Job, new_id
-from core.paths import kept_file
-
-PDF_MAGIC = b"%PDF-"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-MAX_FILENAME = 255
+from core.acceptance import PDF_MAGIC, check_pdf, display_name, keep, log_queued  # noqa: F401 (display_name: bulk.py)
+from core.errors import ApiError, from_os_error
 
 logger = logging.getLogger("pdfqueue.web")
 
@@ -228,16 +216,6 @@ def discard_incoming(_exc=None):
             incoming.path.unlink(missing_ok=True)
 
 
-def display_name(raw):
-    """The file name as given, made safe to show: no control characters, no format characters (Unicode
-    category Cf: bidi overrides that make "fdp.exe" read "exe.pdf", zero-width ones that hide a difference), not
-    absurdly long."""
-    name = unicodedata.normalize("NFC", raw or "")
-    name = _CONTROL.sub("", name.encode("utf-8", "replace").decode("utf-8", "replace"))
-    name = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
-    return name[:MAX_FILENAME] or "upload.pdf"
-
-
 def normalize_mapping(name, allowed):
     """The mapping name in canonical form, or an UNKNOWN_MAPPING error."""
     canonical = name[:-5] if name.endswith(".json") else name
@@ -251,72 +229,19 @@ def _incoming_of(storage):
     return incoming if isinstance(incoming, IncomingFile) else None
 
 
-def _check_room(owner, size, name):
-    """Raise 507 if keeping size more bytes would pass the owner's quota or the disk's free-space floor."""
-    config = current_app.config
-    mb = 1024 * 1024
-    if shutil.disk_usage(config["UPLOAD_DIR"]).free < config["MIN_FREE_MB"] * mb:
-        raise insufficient_storage()
-    if storage_used(owner) + size > config["USER_QUOTA_MB"] * mb:
-        raise ApiError(codes.INSUFFICIENT_STORAGE, 507,
-                       f"{name} would take you past your storage quota of {config['USER_QUOTA_MB']} MB; "
-                       "delete old jobs and try again. Nothing of it was kept.")
-
-
 def accept(storage, owner, mapping):
     """Keep one uploaded file as a queued job; return (job, created). Raise ApiError if it is refused."""
     incoming = _incoming_of(storage)
     if incoming is None:  # a form field called "file" without a file name is not a file
         raise ApiError(codes.NO_FILE, 400, "The 'file' part carries no file.")
     name = display_name(storage.filename)
-    if incoming.size == 0:
-        raise ApiError(codes.EMPTY, 400, f"{name} is empty.")
-    if incoming.head != PDF_MAGIC:
-        raise ApiError(codes.NOT_PDF, 415, f"{name} is not a PDF (it does not start with %PDF-).")
+    check_pdf(incoming.head, incoming.size, name)
     incoming.close()
-    _check_room(owner, incoming.size, name)
-    job_id = new_id()
-    upload_dir = Path(current_app.config["UPLOAD_DIR"])
-    final = upload_dir / f"{job_id}.pdf"
-    try:
-        os.replace(incoming.path, final)
-        incoming.kept = True
-    except OSError as exc:
-        raise from_os_error(exc) from exc
-    upload_path = f"uploads/{job_id}.pdf"
-    sha256 = incoming.sha256.hexdigest()
-    try:
-        job = Job.create(id=job_id, owner=owner, filename=name, mapping=mapping, bytes=incoming.size,
-                         sha256=sha256, upload_path=upload_path)
-    except IntegrityError:
-        existing = Job.query.filter_by(owner=owner, sha256=sha256, mapping=mapping, bytes=incoming.size).one()
-        job, outcome = _dedupe(existing, upload_path, name)
-        if outcome == "duplicate":
-            final.unlink(missing_ok=True)
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
-    else:
-        outcome = "new"
+    job, outcome = keep(incoming.path, owner, mapping, name, incoming.size, incoming.sha256.hexdigest())
+    incoming.kept = True
     counters.add((counters.UPLOADS_ACCEPTED, {"outcome": outcome}, 1))
-    if outcome != "duplicate":
-        logger.info("job %s queued", job.id, extra={
-            "job_id": job.id, "correlation_id": job.correlation_id, "bytes": job.bytes, "mapping": job.mapping,
-            "to": "queued", "reconverted": outcome == "reconverted"})
+    log_queued(logger, job, outcome)
     return job, outcome != "duplicate"
-
-
-def _dedupe(existing, upload_path, name):
-    """The same file again: (the live job, "duplicate"), or the spent job converted again from the new PDF
-    (Job.reconvert, "reconverted"), since "same file, same result" must hold after retention too."""
-    old_upload = existing.upload_path
-    if existing.spent and Job.reconvert(existing.id, upload_path, name):
-        if old_upload and old_upload != upload_path:  # an expired job may still have had its PDF
-            if kept := kept_file(current_app.config["DATA_DIR"], old_upload):
-                kept.unlink(missing_ok=True)
-        db.session.refresh(existing)
-        return existing, "reconverted"
-    return existing, "duplicate"
 
 
 def init_app(app):

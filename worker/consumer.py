@@ -14,7 +14,7 @@ import core
 import tasks  # noqa: F401 (registers the tasks this consumer runs)
 from core import logs
 from core.queue import huey
-from worker import delivery, doorbell, run, upkeep
+from worker import delivery, doorbell, intake, run, upkeep
 
 
 class Watch:
@@ -163,12 +163,16 @@ def main():
     maintenance.start()
     deliverer = delivery.Deliverer(app)  # the outbox: webhooks and emails (worker/delivery.py)
     deliverer.start()
+    intake_thread = intake.Intake(app)  # mailbox and folder sources, in the upkeep leader (worker/intake.py)
+    intake_thread.start()
     try:
         consumer.run()
     finally:
         maintenance.stopped.set()
+        intake_thread.stop()
         deliverer.stop()
         maintenance.join(timeout=5)
+        intake_thread.join(timeout=5)
         deliverer.join(timeout=5)  # one still sending is left: its rows' leases lapse and they are sent again
         if WatchingConsumer.bell is not None:
             WatchingConsumer.bell.close()

@@ -1,7 +1,8 @@
 """Upkeep, every MAINTENANCE_SECONDS in each worker process: its heartbeat, and the jobs of this host's workers that
 are gone taken back; then, in the one process that is the maintenance lease holder, the shared work: settle jobs whose
 lease lapsed, probe the gateway while the breaker is open, re-wake queued jobs whose wake-up was lost, apply
-retention once a day, and queue the admins' failure digest once a day.
+retention once a day, and queue the admins' failure digest once a day. The same leader polls the mailbox and folder
+sources (worker/intake.py, a thread of its own so that a slow mailbox never delays a tick).
 """
 import logging
 import threading

@@ -122,6 +122,12 @@ class Job(JobReads, JobClaims, db.Model):
     queue_key: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # its place in its owner's queue (claims.py)
     # Signed into each share link of the job; a new one revokes them all (webapp/api.py). Null until first shared.
     share_nonce: Mapped[str | None] = mapped_column(String(32))
+    # Where a job came from when a source brought it (core/intake/): the source, and for mail its message.
+    source_id: Mapped[int | None] = mapped_column(Integer)
+    source_kind: Mapped[str | None] = mapped_column(String(16))
+    source_from: Mapped[str | None] = mapped_column(String(320))
+    source_subject: Mapped[str | None] = mapped_column(String(1024))
+    source_message_id: Mapped[str | None] = mapped_column(String(1024))
 
     # -- what follows from the state -----------------------------------------------------------
 
@@ -215,7 +221,16 @@ class Job(JobReads, JobClaims, db.Model):
             "correlation_id": self.correlation_id,
             "dead_letter": self.dead_letter,
             "result_expired": self.result_expired,
+            "source": self.source,
         }
+
+    @property
+    def source(self):
+        """Where the job came from if a source brought it (the API's `source`), else None (an upload)."""
+        if self.source_kind is None:
+            return None
+        return {"id": self.source_id, "kind": self.source_kind, "from": self.source_from,
+                "subject": self.source_subject, "message_id": self.source_message_id}
 
     # -- leases ------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Throwaway redis-server and PostgreSQL cluster on loopback, in a temp dir, for scale-out tests and by hand.
+"""Throwaway redis-server, PostgreSQL cluster and Dovecot IMAP server on loopback, in a temp dir, for the tests
+that need them and by hand.
 
     python -m tests.support.services        # start both, print REDIS_URL and DATABASE_URL, Ctrl-C stops and removes them
 
@@ -113,6 +114,163 @@ def postgres_cluster(database="pdfqueue"):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+DOVECOT_CONF = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+{ssl}
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 1
+default_internal_user = {internal}
+default_login_user = {login}
+mail_location = maildir:{root}/mail/%u
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps_port}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+"""
+
+
+class Dovecot:
+    """A Dovecot IMAP server on a loopback port with one user (user / password), its mail in a temp maildir; it can
+    be stopped and started again on the same port (an outage). With tls, it also listens for imaps:// and offers
+    STARTTLS, with a certificate for 127.0.0.1 signed by a throwaway CA (ca_file)."""
+
+    USER, PASSWORD = "invoices", "a mailbox password"
+
+    def __init__(self, root, tls=False):
+        self.binary = require("/usr/sbin/dovecot", "Dovecot IMAP server (Debian's dovecot-imapd)")
+        self.root = Path(root)
+        self.port = free_port()
+        self.imaps_port = free_port() if tls else 0
+        self.ca_file = None
+        self.process = None
+        root_user = os.geteuid() == 0
+        # As root, mail is kept as nobody (Dovecot runs no mail process as root); otherwise as ourselves.
+        uid, gid = (65534, 65534) if root_user else (os.getuid(), os.getgid())
+        me = os.environ.get("USER") or str(os.getuid())
+        for sub in ("run", "state", "mail", "home"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if root_user:
+            for sub in ("mail", "home"):
+                os.chown(self.root / sub, uid, gid)
+        (self.root / "passwd").write_text(f"{self.USER}:{{PLAIN}}{self.PASSWORD}::::::\n")
+        self.conf = self.root / "dovecot.conf"
+        ssl = "ssl = no"
+        if tls:
+            self.ca_file, cert, key = _throwaway_certificate(self.root)
+            ssl = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
+        self.conf.write_text(DOVECOT_CONF.format(
+            root=self.root, port=self.port, imaps_port=self.imaps_port, ssl=ssl, uid=uid, gid=gid,
+            internal="dovecot" if root_user else me, login="dovenull" if root_user else me))
+
+    def url(self, mailbox="INBOX"):
+        return f"imap://{self.USER}@127.0.0.1:{self.port}/{mailbox}"
+
+    def start(self):
+        self.process = subprocess.Popen([self.binary, "-F", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        try:
+            _wait_port(self.port, self.process, time.monotonic() + 15, "dovecot")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.log()[-2000:]}") from None
+        return self
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+        self.process = None
+
+    def log(self):
+        path = self.root / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def mailbox(self):
+        """An imap-tools connection as the user (APPEND and look), logged in; close it with logout()."""
+        from imap_tools import MailBoxUnencrypted
+        return MailBoxUnencrypted("127.0.0.1", self.port).login(self.USER, self.PASSWORD)
+
+
+def _throwaway_certificate(folder):
+    """(CA file, certificate file, key file): a CA made now and a certificate for 127.0.0.1 it signed."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pdfqueue tests CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    folder = Path(folder)
+    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@contextmanager
+def dovecot_server(workdir=None, tls=False):
+    """Run Dovecot on a free loopback port in a temp dir (with tls, also imaps:// and STARTTLS); yield the
+    Dovecot."""
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="dovecot-") as folder:
+        os.chmod(folder, 0o755)  # its login processes run as another user and must reach the run dir
+        server = Dovecot(folder, tls=tls).start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
