@@ -17,8 +17,8 @@ HEIGHT = 844
 TARGET = 44  # px: WCAG 2.5.5's touch target
 # Every page a person meets, as (name, path); "{job}" is the converted invoice's id, "{link}" an invitation's secret.
 PAGES = [("upload", "/"), ("queue", "/queue"), ("review", "/review/{job}"), ("users", "/admin/users"),
-         ("tokens", "/tokens"), ("notifications", "/notifications"), ("password", "/link/{link}"),
-         ("login", "/login"), ("api-docs", "/api/docs"), ("error", "/review/not-a-job")]
+         ("sources", "/admin/sources"), ("tokens", "/tokens"), ("notifications", "/notifications"),
+         ("password", "/link/{link}"), ("login", "/login"), ("api-docs", "/api/docs"), ("error", "/review/not-a-job")]
 SIGNED_OUT = {"password", "login"}
 # Swagger UI's own markup (its <main>s, buttons in buttons, its grey on grey) fails axe at any width, a phone's or a
 # desktop's: on /api/docs axe checks the page around it, which is ours, and not the second <main> it brings.
@@ -167,7 +167,7 @@ def test_the_header_folds_into_a_menu_whose_links_are_reachable(phone, stack, si
         menu.tap()
         expect(menu).to_have_attribute("aria-expanded", "true")
         links = nav.get_by_role("link")
-        expect(links).to_have_text(["Upload", "Queue", "API tokens", "Notifications", "Users"])
+        expect(links).to_have_text(["Upload", "Queue", "API tokens", "Notifications", "Users", "Sources"])
         expect(nav.get_by_role("button", name="Sign out")).to_be_visible()
         expect(nav).to_contain_text(site.admin.email)
         tab.screenshot(path=str(artifacts / f"phone-{phone.width}-menu.png"))
@@ -205,7 +205,7 @@ def test_touch_targets_are_44_px(phone, stack, site):
         actions = tab.locator("tr.job-row .actions > *, tr.job-row .select-hit, thead .select-hit")
         assert actions.count() >= 2 * 5 + 1
         assert too_small(actions) == []
-        for name in ("upload", "review", "users", "tokens", "notifications", "login"):
+        for name in ("upload", "review", "users", "sources", "tokens", "notifications", "login"):
             path = dict(PAGES)[name]
             tab.close()
             tab = open_page(phone, stack, site, name, path)
