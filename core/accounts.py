@@ -64,6 +64,7 @@ class User(UserMixin, db.Model):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     signed_in_at: Mapped[datetime | None] = mapped_column(DateTime)
+    locale: Mapped[str | None] = mapped_column(String(16))  # chosen in the menu (core.config.LOCALES); None: not chosen
 
     session_key = None  # the raw key of the session this object was loaded for (Flask-Login's user id)
 
@@ -137,6 +138,12 @@ class User(UserMixin, db.Model):
             session.execute(delete(UserSession).where(UserSession.user_id == self.id))
             if revoke_tokens:
                 session.execute(delete(ApiToken).where(ApiToken.user_id == self.id))
+
+    def choose_locale(self, locale):
+        """Keep the language this person chose (core.config.LOCALES), or None to follow their browser."""
+        with write_transaction() as session:
+            session.execute(update(User).where(User.id == self.id).values(locale=locale))
+        self.locale = locale
 
     def change(self, **values):
         """Set admin or disabled. Disabling ends every session of the user and deletes their tokens, so that

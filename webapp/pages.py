@@ -191,35 +191,6 @@ def neighbours(job, view):
 # -- template helpers ---------------------------------------------------------------------------
 
 
-@bp.app_template_filter("filesize")
-def filesize(count):
-    """1234567 -> '1.2 MB'."""
-    if count is None:
-        return ""
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-
-
-@bp.app_template_filter("seconds")
-def seconds(value):
-    """0.25 -> '250 ms', 4.25 -> '4.2 s', 75 -> '1 min 15 s'."""
-    if value is None:
-        return "—"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 60:
-        return f"{value:.1f} s"
-    minutes, rest = divmod(round(value), 60)
-    return f"{minutes} min {rest} s"
-
-
-@bp.app_template_filter("when")
-def when(value):
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
 MISSING = Markup('<span class="missing">missing</span>')
 MARKS = {True: Markup('<span class="mark mark-ok" aria-hidden="true">✓</span><span class="visually-hidden">Passes:</span>'),
          False: Markup('<span class="mark mark-bad" aria-hidden="true">✗</span><span class="visually-hidden">Fails:</span>'),

@@ -1,0 +1,225 @@
+"""The reader's language and how numbers, money, dates and times read in it.
+
+Each request speaks the language the person chose in the header's menu (kept on their account; for someone not
+signed in, in their session), else the best of en / pt_PT their browser asks for (Accept-Language), else
+DEFAULT_LOCALE; times are shown in DEFAULT_TIMEZONE. The page's JavaScript gets its sentences from the same
+catalogue, as a JSON block (`js_messages`), never a catalogue of its own.
+"""
+from datetime import date
+from decimal import Decimal
+
+from flask import Blueprint, current_app, redirect, request, session
+from flask_babel import (format_currency, format_date, format_datetime, format_decimal, format_time, get_locale,
+                         gettext, lazy_gettext as _l, ngettext, to_user_timezone)
+from flask_login import current_user
+
+from core import codes, i18n
+from core.config import LOCALES
+from core.errors import ApiError
+from .identity import safe_next
+
+bp = Blueprint("i18n", __name__)
+
+# Each language as it names itself, for the menu (never translated: a reader finds their own).
+LANGUAGE_NAMES = {"en": "English", "pt_PT": "Português"}
+
+
+def select_locale():
+    """The request's language: the person's choice, else their browser's best, else None (DEFAULT_LOCALE)."""
+    chosen = getattr(current_user, "locale", None) if current_user.is_authenticated else session.get("locale")
+    if i18n.known(chosen):
+        return i18n.known(chosen)
+    # pt-BR and plain pt read Portuguese, the nearest we have.
+    return i18n.known(request.accept_languages.best_match([*LOCALES, "pt"]))
+
+
+def html_lang():
+    """The <html lang> of the request's language: en, pt-PT."""
+    return str(get_locale()).replace("_", "-")
+
+
+@bp.post("/language")
+def choose_language():
+    """Keep the language chosen in the menu (on the account, or in the session), then go back to the page."""
+    locale = request.form.get("locale", "")
+    if locale and locale not in LOCALES:
+        raise ApiError(codes.BAD_REQUEST, 400, gettext("Choose one of the languages offered."))
+    if current_user.is_authenticated:
+        current_user.choose_locale(locale or None)
+    else:
+        session["locale"] = locale
+    return redirect(safe_next(request.form.get("next")), code=303)
+
+
+# -- formats -------------------------------------------------------------------------------------------------
+
+
+def filesize(count):
+    """1234567 -> '1.2 MB' (en), '1,2 MB' (pt_PT)."""
+    if count is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            number = format_decimal(count, "#,##0") if unit == "B" else format_decimal(count, "#,##0.0")
+            return f"{number}\u00a0{unit}"
+        count /= 1024
+
+
+def seconds(value):
+    """0.25 -> '250 ms', 4.25 -> '4.2 s' ('4,2 s'), 75 -> '1 min 15 s'."""
+    if value is None:
+        return "—"
+    if value < 1:
+        return f"{format_decimal(value * 1000, '#,##0')} ms"
+    if value < 60:
+        return f"{format_decimal(value, '#,##0.0')} s"
+    minutes, rest = divmod(round(value), 60)
+    return f"{format_decimal(minutes, '#,##0')} min {rest} s"
+
+
+def when(value):
+    """A stored time (naive UTC) as the reader writes it, in DEFAULT_TIMEZONE: 'Apr 3, 2025, 2:05:09 PM',
+    '03/04/2025, 14:05:09'."""
+    return format_datetime(value, "medium") if value else ""
+
+
+def hour(value):
+    """A stored time's hour of the day in DEFAULT_TIMEZONE: '14:00', '2:00 PM'."""
+    return format_time(value, "short") if value else ""
+
+
+def zone():
+    """The name of the time zone times are shown in (DEFAULT_TIMEZONE)."""
+    return current_app.config["DEFAULT_TIMEZONE"]
+
+
+def amount(text, currency=None):
+    """An invoice's amount (its XML's text, "." decimals) as the reader writes it, with the invoice's currency when
+    known: '1,375,808.29', '1 375 808,29 €'. Text that is no number is shown as it is."""
+    if text is None:
+        return None
+    try:
+        value = Decimal(str(text).strip())
+    except ArithmeticError:
+        return text
+    if not value.is_finite():
+        return text
+    if currency:
+        try:
+            return format_currency(value, currency)
+        except (ValueError, KeyError):
+            pass  # not an ISO 4217 code: the number alone
+    return format_decimal(value, "#,##0.00")
+
+
+def number(text):
+    """A quantity or percentage (its XML's text) with the reader's decimal mark, as many decimals as it has."""
+    if text is None:
+        return None
+    try:
+        value = Decimal(str(text).strip())
+    except ArithmeticError:
+        return text
+    if not value.is_finite():
+        return text
+    places = max(-value.as_tuple().exponent, 0)
+    return format_decimal(value, "#,##0" + ("." + "0" * places if places else ""))
+
+
+def day(text):
+    """An invoice's ISO date as the reader writes it: 'Apr 3, 2025', '03/04/2025'; other text as it is."""
+    if text is None:
+        return None
+    try:
+        return format_date(date.fromisoformat(str(text).strip()), "medium")
+    except ValueError:
+        return text
+
+
+# -- the page's JavaScript ------------------------------------------------------------------------------------
+
+# Status words (core/jobs/states.py) as the pages say them.
+STATUS_WORDS = {"queued": _l("Queued"), "processing": _l("Processing"), "complete": _l("Complete"),
+                "failed": _l("Failed")}
+
+
+def js_messages():
+    """Every sentence app.js and review.js say, in the reader's language: {key: text or {one, other}} with
+    %(name)s placeholders the script fills (app.js t())."""
+    def plural(singular, plural_):
+        return {"one": ngettext(singular, plural_, 1), "other": ngettext(singular, plural_, 2)}
+
+    return {
+        "server_answered": gettext("The server answered %(status)s."),
+        "not_pdf": gettext("Not a PDF: only .pdf files are accepted."),
+        "empty": gettext("The file is empty."),
+        "too_large": gettext("Too large: the limit is %(mb)s MB."),
+        "not_sent": gettext("%(problem)s Not sent."),
+        "over_limit": gettext("Over the limit of files a minute: goes by itself in %(seconds)s s"),
+        "upload_of": gettext("Upload of %(name)s"),
+        "waiting": gettext("Waiting…"),
+        "sending": gettext("Sending… %(percent)s%%"),
+        "duplicate": gettext("Already uploaded: this is the same file as an existing job."),
+        "accepted": gettext("Accepted, queued."),
+        "unreachable": gettext("The upload did not reach the server; check the connection and try again."),
+        "summary_accepted": plural("%(num)d accepted", "%(num)d accepted"),
+        "summary_duplicates": plural("%(num)d duplicate (already uploaded: the existing job)",
+                                     "%(num)d duplicates (already uploaded: the existing jobs)"),
+        "summary_rejected": plural("%(num)d rejected", "%(num)d rejected"),
+        "go_to_queue": gettext("Go to the queue"),
+        "all_uploaded": gettext("All uploaded: %(summary)s Opening the queue…"),
+        "live": gettext("Live: updates appear as they happen."),
+        "reconnecting": gettext("Reconnecting…"),
+        "deleted": gettext("%(name)s deleted"),
+        "queued_again": gettext("%(name)s is queued again."),
+        "skipped_not_retryable": gettext("not failed, or its PDF is gone"),
+        "skipped_not_found": gettext("no longer there"),
+        "skipped": gettext("%(count)s skipped (%(why)s)"),
+        "all_matching_selected": gettext("All %(total)s matching jobs selected"),
+        "selected": plural("%(num)d job selected", "%(num)d jobs selected"),
+        "none_selected": gettext("No job selected"),
+        "select_all_matching": gettext("Select all %(total)s matching"),
+        "nothing_to_download": gettext("None of the selected jobs has a result to download yet."),
+        "preparing_zip": plural("Preparing a ZIP of %(num)d result", "Preparing a ZIP of %(num)d results"),
+        "requeued": plural("%(num)d job queued again", "%(num)d jobs queued again"),
+        "confirm_delete": plural("Delete %(num)d job and its result?", "Delete %(num)d jobs and their results?"),
+        "deleted_many": plural("%(num)d job deleted", "%(num)d jobs deleted"),
+        "slow": gettext("taking longer than usual"),
+        "notifications_on": gettext("Notifications on"),
+        "notify_me": gettext("Notify me when a batch finishes"),
+        "batch_finished": gettext("pdfqueue: the batch is finished"),
+        "batch_counts": gettext("%(complete)s complete, %(failed)s failed"),
+        "share_for": plural("for %(num)d minute, until %(time)s", "for %(num)d minutes, until %(time)s"),
+        "share_until": gettext("until %(time)s"),
+        "share_link": gettext("Share link (valid %(validity)s): "),
+        "viewer_failed": gettext("The PDF viewer could not be loaded; open the PDF on its own instead."),
+        "cannot_draw": gettext("This PDF cannot be drawn here: %(reason)s"),
+        "page_of": gettext("Page %(number)s of %(pages)s"),
+        "page_of_name": gettext("Page %(number)s of %(pages)s of %(name)s"),
+        "not_drawn": gettext("could not be drawn: %(reason)s"),
+        "statuses": {name: str(word) for name, word in STATUS_WORDS.items()},
+        "locale": html_lang(),
+    }
+
+
+@bp.app_context_processor
+def _i18n_globals():
+    return {"html_lang": html_lang, "js_messages": js_messages, "language_names": LANGUAGE_NAMES,
+            "current_locale": lambda: str(get_locale()), "chosen_locale": _chosen_locale, "time_zone": zone,
+            "status_word": lambda status: STATUS_WORDS.get(status, status)}
+
+
+def _chosen_locale():
+    """What the person chose in the menu ('' for their browser's)."""
+    if current_user.is_authenticated:
+        return current_user.locale or ""
+    return session.get("locale", "")
+
+
+def init_app(app):
+    i18n.init_app(app, locale_selector=select_locale)
+    for name, filter_ in (("filesize", filesize), ("seconds", seconds), ("when", when), ("hour", hour),
+                          ("amount", amount), ("number", number), ("day", day),
+                          ("user_time", to_user_timezone)):
+        app.add_template_filter(filter_, name)
+    app.register_blueprint(bp)
