@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask_login import UserMixin
+from flask_babel import lazy_gettext as _l
 from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String, Text, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -42,14 +43,14 @@ def normalize_email(email):
     email = (email or "").strip().lower()
     local, _, domain = email.partition("@")
     if not local or "." not in domain or len(email) > 320 or any(c.isspace() for c in email):
-        raise AccountError("Enter an email address, like name@example.com.")
+        raise AccountError(_l("Enter an email address, like name@example.com."))
     return email
 
 
 def check_password(password):
     """Raise AccountError unless the password is long enough."""
     if len(password or "") < MIN_PASSWORD:
-        raise AccountError(f"Choose a password of at least {MIN_PASSWORD} characters.")
+        raise AccountError(_l("Choose a password of at least %(count)s characters.", count=MIN_PASSWORD))
 
 
 class User(UserMixin, db.Model):
@@ -126,7 +127,7 @@ class User(UserMixin, db.Model):
             with write_transaction() as session:
                 session.add(user)
         except IntegrityError:
-            raise AccountError(f"{email} already has an account.") from None
+            raise AccountError(_l("%(email)s already has an account.", email=email)) from None
         return user
 
     def set_password(self, password, revoke_tokens=False):
@@ -248,7 +249,7 @@ class ApiToken(db.Model):
         """A new token for user; (the token, its secret), the secret to be shown once."""
         name = (name or "").strip()[:100]
         if not name:
-            raise AccountError("Give the token a name, so you know later what uses it.")
+            raise AccountError(_l("Give the token a name, so you know later what uses it."))
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = cls(user_id=user.id, name=name, secret_digest=digest(secret), created_at=utcnow())
         with write_transaction() as session:

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from flask import Blueprint, current_app, redirect, request, session
 from flask_babel import (format_currency, format_date, format_datetime, format_decimal, format_time, get_locale,
-                         gettext, lazy_gettext as _l, ngettext, to_user_timezone)
+                         get_translations, gettext, lazy_gettext as _l, to_user_timezone)
 from flask_login import current_user
 
 from core import codes, i18n
@@ -143,11 +143,38 @@ STATUS_WORDS = {"queued": _l("Queued"), "processing": _l("Processing"), "complet
                 "failed": _l("Failed")}
 
 
+# A failed job's error, by its code, for readers of another language than the gateway's and worker's English (the
+# stored message is English; codes in core/codes.py).
+JOB_ERRORS = {
+    codes.GW_4XX: _l("The gateway refused the file."),
+    codes.GW_5XX: _l("The gateway failed or broke off."),
+    codes.GW_TIMEOUT: _l("The gateway did not answer in time."),
+    codes.GW_OVER_LIMITS: _l("Reading the PDF went past the gateway's limits."),
+    codes.GW_PARSE_FAILED: _l("The gateway could not read the PDF."),
+    codes.IO_ERROR: _l("Our own storage failed."),
+    codes.CIRCUIT_OPEN: _l("The gateway is down; the job waits for it."),
+    codes.LEASE_EXPIRED: _l("The worker stopped answering during the job."),
+    codes.TOO_LARGE: _l("The file is too large for the gateway."),
+    codes.UNKNOWN_MAPPING: _l("Its mapping is no longer offered."),
+}
+DELIVERY_STATES = {"pending": _l("pending"), "delivered": _l("delivered"), "failed": _l("failed"),
+                   "skipped": _l("skipped")}
+
+
+def job_error(job):
+    """A job's error as its reader reads it: the stored English sentence, or in another language its code's."""
+    if str(get_locale()) == "en" or job.error_code not in JOB_ERRORS:
+        return job.error or ""
+    return str(JOB_ERRORS[job.error_code])
+
+
 def js_messages():
     """Every sentence app.js and review.js say, in the reader's language: {key: text or {one, other}} with
     %(name)s placeholders the script fills (app.js t())."""
-    def plural(singular, plural_):
-        return {"one": ngettext(singular, plural_, 1), "other": ngettext(singular, plural_, 2)}
+    translations = get_translations()
+
+    def plural(singular, plural_):  # unformatted: the script fills %(num)d (extracted with -k plural:1,2)
+        return {"one": translations.ngettext(singular, plural_, 1), "other": translations.ngettext(singular, plural_, 2)}
 
     return {
         "server_answered": gettext("The server answered %(status)s."),
@@ -206,7 +233,8 @@ def js_messages():
 def _i18n_globals():
     return {"html_lang": html_lang, "js_messages": js_messages, "language_names": LANGUAGE_NAMES,
             "current_locale": lambda: str(get_locale()), "chosen_locale": _chosen_locale, "time_zone": zone,
-            "status_word": lambda status: STATUS_WORDS.get(status, status)}
+            "status_word": lambda status: STATUS_WORDS.get(status, status), "job_error": job_error,
+            "delivery_state": lambda state: DELIVERY_STATES.get(state, state)}
 
 
 def _chosen_locale():

@@ -9,6 +9,7 @@ import unicodedata
 from math import inf
 from pathlib import Path
 
+from flask_babel import lazy_gettext as _l
 from flask import Request, current_app, g, request
 from python_multipart.multipart import MultipartParser, MultipartState
 from sqlalchemy.exc import IntegrityError
@@ -242,7 +243,8 @@ def normalize_mapping(name, allowed):
     """The mapping name in canonical form, or an UNKNOWN_MAPPING error."""
     canonical = name[:-5] if name.endswith(".json") else name
     if canonical not in allowed:
-        raise ApiError(codes.UNKNOWN_MAPPING, 400, f"Unknown mapping {name[:80]!r}; choose one of: {', '.join(allowed)}.")
+        raise ApiError(codes.UNKNOWN_MAPPING, 400, _l("Unknown mapping %(name)r; choose one of: %(mappings)s.",
+                                                     name=name[:80], mappings=", ".join(allowed)))
     return canonical
 
 
@@ -259,20 +261,20 @@ def _check_room(owner, size, name):
         raise insufficient_storage()
     if storage_used(owner) + size > config["USER_QUOTA_MB"] * mb:
         raise ApiError(codes.INSUFFICIENT_STORAGE, 507,
-                       f"{name} would take you past your storage quota of {config['USER_QUOTA_MB']} MB; "
-                       "delete old jobs and try again. Nothing of it was kept.")
+                       _l("%(name)s would take you past your storage quota of %(mb)s MB; delete old jobs and try "
+                          "again. Nothing of it was kept.", name=name, mb=config["USER_QUOTA_MB"]))
 
 
 def accept(storage, owner, mapping):
     """Keep one uploaded file as a queued job; return (job, created). Raise ApiError if it is refused."""
     incoming = _incoming_of(storage)
     if incoming is None:  # a form field called "file" without a file name is not a file
-        raise ApiError(codes.NO_FILE, 400, "The 'file' part carries no file.")
+        raise ApiError(codes.NO_FILE, 400, _l("The 'file' part carries no file."))
     name = display_name(storage.filename)
     if incoming.size == 0:
-        raise ApiError(codes.EMPTY, 400, f"{name} is empty.")
+        raise ApiError(codes.EMPTY, 400, _l("%(name)s is empty.", name=name))
     if incoming.head != PDF_MAGIC:
-        raise ApiError(codes.NOT_PDF, 415, f"{name} is not a PDF (it does not start with %PDF-).")
+        raise ApiError(codes.NOT_PDF, 415, _l("%(name)s is not a PDF (it does not start with %%PDF-).", name=name))
     incoming.close()
     _check_room(owner, incoming.size, name)
     job_id = new_id()
@@ -325,13 +327,14 @@ def init_app(app):
     app.teardown_request(discard_incoming)
 
 
-def accept_request(owner):
+def accept_request(owner, refusals=None):
     """Accept the request's PDFs (multipart parts named 'file') for owner, each becoming a queued job (woken) or the
     live job it repeats: (accepted job dicts with "duplicate", rejected {"filename", "error"} dicts, the last ApiError
-    of a rejection or None). The API's upload and the plain form's both come here."""
+    of a rejection or None); each rejection's ApiError is also added to refusals, when given (the page says them in
+    its reader's language). The API's upload and the plain form's both come here."""
     files = request.files.getlist("file")
     if not files:
-        raise ApiError(codes.NO_FILE, 400, "Send at least one PDF in a multipart part named 'file'.")
+        raise ApiError(codes.NO_FILE, 400, _l("Send at least one PDF in a multipart part named 'file'."))
     config = current_app.config
     mapping = normalize_mapping(request.form.get("mapping") or config["DEFAULT_MAPPING"], config["MAPPINGS"])
     accepted, rejected, last_error = [], [], None
@@ -341,6 +344,8 @@ def accept_request(owner):
         except ApiError as error:
             rejected.append({"filename": display_name(storage.filename), **error.to_dict()})
             last_error = error
+            if refusals is not None:
+                refusals.append(error)
             continue
         if created:
             queue.wake(job.id)
