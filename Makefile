@@ -48,7 +48,7 @@ assets: node_modules/.installed
 I18N := webapp/translations
 messages: $(VENV)/.installed
 	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k plural:1,2 --no-location --sort-output --omit-header -o $(I18N)/messages.pot .
-	$(BIN)/pybabel -q update -i $(I18N)/messages.pot -d $(I18N) --no-location --omit-header --ignore-obsolete
+	$(BIN)/pybabel -q update -i $(I18N)/messages.pot -d $(I18N) --width=120 --ignore-obsolete --no-fuzzy-matching
 
 translations: $(VENV)/.installed
 	$(BIN)/pybabel -q compile --statistics -d $(I18N)
