@@ -8,7 +8,7 @@ catalogue, as a JSON block (`js_messages`), never a catalogue of its own.
 from datetime import date
 from decimal import Decimal
 
-from flask import Blueprint, current_app, redirect, request, session
+from flask import Blueprint, current_app, has_request_context, redirect, request, session
 from flask_babel import (format_currency, format_date, format_datetime, format_decimal, format_time, get_locale,
                          get_translations, gettext, lazy_gettext as _l, to_user_timezone)
 from flask_login import current_user
@@ -26,6 +26,8 @@ LANGUAGE_NAMES = {"en": "English", "pt_PT": "Português"}
 
 def select_locale():
     """The request's language: the person's choice, else their browser's best, else None (DEFAULT_LOCALE)."""
+    if not has_request_context():  # a lazy message said outside a request (the CLI, a test): DEFAULT_LOCALE
+        return None
     chosen = getattr(current_user, "locale", None) if current_user.is_authenticated else session.get("locale")
     if i18n.known(chosen):
         return i18n.known(chosen)
@@ -61,7 +63,7 @@ def filesize(count):
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1024 or unit == "GB":
             number = format_decimal(count, "#,##0") if unit == "B" else format_decimal(count, "#,##0.0")
-            return f"{number}\u00a0{unit}"
+            return f"{number} {unit}"
         count /= 1024
 
 
