@@ -347,8 +347,10 @@ def test_live_rows_come_in_each_streams_own_language(app, live_server):
     """Two tabs of one person, one reading Portuguese and one English (no choice made, each browser's own): a row
     arriving over SSE is rendered for each in its language, though the two streams share one read of the changes."""
     browser = Browser(live_server, app)
-    portuguese = browser.events("?html=1", headers=PT)
-    english = browser.events("?html=1", headers=EN)
+    # One cursor for both (as two tabs resuming from the same event): the streams read each change once, together.
+    cursor = (utcnow() - timedelta(seconds=2)).isoformat() + "Z"
+    portuguese = browser.events(f"?html=1&last_id={cursor}", headers=PT)
+    english = browser.events(f"?html=1&last_id={cursor}", headers=EN)
     job = browser.upload("live")
 
     def row(event, _id, data):
@@ -375,3 +377,31 @@ def test_polled_rows_come_in_the_readers_language(app, client):
     html = client.get(f"/queue/rows?since={since}", headers=PT).get_data(as_text=True)
     assert f'id="job-{job["id"]}"' in html and "Em processamento" in html and ">Eliminar</button>" in html
     assert "Processing" not in html
+
+
+def test_streams_share_a_read_of_the_changes_only_within_one_language(app, client):
+    """The rows one read renders are shared by the owner's streams woken together (webapp/stream.py): a stream in
+    English never gets the rows rendered for one in Portuguese."""
+    from core.changes import hub, subscribe
+    from webapp.queue_view import queue_view
+    from webapp.stream import Stream
+    job = upload(client, "shared")
+    cursor = utcnow() - timedelta(seconds=2)
+    owner = client.user.id
+    rows = {}
+    # This process's changes only: the poll for other processes' would ring again between the two reads.
+    hub(app).stop()
+    with app.app_context():  # two open tabs (each request has its own context, and so its own language)
+        portuguese, english = subscribe(owner), subscribe(owner)
+        assert claim(job["id"], "w", 30, capacity=4)  # a change both hear of at once
+    try:
+        assert portuguese.wait(5) and english.wait(5)
+        for name, headers, listener in (("pt", PT, portuguese), ("en", EN, english)):  # no change between them
+            with app.test_request_context("/api/events?html=1", headers=headers):
+                view = {**queue_view({}), "owner": owner, "owner_column": False}
+                rows[name] = "".join(Stream(listener, cursor, view).changes())
+    finally:
+        portuguese.close()
+        english.close()
+    assert f'id="job-{job["id"]}"' in rows["pt"] and ">Em processamento</span>" in rows["pt"]
+    assert f'id="job-{job["id"]}"' in rows["en"] and ">Processing</span>" in rows["en"]
