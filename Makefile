@@ -47,7 +47,7 @@ assets: node_modules/.installed
 # `make translations` compiles them into the .mo files the processes read (built, never committed).
 I18N := webapp/translations
 messages: $(VENV)/.installed
-	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k plural:1,2 --no-location --sort-output --omit-header -o $(I18N)/messages.pot .
+	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k lazy_pgettext:1c,2 -k plural:1,2 --no-location --sort-output --omit-header -o $(I18N)/messages.pot .
 	$(BIN)/pybabel -q update -i $(I18N)/messages.pot -d $(I18N) --width=120 --ignore-obsolete --no-fuzzy-matching
 
 translations: $(VENV)/.installed

@@ -10,7 +10,8 @@ from decimal import Decimal
 
 from flask import Blueprint, current_app, has_request_context, redirect, request, session
 from flask_babel import (format_currency, format_date, format_datetime, format_decimal, format_time, get_locale,
-                         get_translations, gettext, lazy_gettext as _l, to_user_timezone)
+                         get_translations, gettext, lazy_gettext as _l, lazy_pgettext,
+                         to_user_timezone)
 from flask_login import current_user
 
 from core import codes, i18n
@@ -140,9 +141,10 @@ def day(text):
 
 # -- the page's JavaScript ------------------------------------------------------------------------------------
 
-# Status words (core/jobs/states.py) as the pages say them.
-STATUS_WORDS = {"queued": _l("Queued"), "processing": _l("Processing"), "complete": _l("Complete"),
-                "failed": _l("Failed")}
+# A job's status (core/jobs/states.py) as a sentence says it ("fatura.pdf: complete", "the job is queued").
+STATUS_WORDS = {"queued": lazy_pgettext("job status", "queued"),
+                "processing": lazy_pgettext("job status", "processing"),
+                "complete": lazy_pgettext("job status", "complete"), "failed": lazy_pgettext("job status", "failed")}
 
 
 # A failed job's error, by its code, for readers of another language than the gateway's and worker's English (the
