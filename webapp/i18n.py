@@ -12,9 +12,11 @@ from flask import Blueprint, current_app, has_request_context, redirect, request
 from flask_babel import (format_currency, format_date, format_datetime, format_decimal, format_time, get_locale,
                          get_translations, gettext, lazy_gettext as _l, lazy_pgettext,
                          to_user_timezone)
+from flask_babel.speaklater import LazyString
 from flask_login import current_user
 
 from core import codes, i18n
+from core.clock import parse_iso
 from core.config import LOCALES
 from core.errors import ApiError
 from .identity import safe_next
@@ -46,7 +48,7 @@ def choose_language():
     """Keep the language chosen in the menu (on the account, or in the session), then go back to the page."""
     locale = request.form.get("locale", "")
     if locale and locale not in LOCALES:
-        raise ApiError(codes.BAD_REQUEST, 400, gettext("Choose one of the languages offered."))
+        raise ApiError(codes.BAD_REQUEST, 400, _l("Choose one of the languages offered."))
     if current_user.is_authenticated:
         current_user.choose_locale(locale or None)
     else:
@@ -81,8 +83,10 @@ def seconds(value):
 
 
 def when(value):
-    """A stored time (naive UTC) as the reader writes it, in DEFAULT_TIMEZONE: 'Apr 3, 2025, 2:05:09 PM',
-    '03/04/2025, 14:05:09'."""
+    """A stored time (naive UTC, or its ISO text) as the reader writes it, in DEFAULT_TIMEZONE:
+    'Apr 3, 2025, 2:05:09 PM', '03/04/2025, 14:05:09'."""
+    if isinstance(value, str):
+        value = parse_iso(value) if value else None
     return format_datetime(value, "medium") if value else ""
 
 
@@ -165,6 +169,43 @@ DELIVERY_STATES = {"pending": _l("pending"), "delivered": _l("delivered"), "fail
                    "skipped": _l("skipped")}
 
 
+# An answer's error, by its code, for a page or script whose reader is not reading English and whose message is the
+# API's own English one (a lazy message, _l(...), is said in the reader's language as it is).
+ERRORS = {
+    codes.BAD_REQUEST: _l("The request was not understood."),
+    codes.CSRF: _l("The CSRF token is missing or wrong; reload the page and try again."),
+    codes.EMPTY: _l("The file is empty."),
+    codes.EXPIRED: _l("It was removed by retention, or the link has expired."),
+    codes.INSUFFICIENT_STORAGE: _l("There is no room for it (your storage quota, or the server's disk); nothing of "
+                                   "it was kept."),
+    codes.INTERNAL: _l("Something went wrong on our side; it has been logged."),
+    codes.METHOD_NOT_ALLOWED: _l("That cannot be done here."),
+    codes.CONFLICT: _l("That conflicts with the job's state; reload the page."),
+    codes.FORBIDDEN: _l("Only an admin may do that."),
+    codes.NO_FILE: _l("Send at least one PDF in a multipart part named 'file'."),
+    codes.NOT_FOUND: _l("Not found."),
+    codes.NOT_PDF: _l("Not a PDF: only .pdf files are accepted."),
+    codes.NOT_QUEUED: _l("Only a queued job can be moved to the front of the queue."),
+    codes.NOT_READY: _l("The result is not ready yet."),
+    codes.NOT_RETRYABLE: _l("This job cannot be retried."),
+    codes.RATE_LIMITED: _l("Too many requests; wait a moment and try again."),
+    codes.TOO_LARGE: _l("The file is over the upload limit."),
+    codes.UNAUTHENTICATED: _l("Sign in first."),
+    codes.UNAVAILABLE: _l("Storage or database is unavailable; try again shortly."),
+    codes.UNKNOWN_MAPPING: _l("That mapping is not offered here."),
+    codes.REQUEST_TIMEOUT: _l("The request took too long to arrive; try again."),
+    codes.RANGE_NOT_SATISFIABLE: _l("That part of the file does not exist."),
+}
+
+
+def error_text(error):
+    """An ApiError's message as its page's reader reads it: a lazy message in their language, the API's English
+    one in English, else its code's sentence."""
+    if isinstance(error.message, LazyString) or str(get_locale()) == "en" or error.code not in ERRORS:
+        return str(error.message)
+    return str(ERRORS[error.code])
+
+
 def job_error(job):
     """A job's error as its reader reads it: the stored English sentence, or in another language its code's."""
     if str(get_locale()) == "en" or job.error_code not in JOB_ERRORS:
@@ -229,6 +270,8 @@ def js_messages():
         "page_of_name": gettext("Page %(number)s of %(pages)s of %(name)s"),
         "not_drawn": gettext("could not be drawn: %(reason)s"),
         "statuses": {name: str(word) for name, word in STATUS_WORDS.items()},
+        # The API's errors by code, for a reader of another language than its English (app.js errorText()).
+        "errors": {} if str(get_locale()) == "en" else {code: str(text) for code, text in ERRORS.items()},
         "locale": html_lang(),
     }
 
@@ -237,7 +280,7 @@ def js_messages():
 def _i18n_globals():
     return {"html_lang": html_lang, "js_messages": js_messages, "language_names": LANGUAGE_NAMES,
             "current_locale": lambda: str(get_locale()), "chosen_locale": _chosen_locale, "time_zone": zone,
-            "status_word": lambda status: STATUS_WORDS.get(status, status), "job_error": job_error,
+            "status_word": lambda status: STATUS_WORDS.get(status, status), "job_error": job_error, "error_text": error_text,
             "delivery_state": lambda state: DELIVERY_STATES.get(state, state)}
 
 

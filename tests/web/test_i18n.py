@@ -405,3 +405,14 @@ def test_streams_share_a_read_of_the_changes_only_within_one_language(app, clien
         english.close()
     assert f'id="job-{job["id"]}"' in rows["pt"] and ">Em processamento</span>" in rows["pt"]
     assert f'id="job-{job["id"]}"' in rows["en"] and ">Processing</span>" in rows["en"]
+
+
+def test_an_error_only_the_api_words_is_said_by_its_code_on_a_portuguese_page(client):
+    """werkzeug's own English (a 405 here) is no sentence of ours: a Portuguese page says its code's instead."""
+    portuguese = client.get("/upload", headers={**PT, "Accept": "text/html"})
+    assert portuguese.status_code == 405
+    assert '<p class="error-message" role="alert" data-code="METHOD_NOT_ALLOWED">Isso não se pode fazer aqui.</p>' in \
+        portuguese.get_data(as_text=True)
+    english = client.get("/upload", headers={**EN, "Accept": "text/html"}).get_data(as_text=True)
+    assert "The method is not allowed for the requested URL." in english
+    assert client.get("/api/jobs/nope", headers=PT).get_json()["error"]["message"] == "No such job."

@@ -46,8 +46,15 @@
     toast.timer = window.setTimeout(function () { box.hidden = true; }, 12000);
   }
 
+  // An answer's error as the reader reads it: the API says English, the page's catalogue has each code's sentence
+  // for readers of another language (empty for English, where the API's own sentence says more).
+  function errorText(error) {
+    t("locale");
+    return (messages.errors || {})[error.code] || error.message;
+  }
+
   function errorMessage(xhr) {
-    try { return JSON.parse(xhr.responseText).error.message; } catch (e) { return t("server_answered", { status: xhr.status }); }
+    try { return errorText(JSON.parse(xhr.responseText).error); } catch (e) { return t("server_answered", { status: xhr.status }); }
   }
 
   document.addEventListener("htmx:configRequest", function (evt) {
@@ -512,7 +519,7 @@
         body: JSON.stringify(body),
       }).then(function (response) {
         return response.json().then(function (answer) {
-          if (!response.ok) throw new Error(answer.error ? answer.error.message : t("server_answered", { status: response.status }));
+          if (!response.ok) throw new Error(answer.error ? errorText(answer.error) : t("server_answered", { status: response.status }));
           return answer;
         });
       });
