@@ -453,10 +453,10 @@
       var all = document.getElementById("select-page");
       if (all) all.checked = present.size > 0 && (matching || selected.size === present.size);
       var total = matchingCount(), chosen = matching ? total : selected.size;
-      count.textContent = matching ? t("all_matching_selected", { total: total })
+      count.textContent = matching ? t("all_matching_selected", { num: total })
         : chosen ? t("selected", { num: chosen }) : t("none_selected");
       buttons.matching.hidden = matching || total === 0;
-      buttons.matching.textContent = t("select_all_matching", { total: total });
+      buttons.matching.textContent = t("select_all_matching", { num: total });
       ["archive", "retry", "delete", "clear"].forEach(function (name) { buttons[name].disabled = chosen === 0; });
     }
 
