@@ -13,7 +13,6 @@ unexport PYTHONDONTWRITEBYTECODE
 # With GATEWAY_URL set, an external gateway does the work and ours is not started.
 PROCESSES := $(if $(GATEWAY_URL),web worker,web worker gateway)
 
-
 .PHONY: messages translations setup run test coverage web worker gateway bench bench-quick faults fuzz-api db assets system-deps clean
 
 setup: $(VENV)/.installed assets translations db
@@ -43,7 +42,7 @@ assets: node_modules/.installed
 	@cp $(SWAGGER)/swagger-ui-bundle.js $(SWAGGER)/swagger-ui.css $(SWAGGER)/LICENSE webapp/static/vendor/swagger-ui/
 
 # The pages' and emails' languages (webapp/i18n.py): `make messages` extracts every marked string (babel.cfg) and
-# updates each catalogue under webapp/translations (committed: translate what it marks new or fuzzy there);
+# updates each catalogue under webapp/translations (committed: translate what it adds, an empty msgstr);
 # `make translations` compiles them into the .mo files the processes read (built, never committed).
 I18N := webapp/translations
 messages: $(VENV)/.installed
