@@ -630,7 +630,20 @@
     if (navigator.clipboard) navigator.clipboard.writeText(url).catch(function () {});
   }
 
+  // The header's menu button, which app.css shows on narrow screens only: it opens and closes the links; Escape
+  // closes them and leaves the focus on the button.
+  function initMenu(button) {
+    function open() { return button.getAttribute("aria-expanded") === "true"; }
+    function set(value) { button.setAttribute("aria-expanded", value ? "true" : "false"); }
+    button.addEventListener("click", function () { set(!open()); });
+    document.addEventListener("keydown", function (evt) {
+      if (evt.key === "Escape" && open()) { set(false); button.focus(); }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var menu = document.getElementById("menu-button");
+    if (menu) initMenu(menu);
     var form = document.getElementById("upload-form");
     if (form) initUpload(form);
     var live = document.getElementById("live");
