@@ -13,9 +13,9 @@ unexport PYTHONDONTWRITEBYTECODE
 # With GATEWAY_URL set, an external gateway does the work and ours is not started.
 PROCESSES := $(if $(GATEWAY_URL),web worker,web worker gateway)
 
-.PHONY: setup run test coverage web worker gateway bench bench-quick faults fuzz-api db assets system-deps clean
+.PHONY: messages translations setup run test coverage web worker gateway bench bench-quick faults fuzz-api db assets system-deps clean
 
-setup: $(VENV)/.installed assets db
+setup: $(VENV)/.installed assets translations db
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,17 @@ assets: node_modules/.installed
 	@cp -r $(PDFJS)/standard_fonts $(PDFJS)/wasm webapp/static/vendor/pdfjs/
 	@mkdir -p webapp/static/vendor/swagger-ui
 	@cp $(SWAGGER)/swagger-ui-bundle.js $(SWAGGER)/swagger-ui.css $(SWAGGER)/LICENSE webapp/static/vendor/swagger-ui/
+
+# The pages' and emails' languages (webapp/i18n.py): `make messages` extracts every marked string (babel.cfg) and
+# updates each catalogue under webapp/translations (committed: translate what it adds, an empty msgstr);
+# `make translations` compiles them into the .mo files the processes read (built, never committed).
+I18N := webapp/translations
+messages: $(VENV)/.installed
+	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k lazy_pgettext:1c,2 -k plural:1,2 --no-location --sort-output --omit-header -o $(I18N)/messages.pot .
+	$(BIN)/pybabel -q update -i $(I18N)/messages.pot -d $(I18N) --width=120 --ignore-obsolete --no-fuzzy-matching
+
+translations: $(VENV)/.installed
+	$(BIN)/pybabel -q compile --statistics -d $(I18N)
 
 db: $(VENV)/.installed
 	$(BIN)/flask --app wsgi db upgrade

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from core import changes, config, counters, db, keys, logs, queue, sources  # noqa: F401 (sources: its table)
+from core import changes, config, counters, db, i18n, keys, logs, queue, sources  # noqa: F401 (sources: its table)
 from core.jobs.model import Job
 
 
@@ -34,4 +34,6 @@ def build_app(import_name, test_config=None):
 
 def create_app(test_config=None):
     """The app of a process with no pages (the worker): the core alone."""
-    return build_app(__name__, test_config)
+    app = build_app(__name__, test_config)
+    i18n.init_app(app)  # emails in their recipient's language
+    return app

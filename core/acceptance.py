@@ -8,6 +8,7 @@ import unicodedata
 from pathlib import Path
 
 from flask import current_app
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.exc import IntegrityError
 
 from core import codes
@@ -35,16 +36,16 @@ def display_name(raw):
 def check_pdf(head, size, name):
     """Raise EMPTY (400) or NOT_PDF (415) unless the file's first bytes (head) say PDF."""
     if size == 0:
-        raise ApiError(codes.EMPTY, 400, f"{name} is empty.")
+        raise ApiError(codes.EMPTY, 400, _l("%(name)s is empty.", name=name))
     if head[:len(PDF_MAGIC)] != PDF_MAGIC:
-        raise ApiError(codes.NOT_PDF, 415, f"{name} is not a PDF (it does not start with %PDF-).")
+        raise ApiError(codes.NOT_PDF, 415, _l("%(name)s is not a PDF (it does not start with %%PDF-).", name=name))
 
 
 def check_size(size, name):
     """Raise TOO_LARGE (413) if size is past MAX_UPLOAD_MB."""
     limit = current_app.config["MAX_UPLOAD_MB"]
     if size > limit * 1024 * 1024:
-        raise ApiError(codes.TOO_LARGE, 413, f"{name} is larger than {limit} MB.")
+        raise ApiError(codes.TOO_LARGE, 413, _l("%(name)s is larger than %(mb)s MB.", name=name, mb=limit))
 
 
 def check_room(owner, size, name):
@@ -55,8 +56,8 @@ def check_room(owner, size, name):
         raise insufficient_storage()
     if storage_used(owner) + size > config["USER_QUOTA_MB"] * mb:
         raise ApiError(codes.INSUFFICIENT_STORAGE, 507,
-                       f"{name} would take you past your storage quota of {config['USER_QUOTA_MB']} MB; "
-                       "delete old jobs and try again. Nothing of it was kept.")
+                       _l("%(name)s would take you past your storage quota of %(mb)s MB; delete old jobs and try "
+                          "again. Nothing of it was kept.", name=name, mb=config["USER_QUOTA_MB"]))
 
 
 def keep(temp_path, owner, mapping, name, size, sha256, **source):

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask_login import UserMixin
+from flask_babel import lazy_gettext as _l
 from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String, Text, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -42,14 +43,14 @@ def normalize_email(email):
     email = (email or "").strip().lower()
     local, _, domain = email.partition("@")
     if not local or "." not in domain or len(email) > 320 or any(c.isspace() for c in email):
-        raise AccountError("Enter an email address, like name@example.com.")
+        raise AccountError(_l("Enter an email address, like name@example.com."))
     return email
 
 
 def check_password(password):
     """Raise AccountError unless the password is long enough."""
     if len(password or "") < MIN_PASSWORD:
-        raise AccountError(f"Choose a password of at least {MIN_PASSWORD} characters.")
+        raise AccountError(_l("Choose a password of at least %(count)s characters.", count=MIN_PASSWORD))
 
 
 class User(UserMixin, db.Model):
@@ -64,6 +65,7 @@ class User(UserMixin, db.Model):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     signed_in_at: Mapped[datetime | None] = mapped_column(DateTime)
+    locale: Mapped[str | None] = mapped_column(String(16))  # chosen in the menu (core.config.LOCALES); None: not chosen
 
     session_key = None  # the raw key of the session this object was loaded for (Flask-Login's user id)
 
@@ -125,7 +127,7 @@ class User(UserMixin, db.Model):
             with write_transaction() as session:
                 session.add(user)
         except IntegrityError:
-            raise AccountError(f"{email} already has an account.") from None
+            raise AccountError(_l("%(email)s already has an account.", email=email)) from None
         return user
 
     def set_password(self, password, revoke_tokens=False):
@@ -137,6 +139,12 @@ class User(UserMixin, db.Model):
             session.execute(delete(UserSession).where(UserSession.user_id == self.id))
             if revoke_tokens:
                 session.execute(delete(ApiToken).where(ApiToken.user_id == self.id))
+
+    def choose_locale(self, locale):
+        """Keep the language this person chose (core.config.LOCALES), or None to follow their browser."""
+        with write_transaction() as session:
+            session.execute(update(User).where(User.id == self.id).values(locale=locale))
+        self.locale = locale
 
     def change(self, **values):
         """Set admin or disabled. Disabling ends every session of the user and deletes their tokens, so that
@@ -241,7 +249,7 @@ class ApiToken(db.Model):
         """A new token for user; (the token, its secret), the secret to be shown once."""
         name = (name or "").strip()[:100]
         if not name:
-            raise AccountError("Give the token a name, so you know later what uses it.")
+            raise AccountError(_l("Give the token a name, so you know later what uses it."))
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = cls(user_id=user.id, name=name, secret_digest=digest(secret), created_at=utcnow())
         with write_transaction() as session:

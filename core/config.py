@@ -10,11 +10,13 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCALES = ("en", "pt_PT")  # the languages pages and emails speak: webapp/translations holds all but en
 TUNING = {"tuning": True}  # json_schema_extra of a knob no operator sets
 
 CommaList = Annotated[list[str], NoDecode]
@@ -198,6 +200,13 @@ class Settings(BaseSettings):
     PDFQUEUE_PASSWORD: str = setting(
         "", "for the admin CLI (`users create`, `users reset`) in scripts, instead of the password prompt")
 
+    # -- language ----------------------------------------------------------------------------------------------------
+    DEFAULT_LOCALE: str = setting(
+        "en", "language of pages and emails for a reader who chose none in the menu and whose browser asks for none "
+        "of `en`, `pt_PT`")
+    DEFAULT_TIMEZONE: str = setting(
+        "UTC", "time zone the pages and emails show times in (an IANA name, e.g. `Europe/Lisbon`)")
+
     # -- notifications -----------------------------------------------------------------------------------------------
     WEBHOOK_ALLOWED_HOSTS: CommaList = setting(
         [], "comma-separated hosts a webhook may point at over plain `http://` and on any address, loopback and "
@@ -296,6 +305,22 @@ class Settings(BaseSettings):
             raise ValueError(f"would send its password in clear to {url.hostname}: use smtps://…:465, or add "
                              "?starttls=required (the password only after STARTTLS, no mail if the server offers "
                              "none); in clear only to a loopback host")
+        return value
+
+    @field_validator("DEFAULT_LOCALE")
+    @classmethod
+    def _known_locale(cls, value):
+        if value not in LOCALES:
+            raise ValueError(f"must be one of {', '.join(LOCALES)}")
+        return value
+
+    @field_validator("DEFAULT_TIMEZONE")
+    @classmethod
+    def _known_timezone(cls, value):
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError("must be an IANA time zone, like UTC or Europe/Lisbon") from None
         return value
 
     @field_validator("MAPPINGS")

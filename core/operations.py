@@ -6,6 +6,7 @@ and the wake-up in the queue. They raise ApiError, which the web answers with an
 """
 import logging
 import time
+from flask_babel import lazy_gettext as _l
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,8 +72,10 @@ def retry_failed(job):
     """Queue a failed job again from its kept PDF and wake it; raise NOT_RETRYABLE if it cannot be."""
     pdf = kept_file(current_app.config["DATA_DIR"], job.upload_path) if job.retryable else None
     if pdf is None or not pdf.exists() or not Job.requeue(job.id):
-        why = "its PDF is gone" if job.status == Status.FAILED else f"it is {job.status}, not failed"
-        raise ApiError(codes.NOT_RETRYABLE, 409, f"This job cannot be retried: {why}.")
+        if job.status == Status.FAILED:
+            raise ApiError(codes.NOT_RETRYABLE, 409, _l("This job cannot be retried: its PDF is gone."))
+        raise ApiError(codes.NOT_RETRYABLE, 409, _l("This job cannot be retried: it is %(status)s, not failed.",
+                                                    status=job.status))
     queue.wake(job.id)
 
 

@@ -19,6 +19,7 @@ import random
 import secrets
 import socket
 import threading
+from flask_babel import lazy_gettext as _l
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ from sqlalchemy import (Boolean, DateTime, ForeignKey, Index, Integer, String, T
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core import codes
+from core.errors import english
 from core.backoff import backoff
 from core.clock import isoformat, utcnow
 from core.db import db, write_transaction
@@ -48,7 +50,7 @@ class NotifyError(Exception):
     """A webhook or email choice that cannot be made: code (core/codes.py) and one line a person can read."""
 
     def __init__(self, code, message):
-        super().__init__(message)
+        super().__init__(english(message))  # message may be lazy: a page says it in its reader's language
         self.code, self.message = code, message
 
 
@@ -95,7 +97,7 @@ class Subscription(db.Model):
         url = check_url(url, allowed_hosts, resolve)
         if db.session.scalar(select(func.count()).select_from(cls).where(
                 cls.user_id == user_id, cls.kind == WEBHOOK)) >= MAX_WEBHOOKS:
-            raise NotifyError(codes.BAD_REQUEST, f"At most {MAX_WEBHOOKS} webhooks per user; delete one first.")
+            raise NotifyError(codes.BAD_REQUEST, _l("At most %(count)s webhooks per user; delete one first.", count=MAX_WEBHOOKS))
         secret = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
         hook = cls(user_id=user_id, kind=WEBHOOK, url=url, events=_stored(events), secret=secret, created_at=utcnow())
         with write_transaction() as session:
@@ -125,12 +127,12 @@ def _stored(events):
 
 def _checked_events(events, known, allow_none=False):
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
-        raise NotifyError(codes.BAD_REQUEST, f"events must be a list of: {', '.join(known)}.")
+        raise NotifyError(codes.BAD_REQUEST, _l("events must be a list of: %(events)s.", events=", ".join(known)))
     unknown = sorted(set(events) - set(known))
     if unknown:
-        raise NotifyError(codes.BAD_REQUEST, f"Unknown event {unknown[0]!r}; choose from: {', '.join(known)}.")
+        raise NotifyError(codes.BAD_REQUEST, _l("Unknown event %(event)r; choose from: %(events)s.", event=unknown[0], events=", ".join(known)))
     if not events and not allow_none:
-        raise NotifyError(codes.BAD_REQUEST, f"Choose at least one event: {', '.join(known)}.")
+        raise NotifyError(codes.BAD_REQUEST, _l("Choose at least one event: %(events)s.", events=", ".join(known)))
     return [e for e in known if e in events]  # in a stable order, each once
 
 
@@ -295,20 +297,20 @@ def host_allowed(host, allowed_hosts):
 def check_url(url, allowed_hosts, resolve=socket.getaddrinfo):
     """The URL, if a webhook may point at it; else raise NotifyError (WEBHOOK_URL or PRIVATE_ADDRESS)."""
     if not isinstance(url, str) or not url.strip() or len(url) > 2048:
-        raise NotifyError(codes.WEBHOOK_URL, "Give the webhook a URL, like https://example.com/hooks/pdfqueue.")
+        raise NotifyError(codes.WEBHOOK_URL, _l("Give the webhook a URL, like https://example.com/hooks/pdfqueue."))
     url = url.strip()
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise NotifyError(codes.WEBHOOK_URL, "The webhook URL is not a valid URL.") from None
+        raise NotifyError(codes.WEBHOOK_URL, _l("The webhook URL is not a valid URL.")) from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise NotifyError(codes.WEBHOOK_URL, "The webhook URL must be https://host/…")
+        raise NotifyError(codes.WEBHOOK_URL, _l("The webhook URL must be https://host/…"))
     if host_allowed(parts.hostname, allowed_hosts):
         return url
     if parts.scheme != "https":
-        raise NotifyError(codes.WEBHOOK_URL, "The webhook URL must be https:// (plain http only for hosts the "
-                                             "operator lists in WEBHOOK_ALLOWED_HOSTS).")
+        raise NotifyError(codes.WEBHOOK_URL, _l("The webhook URL must be https:// (plain http only for hosts the "
+                                                "operator lists in WEBHOOK_ALLOWED_HOSTS)."))
     pinned_address(parts.hostname, port or 443, allowed_hosts, resolve)
     return url
 
@@ -355,16 +357,16 @@ def pinned_address(host, port, allowed_hosts, resolve=socket.getaddrinfo):
     try:
         infos = resolve(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise NotifyError(codes.WEBHOOK_URL, f"The webhook's host {host} does not resolve ({exc}).") from None
+        raise NotifyError(codes.WEBHOOK_URL, _l("The webhook's host %(host)s does not resolve (%(why)s).", host=host, why=str(exc))) from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
-        raise NotifyError(codes.WEBHOOK_URL, f"The webhook's host {host} does not resolve.")
+        raise NotifyError(codes.WEBHOOK_URL, _l("The webhook's host %(host)s does not resolve.", host=host))
     if host_allowed(host, allowed_hosts):
         return addresses[0]
     for address in addresses:
         why = refusal(address)
         if why is not None:
             # The address it resolved to is not said: it would tell anyone who may add a webhook the internal DNS.
-            raise NotifyError(codes.PRIVATE_ADDRESS, f"The webhook's host {host} is on a {why} address; only hosts "
-                                                     "listed in WEBHOOK_ALLOWED_HOSTS may be.")
+            raise NotifyError(codes.PRIVATE_ADDRESS, _l("The webhook's host %(host)s is on a %(why)s address; only "
+                                                        "hosts listed in WEBHOOK_ALLOWED_HOSTS may be.", host=host, why=why))
     return addresses[0]

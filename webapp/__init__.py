@@ -6,11 +6,12 @@ def create_app(test_config=None):
     """Build the app from the environment, then test_config on top."""
     app = core.build_app(__name__, test_config)
 
-    from . import (admin, api, apidoc, auth, bulk, cli, errors, identity, limits, metrics, pages, security, sources,
-                   stream, uploads, webhooks)
+    from . import (admin, api, apidoc, auth, bulk, cli, errors, i18n, identity, limits, metrics, pages, security,
+                   sources, stream, uploads, webhooks)
 
     security.init_app(app)
     identity.init_app(app)
+    i18n.init_app(app)
     limits.init_app(app)
     uploads.init_app(app)
     errors.init_app(app)

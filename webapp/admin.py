@@ -1,5 +1,6 @@
 """/admin/users: invite people (and list and revoke pending invitations), disable and enable them, hand out reset
 links, make admins (admins only)."""
+from flask_babel import lazy_gettext as _l
 from flask import Blueprint, abort, render_template, request
 from flask_login import current_user
 from sqlalchemy import select
@@ -45,7 +46,8 @@ def invite():
         link = invite_link(email, admin=request.form.get("admin") == "1")
     except AccountError as error:
         return _page(400, error=str(error))
-    return _page(notice=f"Send this one-time link to {email.strip().lower()}; it works for a week:", link=link)
+    return _page(notice=_l("Send this one-time link to %(email)s; it works for a week:", email=email.strip().lower()),
+                 link=link)
 
 
 @bp.post("/invitations/<secret_digest>/revoke")
@@ -54,15 +56,16 @@ def revoke_invitation(secret_digest):
     email = next((link.email for link in OneTimeLink.pending_invitations() if link.secret_digest == secret_digest),
                  None)
     if email is None or not OneTimeLink.revoke_invitation(secret_digest):
-        return _page(404, error="No such pending invitation: it was used, revoked or has expired.")
-    return _page(notice=f"The invitation of {email} is revoked.")
+        return _page(404, error=_l("No such pending invitation: it was used, revoked or has expired."))
+    return _page(notice=_l("The invitation of %(email)s is revoked.", email=email))
 
 
 @bp.post("/users/<user_id>/reset")
 def reset(user_id):
     """Make a one-time link for the user to choose a new password."""
     user = _user_or_404(user_id)
-    return _page(notice=f"Send this one-time link to {user.email}; it works for a week:", link=reset_link(user))
+    return _page(notice=_l("Send this one-time link to %(email)s; it works for a week:", email=user.email),
+                 link=reset_link(user))
 
 
 @bp.post("/users/<user_id>/<action>")
@@ -74,9 +77,9 @@ def change(user_id, action):
         abort(404)
     user = _user_or_404(user_id)
     if user.id == current_user.id and action in ("disable", "revoke-admin"):
-        return _page(400, error="You cannot disable yourself or take your own admin rights; ask another admin.")
+        return _page(400, error=_l("You cannot disable yourself or take your own admin rights; ask another admin."))
     user.change(**changes[action])
-    return _page(notice=f"{user.email}: done.")
+    return _page(notice=_l("%(email)s: done.", email=user.email))
 
 
 def init_app(app):

@@ -1,6 +1,7 @@
 """Signing in and out, the one-time links (first admin's set-up, invitations, resets), and personal API tokens."""
 from datetime import timedelta
 
+from flask_babel import lazy_gettext as _l
 from flask import Blueprint, current_app, has_request_context, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 
@@ -15,8 +16,8 @@ from .limits import action_limit, client_address, limiter
 bp = Blueprint("auth", __name__)
 
 SETUP_LIFETIME = timedelta(days=1)
-SIGN_IN_FAILED = "The email or password is wrong, or the account is disabled."
-LINK_DEAD = "This link has been used, has expired, or was never ours. Ask an admin for a new one."
+SIGN_IN_FAILED = _l("The email or password is wrong, or the account is disabled.")
+LINK_DEAD = _l("This link has been used, has expired, or was never ours. Ask an admin for a new one.")
 
 
 def _signin_failed(response):
@@ -51,7 +52,7 @@ def _per_address():
     return f"{current_app.config['SIGNINS_PER_MINUTE'] * 4}/minute"
 
 
-SIGNIN_THROTTLED = "Too many failed sign-ins; wait a minute and try again."
+SIGNIN_THROTTLED = _l("Too many failed sign-ins; wait a minute and try again.")
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -89,7 +90,7 @@ def _password_form(template_args, on_submit):
         return render_template("password.html", **template_args)
     password = request.form.get("password", "")
     if password != request.form.get("confirm", ""):
-        return render_template("password.html", error="The two passwords differ.", **template_args), 400
+        return render_template("password.html", error=_l("The two passwords differ."), **template_args), 400
     try:
         check_password(password)  # before on_submit spends the link: a short password must not cost it
         user = on_submit(request.form.get("email", template_args.get("email") or ""), password)
@@ -113,7 +114,7 @@ def setup(secret):
         if not link.use():
             return None
         return User.create(email, password, admin=True)
-    return _password_form({"title": "Set up pdfqueue", "intro": "Create the first admin account.",
+    return _password_form({"title": _l("Set up pdfqueue"), "intro": _l("Create the first admin account."),
                            "ask_email": True, "email": ""}, create)
 
 
@@ -124,17 +125,19 @@ def link(secret):
     if found is None:
         return render_template("error.html", error=ApiError(codes.EXPIRED, 410, LINK_DEAD)), 410
     if found.purpose == INVITE:
-        args = {"title": "Join pdfqueue", "intro": f"Choose a password for {found.email}.", "email": found.email}
+        args = {"title": _l("Join pdfqueue"), "intro": _l("Choose a password for %(email)s.", email=found.email),
+                "email": found.email}
 
         def spend(_email, password):
             if User.by_email(found.email) is not None:
-                raise AccountError(f"{found.email} already has an account; sign in instead.")
+                raise AccountError(_l("%(email)s already has an account; sign in instead.", email=found.email))
             return User.create(found.email, password, admin=found.admin) if found.use() else None
     else:
         user = db.session.get(User, found.user_id) if found.user_id else None
         if user is None or user.disabled:
             return render_template("error.html", error=ApiError(codes.EXPIRED, 410, LINK_DEAD)), 410
-        args = {"title": "Choose a new password", "intro": f"A new password for {user.email}.", "email": user.email,
+        args = {"title": _l("Choose a new password"), "intro": _l("A new password for %(email)s.", email=user.email),
+                "email": user.email,
                 "tokens": len(ApiToken.of(user))}
 
         def spend(_email, password):
@@ -166,7 +169,7 @@ def invite_link(email, admin=False):
     """A one-time link (INVITE_DAYS) that lets email choose a password and join; raise AccountError if taken."""
     email = normalize_email(email)
     if User.by_email(email) is not None:
-        raise AccountError(f"{email} already has an account.")
+        raise AccountError(_l("%(email)s already has an account.", email=email))
     secret = OneTimeLink.create(INVITE, timedelta(days=current_app.config["INVITE_DAYS"]), email=email, admin=admin)
     return _absolute(url_for("auth.link", secret=secret))
 
@@ -228,7 +231,7 @@ def tokens_create():
     try:
         token, secret = ApiToken.create(current_user, name)
     except AccountError as error:
-        raise ApiError(codes.BAD_REQUEST, 400, str(error))
+        raise ApiError(codes.BAD_REQUEST, 400, error.args[0])
     return jsonify({**token.to_dict(), "token": secret}), 201
 
 

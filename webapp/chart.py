@@ -29,9 +29,8 @@ class Hour:
         return self.complete + self.failed
 
     @property
-    def label(self):
-        """'14:00–15:00'."""
-        return f"{self.start:%H}:00–{(self.start + timedelta(hours=1)):%H}:00"
+    def end(self):
+        return self.start + timedelta(hours=1)
 
     @property
     def average_seconds(self):

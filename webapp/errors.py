@@ -4,6 +4,7 @@ import math
 import time
 
 from flask import jsonify, make_response, render_template, request
+from flask_babel import lazy_gettext as _l
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
@@ -65,7 +66,7 @@ def init_app(app):
 
     @app.errorhandler(CSRFError)
     def _csrf(exc):
-        return render(ApiError(codes.CSRF, 400, "The CSRF token is missing or wrong; reload the page and try again."))
+        return render(ApiError(codes.CSRF, 400, _l("The CSRF token is missing or wrong; reload the page and try again.")))
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc):
@@ -75,14 +76,14 @@ def init_app(app):
             retry_after = str(_seconds_until_free(limit))
         # A limit with its own message says it (sign-ins); the upload limits say what was counted.
         own = limit is not None and limit.error_message
-        message = exc.description if own else f"Too many uploads ({exc.description}); wait and try again."
+        message = exc.description if own else _l("Too many uploads (%(limit)s); wait and try again.", limit=exc.description)
         error = ApiError(codes.RATE_LIMITED, 429, message, {"Retry-After": retry_after} if retry_after else {})
         return render(error)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):
         limit = app.config["MAX_UPLOAD_MB"]
-        response = render(ApiError(codes.TOO_LARGE, 413, f"The upload is over the {limit} MB limit."))
+        response = render(ApiError(codes.TOO_LARGE, 413, _l("The upload is over the %(mb)s MB limit.", mb=limit)))
         response.headers["Connection"] = "close"  # we stopped reading; the rest of the body is not wanted
         return response
 
@@ -99,7 +100,7 @@ def init_app(app):
 
     @app.errorhandler(HTTPException)
     def _http(exc):
-        message = "Not found." if exc.code == 404 else exc.description
+        message = _l("Not found.") if exc.code == 404 else exc.description
         # What the exception says beyond its page: a 405's Allow (RFC 9110 requires it), a 416's Content-Range.
         headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
         return render(ApiError(code_of_status(exc.code), exc.code, message, headers))
@@ -108,4 +109,4 @@ def init_app(app):
     def _unexpected(exc):
         db.session.rollback()
         logger.exception("unhandled error on %s %s", request.method, request.path)
-        return render(ApiError(codes.INTERNAL, 500, "Something went wrong on our side; it has been logged."))
+        return render(ApiError(codes.INTERNAL, 500, _l("Something went wrong on our side; it has been logged.")))

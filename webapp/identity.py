@@ -27,7 +27,7 @@ MODES = (PASSWORD, PROXY, NONE)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 # Reached without signing in: signing in itself, the one-time links, health, Prometheus, share links, assets.
 PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "auth.link", "api.healthz", "metrics.metrics",
-                    "shared.shared_download", "static"}
+                    "shared.shared_download", "static", "i18n.choose_language"}
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 # The plain upload form (no JavaScript, so no header): its csrf_token field is read from the body, once the

@@ -3,7 +3,8 @@ from urllib.parse import urlencode
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext, lazy_gettext as _l
 from flask_login import current_user
 from markupsafe import Markup, escape
 from sqlalchemy import select, tuple_
@@ -18,6 +19,7 @@ from core.errors import ApiError
 from core.accounts import User
 from core.db import db
 from .identity import current_owner, is_admin
+from .i18n import when
 from .limits import upload_limits
 from core.jobs.history import EventKind, JobEvent
 from core.jobs.model import Job
@@ -50,13 +52,17 @@ def upload_page():
 @upload_limits
 def upload_form():
     """Take the plain form's files as the API's upload does, then show the queue (works without JavaScript)."""
-    accepted, rejected, last_error = uploads.accept_request(current_owner())
+    refusals = []
+    accepted, rejected, last_error = uploads.accept_request(current_owner(), refusals)
     if not accepted and len(rejected) == 1:
         raise last_error  # one file, refused: its error page says why
     for job in accepted:
-        flash(f"{job['filename']}: {'already uploaded' if job['duplicate'] else 'queued'}", "ok")
-    for refused in rejected:
-        flash(refused["error"]["message"], "error")
+        if job["duplicate"]:
+            flash(gettext("%(name)s: already uploaded", name=job["filename"]), "ok")
+        else:
+            flash(gettext("%(name)s: queued", name=job["filename"]), "ok")
+    for refused in refusals:
+        flash(str(refused.message), "error")
     return redirect(url_for("pages.queue_page"), code=303)
 
 
@@ -68,11 +74,11 @@ def queue_page():
             "q": view["q"]}
     jobs, next_cursor, server_time = list_jobs(view["owner"], args)
     people = db.session.execute(select(User.id, User.email).order_by(User.email)).all() if is_admin() else []
-    heading = "Queue"
+    heading = gettext("Queue")
     if view["owner"] is None:
-        heading = "Everyone's queue"
+        heading = gettext("Everyone's queue")
     elif view["owner_column"]:
-        heading = f"Queue of {User.emails([view['owner']]).get(view['owner'], view['owner'])}"
+        heading = gettext("Queue of %(email)s", email=User.emails([view["owner"]]).get(view["owner"], view["owner"]))
     context = {"jobs": jobs, "first_page": not args["cursor"], "server_time": isoformat(server_time), "heading": heading,
                "next_url": next_cursor and url_for("pages.queue_page", cursor=next_cursor, **view["query"]),
                "filter_statuses": FILTER_STATUSES, "people": people, **row_context(view, jobs),
@@ -120,7 +126,7 @@ def review_page(job_id):
     if job.has_result:
         root, note = _stored_xml(current_app.config["DATA_DIR"], job.result_path)
     elif job.result_expired:
-        note = "The result was removed by retention."
+        note = gettext("The result was removed by retention.")
     reading = review.read(job.mapping, root) if root is not None else None
     xml = None
     if root is not None:
@@ -135,31 +141,33 @@ def review_page(job_id):
 
 def describe_event(event):
     """One line of the review page's timeline for a JobEvent."""
-    attempt = f"Attempt {event.attempt}"
+    n = event.attempt
     if event.kind == EventKind.CREATED:
-        return "Uploaded and queued"
+        return gettext("Uploaded and queued")
     if event.kind == EventKind.ATTEMPT:
-        return f"{attempt} started"
+        return gettext("Attempt %(n)s started", n=n)
     if event.kind == EventKind.COMPLETE:
-        return f"{attempt} converted it"
+        return gettext("Attempt %(n)s converted it", n=n)
     if event.kind == EventKind.FAILED:
-        return f"{attempt} failed for good"
+        return gettext("Attempt %(n)s failed for good", n=n)
     if event.kind == EventKind.RETRY:
-        return f"{attempt} failed; retry due {when(event.due_at)} UTC" if event.due_at else f"{attempt} failed; retrying"
+        if event.due_at:
+            return gettext("Attempt %(n)s failed; retry due %(time)s", n=n, time=when(event.due_at))
+        return gettext("Attempt %(n)s failed; retrying", n=n)
     if event.kind == EventKind.HELD:
         if event.duration_ms is not None:
-            return f"{attempt} held by the breaker: the gateway is down (the attempt is not counted)"
-        return "Held by the breaker: the gateway is down"
+            return gettext("Attempt %(n)s held by the breaker: the gateway is down (the attempt is not counted)", n=n)
+        return gettext("Held by the breaker: the gateway is down")
     if event.kind == EventKind.RELEASED:
-        return f"{attempt} given back: the worker stopped (the attempt is not counted)"
+        return gettext("Attempt %(n)s given back: the worker stopped (the attempt is not counted)", n=n)
     if event.kind == EventKind.REQUEUED:
-        return "Queued again by a person"
+        return gettext("Queued again by a person")
     if event.kind == EventKind.RUN_NEXT:
-        return "Moved to the front of the queue by an admin"
+        return gettext("Moved to the front of the queue by an admin")
     if event.kind == EventKind.RESULT_EXPIRED:
-        return "Retention removed the XML"
+        return gettext("Retention removed the XML")
     if event.kind == EventKind.UPLOAD_EXPIRED:
-        return "Retention removed the PDF"
+        return gettext("Retention removed the PDF")
     return event.kind
 
 
@@ -167,15 +175,15 @@ def _stored_xml(data_dir, result_path):
     """The stored XML's root element, or a note saying why it is not shown."""
     path = kept_file(data_dir, result_path)
     if path is None:
-        return None, "The result file is missing."
+        return None, gettext("The result file is missing.")
     try:
         if path.stat().st_size > PREVIEW_MAX_BYTES:
-            return None, "The result is too large to preview here; download it instead."
+            return None, gettext("The result is too large to preview here; download it instead.")
         return SafeET.fromstring(path.read_bytes()), None
     except FileNotFoundError:
-        return None, "The result file is missing."
+        return None, gettext("The result file is missing.")
     except (ParseError, DefusedXmlException):
-        return None, "The result is not well-formed XML; download it to inspect it."
+        return None, gettext("The result is not well-formed XML; download it to inspect it.")
 
 
 def neighbours(job, view):
@@ -191,52 +199,31 @@ def neighbours(job, view):
 # -- template helpers ---------------------------------------------------------------------------
 
 
-@bp.app_template_filter("filesize")
-def filesize(count):
-    """1234567 -> '1.2 MB'."""
-    if count is None:
-        return ""
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-
-
-@bp.app_template_filter("seconds")
-def seconds(value):
-    """0.25 -> '250 ms', 4.25 -> '4.2 s', 75 -> '1 min 15 s'."""
-    if value is None:
-        return "—"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 60:
-        return f"{value:.1f} s"
-    minutes, rest = divmod(round(value), 60)
-    return f"{minutes} min {rest} s"
-
-
-@bp.app_template_filter("when")
-def when(value):
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
-MISSING = Markup('<span class="missing">missing</span>')
-MARKS = {True: Markup('<span class="mark mark-ok" aria-hidden="true">✓</span><span class="visually-hidden">Passes:</span>'),
-         False: Markup('<span class="mark mark-bad" aria-hidden="true">✗</span><span class="visually-hidden">Fails:</span>'),
-         None: Markup('<span class="mark mark-unknown" aria-hidden="true">?</span>'
-                      '<span class="visually-hidden">Cannot check:</span>')}
+MISSING = '<span class="missing">{}</span>'
+MARKS = {True: '<span class="mark mark-ok" aria-hidden="true">✓</span><span class="visually-hidden">{}</span>',
+         False: '<span class="mark mark-bad" aria-hidden="true">✗</span><span class="visually-hidden">{}</span>',
+         None: '<span class="mark mark-unknown" aria-hidden="true">?</span><span class="visually-hidden">{}</span>'}
+MARK_WORDS = {True: _l("Passes:"), False: _l("Fails:"), None: _l("Cannot check:")}
 
 
 @bp.app_template_filter("or_missing")
 def or_missing(value):
     """A field's text, or "missing" marked as such where the gateway found nothing (never a blank)."""
-    return MISSING if value is None else escape(value)
+    return _marks()["missing"] if value is None else escape(value)
 
 
 @bp.app_template_filter("check_mark")
 def check_mark(ok):
     """✓, ✗ or ? for a check's outcome (True, False, None), with words for screen readers."""
-    return MARKS[ok]
+    return _marks()[ok]
+
+
+def _marks():
+    """The marks in the request's language, made once a request (a 500-line table asks thousands of times)."""
+    if "pdfqueue_marks" not in g:
+        g.pdfqueue_marks = {**{ok: Markup(MARKS[ok]).format(MARK_WORDS[ok]) for ok in MARKS},
+                            "missing": Markup(MISSING).format(gettext("missing"))}
+    return g.pdfqueue_marks
 
 
 @bp.app_template_filter("one_line")

@@ -8,7 +8,20 @@ says it cannot be made rather than passing or failing.
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from flask import has_app_context
+from flask_babel import format_decimal, lazy_gettext as _l
+
 CENT = Decimal("0.01")
+
+
+class Shown:
+    """An amount in a check's sentence, written as its reader writes numbers (two decimals) when it is said."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __str__(self):
+        return format_decimal(self.value, "#,##0.00") if has_app_context() else f"{self.value:.2f}"
 
 HEADER = ("InvoiceNumber", "IssueDate", "DueDate", "Currency")
 PARTY = ("Name", "TaxID")
@@ -111,35 +124,39 @@ def checks(invoice):
     net, vat, grand = (amount(invoice.totals[name]) for name in TOTALS)
     line_totals = [amount(line.fields["LineTotal"]) for line in invoice.lines]
 
+    label = _l("Lines add up to the net total")
     if not invoice.lines:
-        lines_sum = Check("Lines add up to the net total", None, "No line was found.")
+        lines_sum = Check(label, None, _l("No line was found."))
     elif None in line_totals or net is None:
-        lines_sum = Check("Lines add up to the net total", None,
-                          "Cannot check: the net total or a line's total is missing.")
+        lines_sum = Check(label, None, _l("Cannot check: the net total or a line's total is missing."))
     else:
         total = sum(line_totals, Decimal(0))
-        lines_sum = Check("Lines add up to the net total", total == net,
-                          f"The lines add up to {total:.2f}; the net total says {net:.2f}.")
+        lines_sum = Check(label, total == net, _l("The lines add up to %(total)s; the net total says %(net)s.",
+                                                  total=Shown(total), net=Shown(net)))
 
+    label = _l("Net total + VAT = grand total")
     if None in (net, vat, grand):
-        grand_total = Check("Net total + VAT = grand total", None, "Cannot check: a total is missing.")
+        grand_total = Check(label, None, _l("Cannot check: a total is missing."))
     else:
-        grand_total = Check("Net total + VAT = grand total", net + vat == grand,
-                            f"{net:.2f} + {vat:.2f} = {net + vat:.2f}; the grand total says {grand:.2f}.")
+        grand_total = Check(label, net + vat == grand,
+                            _l("%(net)s + %(vat)s = %(sum)s; the grand total says %(grand)s.", net=Shown(net),
+                               vat=Shown(vat), sum=Shown(net + vat), grand=Shown(grand)))
 
     failing = [line for line in invoice.lines if line.ok is False]
     unchecked = [line for line in invoice.lines if line.ok is None]
-    label = "Each line: quantity × price × (1 − discount) = its total"
+    label = _l("Each line: quantity × price × (1 − discount) = its total")
+    count = len(invoice.lines)
     if failing:
         numbers = ", ".join(line.number or "?" for line in failing)
-        each_line = Check(label, False, f"{len(failing)} of {len(invoice.lines)} lines do not: line {numbers}.")
+        each_line = Check(label, False, _l("%(failing)s of %(count)s lines do not: line %(numbers)s.",
+                                           failing=len(failing), count=count, numbers=numbers))
     elif not invoice.lines:
-        each_line = Check(label, None, "No line was found.")
+        each_line = Check(label, None, _l("No line was found."))
     elif unchecked:
-        each_line = Check(label, None, f"{len(unchecked)} of {len(invoice.lines)} lines cannot be checked: "
-                                       "a value is missing.")
+        each_line = Check(label, None, _l("%(unchecked)s of %(count)s lines cannot be checked: a value is missing.",
+                                          unchecked=len(unchecked), count=count))
     else:
-        each_line = Check(label, True, f"All {len(invoice.lines)} lines do.")
+        each_line = Check(label, True, _l("All %(count)s lines do.", count=count))
     return [lines_sum, grand_total, each_line]
 
 

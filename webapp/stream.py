@@ -12,6 +12,7 @@ from collections import Counter
 from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, render_template, request, stream_with_context
+from flask_babel import get_locale
 
 from core import codes
 from core.changes import OVERLAP, subscribe
@@ -129,7 +130,8 @@ class Stream:
         # once each has sent a change; streams just opened each have their own, so the read starts at the whole
         # second before since, shared by every cursor in that second, and each stream drops what precedes its own.
         shared_since, view = since.replace(microsecond=0), self.view
-        shown = view and (view["status"], view["q"], view["owner_column"])
+        # Rows are shared only with streams that read them alike: the same view, in the same language.
+        shown = view and (view["status"], view["q"], view["owner_column"], str(get_locale()))
         changes, totals = self.listener.shared((shared_since, shown), lambda: read_changes(owner, shared_since, view))
         messages = []
         for key, at, body in changes:
@@ -159,6 +161,9 @@ def events_stream():
          (("address", client_address()), config["STREAMS_PER_ADDRESS"])])
     # Seeing others' jobs (everyone's, or one other owner's) needs an admin: a demoted one's stream must end.
     still_allowed = credentials_check(needs_admin=view["owner"] != current_owner())
+    # The reader's language, settled now (from their account, or Accept-Language) and kept by the request's context
+    # for the stream's life: rows it renders later are in it, whatever the database says meanwhile.
+    get_locale()
     db.session.remove()  # hold no connection while the stream idles
     # A stream ends after its lifetime (the browser reconnects within RETRY_MS and resumes from its last id), so
     # no one stream is held for ever by a page left open, nor outlives a change of the rules.

@@ -5,6 +5,7 @@ import tempfile
 from math import inf
 from pathlib import Path
 
+from flask_babel import lazy_gettext as _l
 from flask import Request, current_app, g, request
 from python_multipart.multipart import MultipartParser, MultipartState
 from werkzeug.datastructures import FileStorage, Headers
@@ -220,7 +221,8 @@ def normalize_mapping(name, allowed):
     """The mapping name in canonical form, or an UNKNOWN_MAPPING error."""
     canonical = name[:-5] if name.endswith(".json") else name
     if canonical not in allowed:
-        raise ApiError(codes.UNKNOWN_MAPPING, 400, f"Unknown mapping {name[:80]!r}; choose one of: {', '.join(allowed)}.")
+        raise ApiError(codes.UNKNOWN_MAPPING, 400, _l("Unknown mapping %(name)r; choose one of: %(mappings)s.",
+                                                     name=name[:80], mappings=", ".join(allowed)))
     return canonical
 
 
@@ -233,7 +235,7 @@ def accept(storage, owner, mapping):
     """Keep one uploaded file as a queued job; return (job, created). Raise ApiError if it is refused."""
     incoming = _incoming_of(storage)
     if incoming is None:  # a form field called "file" without a file name is not a file
-        raise ApiError(codes.NO_FILE, 400, "The 'file' part carries no file.")
+        raise ApiError(codes.NO_FILE, 400, _l("The 'file' part carries no file."))
     name = display_name(storage.filename)
     check_pdf(incoming.head, incoming.size, name)
     incoming.close()
@@ -250,13 +252,14 @@ def init_app(app):
     app.teardown_request(discard_incoming)
 
 
-def accept_request(owner):
+def accept_request(owner, refusals=None):
     """Accept the request's PDFs (multipart parts named 'file') for owner, each becoming a queued job (woken) or the
     live job it repeats: (accepted job dicts with "duplicate", rejected {"filename", "error"} dicts, the last ApiError
-    of a rejection or None). The API's upload and the plain form's both come here."""
+    of a rejection or None); each rejection's ApiError is also added to refusals, when given (the page says them in
+    its reader's language). The API's upload and the plain form's both come here."""
     files = request.files.getlist("file")
     if not files:
-        raise ApiError(codes.NO_FILE, 400, "Send at least one PDF in a multipart part named 'file'.")
+        raise ApiError(codes.NO_FILE, 400, _l("Send at least one PDF in a multipart part named 'file'."))
     config = current_app.config
     mapping = normalize_mapping(request.form.get("mapping") or config["DEFAULT_MAPPING"], config["MAPPINGS"])
     accepted, rejected, last_error = [], [], None
@@ -266,6 +269,8 @@ def accept_request(owner):
         except ApiError as error:
             rejected.append({"filename": display_name(storage.filename), **error.to_dict()})
             last_error = error
+            if refusals is not None:
+                refusals.append(error)
             continue
         if created:
             queue.wake(job.id)

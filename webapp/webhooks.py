@@ -1,4 +1,5 @@
 """/api/webhooks and the notifications settings page: a user's webhooks, their deliveries, and email choices."""
+from flask_babel import lazy_gettext as _l
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 
@@ -102,7 +103,7 @@ def create_form():
     try:
         hook, secret = _add(request.form.get("url"), request.form.getlist("events"))
     except NotifyError as error:
-        return _page(400, error=f"{error.message} ({error.code})")
+        return _page(400, error=_l("%(message)s (%(code)s)", message=error.message, code=error.code))
     return _page(new_secret=secret, new_hook=hook)
 
 
@@ -118,7 +119,7 @@ def email_form():
     """Set my email choices from the page."""
     events = request.form.getlist("events")
     if events and not current_app.config["SMTP_URL"]:
-        return _page(400, error=f"This service has no SMTP_URL set, so it sends no email ({codes.EMAIL_OFF}).")
+        return _page(400, error=_l("This service has no SMTP_URL set, so it sends no email (%(code)s).", code=codes.EMAIL_OFF))
     try:
         Subscription.choose_email(current_user.id, events)
     except NotifyError as error:

@@ -24,10 +24,11 @@ from urllib.parse import unquote, urlsplit
 
 import urllib3
 from flask import current_app
+from flask_babel import gettext
 from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
-from core import counters
+from core import counters, i18n
 from core import outbox
 from core.config import smtp_starttls_required
 from core.accounts import User
@@ -135,7 +136,7 @@ def attempt(row, subscriptions, sender):
         else:
             status, outcome = sender.post(subscription.url, subscription.secret, row.id, row.payload)
     except outbox.NotifyError as error:
-        status, outcome = f"refused: {error.message}", False
+        status, outcome = f"refused: {error}", False
     except (urllib3.exceptions.HTTPError, OSError, smtplib.SMTPException) as error:
         status, outcome = describe(error), False
     return row, kind, status, outcome
@@ -252,24 +253,34 @@ def send_email_event(row, subscription, sender):
     if user is None or user.disabled:
         return "skipped: no such active user", "skipped"
     body = json.loads(row.payload)
-    if row.type == outbox.BATCH_FINISHED:
-        made = batch_email(row, subscription)
-        if made is None:
-            return "skipped: jobs still active (a later one ends the batch)", "skipped"
-        subject, text = made
-    elif row.type == outbox.JOB_FAILED:
-        job = body["data"]
-        subject = f"pdfqueue: {job['filename']} failed"
-        text = (f"{job['filename']} could not be converted: {job['error'] or 'no reason given'} "
-                f"({job['error_code']}).\n\nSee it at {config['PUBLIC_URL']}/review/{job['id']}\n")
-    elif row.type == outbox.FAILURE_DIGEST:
-        subject, text = digest_email(body["data"])
-    else:
+    # In the recipient's language (their choice in the pages' menu, else DEFAULT_LOCALE), times in DEFAULT_TIMEZONE.
+    with i18n.force_locale(i18n.locale_of(user, config["DEFAULT_LOCALE"])):
+        made = _compose(row, subscription, body, config)
+    if made is None:
+        return "skipped: jobs still active (a later one ends the batch)", "skipped"
+    if made == "unknown":
         return f"skipped: no email for {row.type}", "skipped"
+    subject, text = made
     send_email(config, user.email, subject, text, message_id=row.id)
     if row.type == outbox.BATCH_FINISHED:
         _skip_covered(row)
     return "sent", True
+
+
+def _compose(row, subscription, body, config):
+    """(subject, text) of the row's email; None while its batch goes on, "unknown" for a type with no email."""
+    if row.type == outbox.BATCH_FINISHED:
+        return batch_email(row, subscription)
+    if row.type == outbox.JOB_FAILED:
+        job = body["data"]
+        subject = gettext("pdfqueue: %(name)s failed", name=job["filename"])
+        text = (gettext("%(name)s could not be converted: %(error)s (%(code)s).", name=job["filename"],
+                        error=job["error"] or gettext("no reason given"), code=job["error_code"])
+                + "\n\n" + gettext("See it at %(url)s", url=f"{config['PUBLIC_URL']}/review/{job['id']}") + "\n")
+        return subject, text
+    if row.type == outbox.FAILURE_DIGEST:
+        return digest_email(body["data"])
+    return "unknown"
 
 
 def send_email(config, to, subject, text, message_id=None):
@@ -321,13 +332,17 @@ def batch_email(row, subscription):
         Job.completed_at <= row.created_at).order_by(Job.completed_at)).all()
     complete = sum(1 for job in jobs if job.status == Status.COMPLETE)
     failed = len(jobs) - complete
-    lines = [f"- {job.filename}: {job.status}" + (f" ({job.error_code})" if job.error_code else "") for job in jobs[:50]]
+    words = {Status.COMPLETE: gettext("complete"), Status.FAILED: gettext("failed")}
+    lines = [f"- {job.filename}: {words.get(job.status, job.status)}" + (f" ({job.error_code})" if job.error_code else "")
+             for job in jobs[:50]]
     if len(jobs) > 50:
-        lines.append(f"… and {len(jobs) - 50} more")
+        lines.append(gettext("… and %(count)s more", count=len(jobs) - 50))
     config = current_app.config
-    text = (f"Your batch is done: {complete} complete, {failed} failed.\n\n" + "\n".join(lines)
-            + f"\n\nSee them at {config['PUBLIC_URL']}/queue\n")
-    return f"pdfqueue: batch done ({complete} complete, {failed} failed)", text
+    text = (gettext("Your batch is done: %(complete)s complete, %(failed)s failed.", complete=complete, failed=failed)
+            + "\n\n" + "\n".join(lines) + "\n\n"
+            + gettext("See them at %(url)s", url=f"{config['PUBLIC_URL']}/queue") + "\n")
+    return gettext("pdfqueue: batch done (%(complete)s complete, %(failed)s failed)", complete=complete,
+                   failed=failed), text
 
 
 def _skip_covered(row):
@@ -343,9 +358,10 @@ def digest_email(data):
     lines = [f"- {job['filename']} ({job['owner_email'] or job['owner']}): {job['error_code']} {job['error'] or ''}"
              for job in data["jobs"]]
     by_code = ", ".join(f"{code}: {count}" for code, count in sorted(data["by_code"].items()))
-    text = (f"{data['count']} jobs failed for good since {data['since']} ({by_code}).\n\n" + "\n".join(lines)
-            + ("\n… and more" if data["count"] > len(data["jobs"]) else "") + "\n")
-    return f"pdfqueue: {data['count']} failed jobs in the last day", text
+    text = (gettext("%(count)s jobs failed for good since %(since)s (%(codes)s).", count=data["count"],
+                    since=data["since"], codes=by_code) + "\n\n" + "\n".join(lines)
+            + ("\n" + gettext("… and more") if data["count"] > len(data["jobs"]) else "") + "\n")
+    return gettext("pdfqueue: %(count)s failed jobs in the last day", count=data["count"]), text
 
 
 def enqueue_failure_digest(now=None):

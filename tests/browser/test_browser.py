@@ -182,7 +182,7 @@ def test_keyboard_only_upload(page, stack):
     # enabling it inside expect_file_chooser races the first chooser of a fresh browser.
     page.on("filechooser", lambda chooser: None)
     page.goto(f"{stack.web_url}/")
-    for _ in range(10):
+    for _ in range(15):  # past the header's links and its language menu
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.id") == "dropzone":
             break

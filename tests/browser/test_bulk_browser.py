@@ -62,7 +62,7 @@ def test_a_30_file_drop_over_the_limit_ends_as_30_jobs_with_no_second_drop(page,
     assert leaving_asks_first(page)
 
     summary = page.locator("#upload-summary")
-    expect(summary).to_contain_text("30 accepted, 1 duplicate (already uploaded: the existing jobs), 1 rejected:",
+    expect(summary).to_contain_text("30 accepted, 1 duplicate (already uploaded: the existing job), 1 rejected:",
                                     timeout=60_000)
     expect(summary.locator("li")).to_have_text(["notes.txt: Not a PDF: only .pdf files are accepted."])
     expect(page.locator('#upload-list .upload[data-state="accepted"]')).to_have_count(30)

@@ -3,7 +3,9 @@ CSP, next/previous by keyboard; and axe-core on every page, with no violation of
 import re
 import time
 from datetime import timedelta
+from decimal import Decimal
 
+from babel.numbers import format_currency
 from playwright.sync_api import expect
 
 from tests.browser.conftest import let_in
@@ -70,7 +72,9 @@ def test_the_review_page_reads_checks_and_draws_the_invoice(page, stack, artifac
     expect(page.locator("#invoice-number")).to_have_text(truth["Header"]["InvoiceNumber"])
     expect(page.locator("#supplier")).to_contain_text(truth["Supplier"]["TaxID"])
     expect(page.locator("#customer")).to_contain_text(truth["Customer"]["Name"])
-    expect(page.locator("#grand-total")).to_have_text(truth["Totals"]["GrandTotal"])
+    # As an English reader writes it (the browser asks for en-US): €1,234.56.
+    grand = format_currency(Decimal(str(truth["Totals"]["GrandTotal"])), "EUR", locale="en")
+    expect(page.locator("#grand-total")).to_have_text(grand)
     expect(page.locator("#lines tbody tr")).to_have_count(6)
     checks = page.locator("#checks li")
     expect(checks.nth(0)).to_have_class(re.compile(r"\bcheck-bad\b"))

@@ -254,16 +254,6 @@ def test_review_of_another_owners_job_is_an_html_404(client, other_client):
     assert response.status_code == 404 and "Not found" in html and "secret.pdf" not in html
 
 
-@pytest.mark.parametrize("value, expected", [(0, "0 B"), (1023, "1023 B"), (2048, "2.0 KB"), (5 * 1024 ** 2, "5.0 MB")])
-def test_filesize(value, expected):
-    assert pages.filesize(value) == expected
-
-
-@pytest.mark.parametrize("value, expected", [(None, "—"), (0.25, "250 ms"), (4.25, "4.2 s"), (75, "1 min 15 s")])
-def test_seconds(value, expected):
-    assert pages.seconds(value) == expected
-
-
 def test_queue_search_counts_each_filter_under_it_and_carries_it_along(app, client, monkeypatch):
     monkeypatch.setattr(pages, "PAGE_SIZE", 2)
     march = [upload(client, f"march-{n}") for n in range(3)]

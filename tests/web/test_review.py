@@ -6,6 +6,7 @@ from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
 import pytest
+from babel.numbers import format_currency
 from sqlalchemy import event, text
 
 from core.coordination import Coordination
@@ -318,7 +319,8 @@ def test_the_review_page_reads_the_invoice_and_marks_what_fails(app, client):
     assert f'<dd id="invoice-number">{truth["Header"]["InvoiceNumber"]}</dd>' in html
     assert '<dd id="invoice-due"><span class="missing">missing</span></dd>' in html
     assert truth["Supplier"]["TaxID"] in html and truth["Customer"]["TaxID"] in html
-    assert f'<dd id="grand-total">{truth["Totals"]["GrandTotal"]}</dd>' in html
+    grand = format_currency(Decimal(str(truth["Totals"]["GrandTotal"])), "EUR", locale="en")  # €1,234.56
+    assert f'<dd id="grand-total">{grand}</dd>' in html
     rows = re.findall(r'<tr class="line( line-bad)?" data-line="(\d+)" data-ok="(\w+)"', html)
     assert rows == [("", "1", "true"), (" line-bad", "2", "false"), ("", "3", "true"), ("", "4", "true")]
     checks = re.findall(r'<li class="check-row check-(\w+)">', html)

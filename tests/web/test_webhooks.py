@@ -510,6 +510,24 @@ def test_an_email_when_a_batch_finishes_and_when_a_job_fails_for_good(mail_app, 
     assert {row.state for row in outbox(mail_app)} == {"skipped", "delivered"}
 
 
+def test_an_email_is_written_in_its_recipients_language(mail_app, smtp):
+    api = ApiClient(mail_app.test_client())
+    api.post("/notifications/email", data={"events": ["job.failed"], "csrf_token": api.token})
+    api.post("/language", data={"locale": "pt_PT", "csrf_token": api.token})  # chosen in the pages' menu
+    with mail_app.app_context():
+        job_id = Job.create(owner=api.user.id, filename="fatura.pdf", mapping="pt_simon_invoice_v1", bytes=10,
+                            sha256="8" * 64, upload_path="uploads/y.pdf").id
+        assert claim(job_id, "w", 30, capacity=10)
+        Job.fail(job_id, "w", codes.GW_4XX, "the PDF is encrypted")
+        db.session.remove()
+    delivery.deliver_due(mail_app, delivery.Sender(mail_app.config))
+    [(_, message)] = smtp.messages
+    assert message["Subject"] == "pdfqueue: fatura.pdf falhou"
+    body = message.get_payload(decode=True).decode()
+    assert "Não foi possível converter fatura.pdf: the PDF is encrypted (GW_4XX)." in body
+    assert f"Veja-a em {mail_app.config['PUBLIC_URL']}/review/{job_id}" in body
+
+
 def test_a_disabled_user_gets_no_email(mail_app, smtp):
     api = ApiClient(mail_app.test_client())
     assert api.post("/notifications/email", data={"events": ["job.failed"], "csrf_token": api.token}).status_code == 303

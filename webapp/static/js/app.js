@@ -8,6 +8,26 @@
     return meta ? meta.content : "";
   };
 
+  // The page's sentences in its reader's language: the server's catalogue, handed over as a JSON block
+  // (<script type="application/json" id="messages">, webapp/i18n.py js_messages). t("key", {name: value}) fills its
+  // %(name)s (and %(name)d) places; an entry with one/other forms takes the form for values.num.
+  var messages = null;
+  function t(key, values) {
+    if (messages === null) {
+      var block = document.getElementById("messages");
+      try { messages = block ? JSON.parse(block.textContent) : {}; } catch (e) { messages = {}; }
+    }
+    var text = messages[key];
+    if (text === undefined) return key;
+    if (typeof text === "object") text = values && values.num === 1 ? text.one : text.other;
+    return text.replace(/%\(([a-z_]+)\)[sd]|%%/g, function (all, name) {
+      return name === undefined ? "%" : String(values && name in values ? values[name] : all);
+    });
+  }
+  window.pdfqueueText = t;
+
+  function statusWord(status) { t("locale"); return (messages.statuses || {})[status] || status; }
+
   function announce(text) {
     var region = document.getElementById("announcer");
     if (!region) return;
@@ -26,8 +46,15 @@
     toast.timer = window.setTimeout(function () { box.hidden = true; }, 12000);
   }
 
+  // An answer's error as the reader reads it: the API says English, the page's catalogue has each code's sentence
+  // for readers of another language (empty for English, where the API's own sentence says more).
+  function errorText(error) {
+    t("locale");
+    return (messages.errors || {})[error.code] || error.message;
+  }
+
   function errorMessage(xhr) {
-    try { return JSON.parse(xhr.responseText).error.message; } catch (e) { return "The server answered " + xhr.status + "."; }
+    try { return errorText(JSON.parse(xhr.responseText).error); } catch (e) { return t("server_answered", { status: xhr.status }); }
   }
 
   document.addEventListener("htmx:configRequest", function (evt) {
@@ -90,9 +117,9 @@
 
     function problemWith(file) {
       var looksPdf = /\.pdf$/i.test(file.name) || file.type === "application/pdf";
-      if (!looksPdf) return "Not a PDF: only .pdf files are accepted.";
-      if (file.size === 0) return "The file is empty.";
-      if (file.size > maxBytes) return "Too large: the limit is " + form.dataset.maxMb + " MB.";
+      if (!looksPdf) return t("not_pdf");
+      if (file.size === 0) return t("empty");
+      if (file.size > maxBytes) return t("too_large", { mb: form.dataset.maxMb });
       return null;
     }
 
@@ -106,7 +133,7 @@
         list.appendChild(row.el);
         var problem = problemWith(file);
         if (problem) {
-          row.finish("rejected", problem + " Not sent.");
+          row.finish("rejected", t("not_sent", { problem: problem }));
           batch.rejected.push({ name: file.name, reason: problem });
           return;
         }
@@ -130,7 +157,7 @@
     function tick() {
       var left = Math.max(0, Math.ceil((resumeAt - Date.now()) / 1000));
       waiting.forEach(function (item) {
-        item.row.wait("Over the limit of files a minute: goes by itself in " + left + " s");
+        item.row.wait(t("over_limit", { seconds: left }));
       });
       if (left === 0) {
         window.clearInterval(countdown);
@@ -153,10 +180,10 @@
       size.textContent = file.size < 1024 ? file.size + " B" : (file.size / 1024).toFixed(1) + " KB";
       var bar = document.createElement("progress");
       bar.max = 100; bar.value = 0;
-      bar.setAttribute("aria-label", "Upload of " + file.name);
+      bar.setAttribute("aria-label", t("upload_of", { name: file.name }));
       var message = document.createElement("span");
       message.className = "upload-message";
-      message.textContent = "Waiting…";
+      message.textContent = t("waiting");
       el.append(name, size, bar, message);
       return {
         el: el, bar: bar,
@@ -168,7 +195,7 @@
         progress: function (fraction) {
           el.dataset.state = "sending";
           bar.value = Math.round(fraction * 100);
-          message.textContent = "Sending… " + bar.value + "%";
+          message.textContent = t("sending", { percent: bar.value });
         },
         finish: function (state, text) {
           el.dataset.state = state;
@@ -199,10 +226,10 @@
           var job = JSON.parse(xhr.responseText).jobs[0];
           if (job.duplicate) {
             batch.duplicates += 1;
-            row.finish("duplicate", "Already uploaded: this is the same file as an existing job.");
+            row.finish("duplicate", t("duplicate"));
           } else {
             batch.accepted += 1;
-            row.finish("accepted", "Accepted, queued.");
+            row.finish("accepted", t("accepted"));
           }
         } else if (xhr.status === 429) {
           // Over the per-user limit: this file waits (first in line) until the window lets one more in.
@@ -220,7 +247,7 @@
       });
       xhr.addEventListener("error", function () {
         inFlight -= 1;
-        var text = "The upload did not reach the server; check the connection and try again.";
+        var text = t("unreachable");
         row.finish("rejected", text);
         batch.rejected.push({ name: file.name, reason: text });
         pump();
@@ -234,9 +261,9 @@
       if (!sent && !batch.rejected.length) return;
       var line = document.createElement("p");
       line.className = "summary-line";
-      line.textContent = batch.accepted + " accepted, " + batch.duplicates +
-        (batch.duplicates === 1 ? " duplicate" : " duplicates") + " (already uploaded: the existing jobs), " +
-        batch.rejected.length + " rejected" + (batch.rejected.length ? ":" : ".");
+      line.textContent = t("summary_accepted", { num: batch.accepted }) + ", " +
+        t("summary_duplicates", { num: batch.duplicates }) + ", " +
+        t("summary_rejected", { num: batch.rejected.length }) + (batch.rejected.length ? ":" : ".");
       summary.replaceChildren(line);
       if (batch.rejected.length) {
         var reasons = document.createElement("ul");
@@ -249,10 +276,10 @@
       }
       var link = document.createElement("a");
       link.href = form.dataset.queueUrl;
-      link.textContent = "Go to the queue";
+      link.textContent = t("go_to_queue");
       summary.appendChild(link);
       if (sent && !batch.rejected.length) {
-        line.textContent = "All uploaded: " + line.textContent + " Opening the queue…";
+        line.textContent = t("all_uploaded", { summary: line.textContent });
         window.setTimeout(function () { window.location.assign(form.dataset.queueUrl); }, 1200);
       }
     }
@@ -315,12 +342,12 @@
     live.addEventListener("htmx:sseOpen", function () {
       opened = true;
       errors = 0;
-      setState("live", "Live: updates appear as they happen.");
+      setState("live", t("live"));
     });
     live.addEventListener("htmx:sseError", function () {
       errors += 1;
       if (fellBack()) return;
-      if (opened && errors < 2) setState("connecting", "Reconnecting…");
+      if (opened && errors < 2) setState("connecting", t("reconnecting"));
       else htmx.trigger(liveState(), "queue:poll");
     });
     live.addEventListener("htmx:sseBeforeMessage", function (evt) {
@@ -346,7 +373,7 @@
         if (!shown) return;
         htmx.swap(shown, row.outerHTML, { swapStyle: "outerHTML" });
       }
-      if (!shown || shown.dataset.status !== row.dataset.status) announce(row.dataset.filename + ": " + row.dataset.status);
+      if (!shown || shown.dataset.status !== row.dataset.status) announce(row.dataset.filename + ": " + statusWord(row.dataset.status));
     });
 
     // A row sent in place of one this page does not show: a job that comes (back) into the view's filters, say
@@ -364,7 +391,7 @@
       row.removeAttribute("hx-swap-oob");
       rows.insertBefore(row, next || null);
       htmx.process(row);
-      announce(row.dataset.filename + ": " + row.dataset.status);
+      announce(row.dataset.filename + ": " + statusWord(row.dataset.status));
     });
 
     document.addEventListener("htmx:afterRequest", function (evt) {
@@ -379,9 +406,9 @@
         var id = button.closest("tr").id, copy = document.getElementById(id);
         deleted.add(id);
         if (copy) copy.remove();
-        announce(name + " deleted");
+        announce(t("deleted", { name: name }));
       } else if (action === "retry") {
-        toast(name + " is queued again."); // the answer's HX-Trigger (queue:active) wakes a stopped poller
+        toast(t("queued_again", { name: name })); // the answer's HX-Trigger (queue:active) wakes a stopped poller
       } else if (action === "share") {
         shareNotice(JSON.parse(xhr.responseText));
       }
@@ -394,7 +421,7 @@
   // here by job id and put back on each row that swaps in.
   // ---------------------------------------------------------------------------------------------
 
-  var SKIPPED = { NOT_RETRYABLE: "not failed, or its PDF is gone", NOT_FOUND: "no longer there" };
+  var SKIPPED = { NOT_RETRYABLE: "skipped_not_retryable", NOT_FOUND: "skipped_not_found" };
 
   function initBulk(bar) {
     var selected = new Set(), matching = false;
@@ -426,10 +453,10 @@
       var all = document.getElementById("select-page");
       if (all) all.checked = present.size > 0 && (matching || selected.size === present.size);
       var total = matchingCount(), chosen = matching ? total : selected.size;
-      count.textContent = matching ? "All " + total + " matching jobs selected"
-        : chosen ? chosen + (chosen === 1 ? " job" : " jobs") + " selected" : "No job selected";
+      count.textContent = matching ? t("all_matching_selected", { num: total })
+        : chosen ? t("selected", { num: chosen }) : t("none_selected");
       buttons.matching.hidden = matching || total === 0;
-      buttons.matching.textContent = "Select all " + total + " matching";
+      buttons.matching.textContent = t("select_all_matching", { num: total });
       ["archive", "retry", "delete", "clear"].forEach(function (name) { buttons[name].disabled = chosen === 0; });
     }
 
@@ -466,14 +493,14 @@
     buttons.archive.addEventListener("click", function () {
       var ready = matching ? (keeps(filter.status, "complete") ? Number((document.getElementById("count-" + filterOf("complete")) || {}).textContent || 0) : 0)
         : boxes().filter(function (box) { return selected.has(box.value) && box.closest("tr").dataset.status === "complete"; }).length;
-      if (!ready) { toast("None of the selected jobs has a result to download yet.", "error"); return; }
+      if (!ready) { toast(t("nothing_to_download"), "error"); return; }
       var link = document.createElement("a");
       link.href = bar.dataset.archiveUrl + "?" + params();
       link.download = "";
       document.body.appendChild(link);
       link.click();
       link.remove();
-      announce("Preparing a ZIP of " + ready + (ready === 1 ? " result" : " results"));
+      announce(t("preparing_zip", { num: ready }));
     });
 
     function act(action) {
@@ -492,7 +519,7 @@
         body: JSON.stringify(body),
       }).then(function (response) {
         return response.json().then(function (answer) {
-          if (!response.ok) throw new Error(answer.error ? answer.error.message : "The server answered " + response.status + ".");
+          if (!response.ok) throw new Error(answer.error ? errorText(answer.error) : t("server_answered", { status: response.status }));
           return answer;
         });
       });
@@ -502,14 +529,14 @@
       if (!skipped.length) return "";
       var why = {};
       skipped.forEach(function (item) { why[item.code] = (why[item.code] || 0) + 1; });
-      return "; " + skipped.length + " skipped (" + Object.keys(why).map(function (code) {
-        return why[code] + " " + (SKIPPED[code] || code);
-      }).join(", ") + ")";
+      return "; " + t("skipped", { count: skipped.length, why: Object.keys(why).map(function (code) {
+        return why[code] + " " + (SKIPPED[code] ? t(SKIPPED[code]) : code);
+      }).join(", ") });
     }
 
     buttons.retry.addEventListener("click", function () {
       act("retry").then(function (answer) {
-        toast(answer.done.length + (answer.done.length === 1 ? " job" : " jobs") + " queued again" + skippedText(answer.skipped) + ".");
+        toast(t("requeued", { num: answer.done.length }) + skippedText(answer.skipped) + ".");
         if (answer.done.length) htmx.trigger(document.body, "queue:active"); // a stopped poller looks again
         matching = false; selected.clear(); render();
       }).catch(function (error) { toast(error.message, "error"); });
@@ -517,10 +544,10 @@
 
     buttons.delete.addEventListener("click", function () {
       var chosen = matching ? matchingCount() : selected.size;
-      if (!window.confirm("Delete " + chosen + (chosen === 1 ? " job" : " jobs") + " and their results?")) return;
+      if (!window.confirm(t("confirm_delete", { num: chosen }))) return;
       act("delete").then(function (answer) {
         answer.done.forEach(function (id) { var row = document.getElementById("job-" + id); if (row) row.remove(); });
-        toast(answer.done.length + (answer.done.length === 1 ? " job" : " jobs") + " deleted" + skippedText(answer.skipped) + ".");
+        toast(t("deleted_many", { num: answer.done.length }) + skippedText(answer.skipped) + ".");
         matching = false; selected.clear(); render();
       }).catch(function (error) { toast(error.message, "error"); });
     });
@@ -540,7 +567,7 @@
         if (now - Date.parse(row.dataset.activeSince) <= limit) return;
         var note = document.createElement("span");
         note.className = "status-note status-slow";
-        note.textContent = "taking longer than usual";
+        note.textContent = t("slow");
         status.appendChild(note);
       });
     }
@@ -557,7 +584,7 @@
     function on() { return Notification.permission === "granted" && window.localStorage.getItem(KEY) === "1"; }
     function show() {
       button.setAttribute("aria-pressed", on() ? "true" : "false");
-      button.textContent = on() ? "Notifications on" : "Notify me when a batch finishes";
+      button.textContent = on() ? t("notifications_on") : t("notify_me");
     }
     button.hidden = false;
     show();
@@ -580,8 +607,8 @@
       if (before.active === 0 && now.active > 0) start = before;
       if (before.active > 0 && now.active === 0 && document.hidden && on()) {
         var done = now.complete - start.complete, failed = now.failed - start.failed;
-        new Notification("pdfqueue: the batch is finished", {
-          body: done + " complete, " + failed + " failed", tag: "pdfqueue-batch",
+        new Notification(t("batch_finished"), {
+          body: t("batch_counts", { complete: done, failed: failed }), tag: "pdfqueue-batch",
         });
       }
       before = now;
@@ -591,10 +618,10 @@
   function shareNotice(answer) {
     var url = new URL(answer.url, window.location.href).href;
     var until = new Date(answer.expires_at), minutes = Math.round((until - Date.now()) / 60000);
-    var time = until.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    var validity = minutes >= 1 ? "for " + minutes + (minutes === 1 ? " minute" : " minutes") + ", until " + time : "until " + time;
+    var time = until.toLocaleTimeString(t("locale"), { hour: "2-digit", minute: "2-digit" });
+    var validity = minutes >= 1 ? t("share_for", { num: minutes, time: time }) : t("share_until", { time: time });
     var label = document.createElement("label");
-    label.textContent = "Share link (valid " + validity + "): ";
+    label.textContent = t("share_link", { validity: validity });
     var field = document.createElement("input");
     field.readOnly = true; field.value = url; field.className = "share-url";
     label.appendChild(field);

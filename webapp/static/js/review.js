@@ -3,6 +3,9 @@
 // the page's CSP needs nothing beyond 'self' (worker-src says so explicitly).
 const viewer = document.getElementById("pdf-viewer");
 
+// The page's sentences in its reader's language (app.js reads them from the page's JSON block).
+const t = (key, values) => (window.pdfqueueText ? window.pdfqueueText(key, values) : key);
+
 function say(text, isError) {
   let status = viewer.querySelector(".pdf-status");
   if (!status) {
@@ -19,7 +22,7 @@ async function errorOf(response) {
   try {
     return (await response.json()).error.message;
   } catch (e) {
-    return "The server answered " + response.status + ".";
+    return t("server_answered", { status: response.status });
   }
 }
 
@@ -43,7 +46,7 @@ async function show() {
   try {
     pdfjs = await import(vendor + "pdf.min.mjs");
   } catch (e) {
-    say("The PDF viewer could not be loaded; open the PDF on its own instead.", true);
+    say(t("viewer_failed"), true);
     return;
   }
   pdfjs.GlobalWorkerOptions.workerSrc = vendor + "pdf.worker.min.mjs";
@@ -61,7 +64,7 @@ async function show() {
       enableXfa: false,
     }).promise;
   } catch (e) {
-    say("This PDF cannot be drawn here: " + e.message, true);
+    say(t("cannot_draw", { reason: e.message }), true);
     return;
   }
   const first = await pdf.getPage(1);
@@ -72,13 +75,13 @@ async function show() {
     figure.className = "pdf-page";
     const canvas = document.createElement("canvas");
     canvas.setAttribute("role", "img");
-    canvas.setAttribute("aria-label", "Page " + number + " of " + pdf.numPages + " of " + viewer.dataset.name);
+    canvas.setAttribute("aria-label", t("page_of_name", { number: number, pages: pdf.numPages, name: viewer.dataset.name }));
     canvas.dataset.page = String(number);
     // Until drawn, a blank of page one's proportions keeps the scroll position honest.
     canvas.width = Math.round(size.width);
     canvas.height = Math.round(size.height);
     const caption = document.createElement("figcaption");
-    caption.textContent = "Page " + number + " of " + pdf.numPages;
+    caption.textContent = t("page_of", { number: number, pages: pdf.numPages });
     figure.append(canvas, caption);
     pages.push(figure);
   }
@@ -93,7 +96,7 @@ async function show() {
       drawing.add(canvas);
       observer.unobserve(canvas);
       drawPage(pdf, Number(canvas.dataset.page), canvas).catch((e) => {
-        canvas.setAttribute("aria-label", canvas.getAttribute("aria-label") + " (could not be drawn: " + e.message + ")");
+        canvas.setAttribute("aria-label", canvas.getAttribute("aria-label") + " (" + t("not_drawn", { reason: e.message }) + ")");
       });
     }
   }, { root: viewer, rootMargin: "400px 0px" });
