@@ -16,6 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app
+from flask_babel import lazy_gettext as _l
 from sqlalchemy import Boolean, DateTime, Integer, String, Text, or_, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -42,20 +43,21 @@ def parse_url(url):
     split = urlsplit(url)
     kind = SCHEMES.get(split.scheme.lower())
     if kind is None:
-        raise SourceError(f"{url!r} is not a source URL: use imap://, imaps:// or folder:///")
+        raise SourceError(_l("%(url)r is not a source URL: use imap://, imaps:// or folder:///", url=url))
     if kind == FOLDER:
         path = unquote(split.path)
         if split.netloc or not path.startswith("/"):
-            raise SourceError("A folder source is folder:///ABSOLUTE/PATH (three slashes, then the path).")
+            raise SourceError(_l("A folder source is folder:///ABSOLUTE/PATH (three slashes, then the path)."))
         return kind, {"path": path.rstrip("/") or "/"}
     if split.password is not None:
-        raise SourceError("Leave the password out of the URL: it is asked for apart and kept encrypted.")
+        raise SourceError(_l("Leave the password out of the URL: it is asked for apart and kept encrypted."))
     try:
         port = split.port
     except ValueError:
-        raise SourceError(f"{url!r} has a port that is not a number.") from None
+        raise SourceError(_l("%(url)r has a port that is not a number.", url=url)) from None
     if not split.username or not split.hostname:
-        raise SourceError("A mailbox source is imap(s)://USER@HOST:PORT/MAILBOX: the user and host are missing.")
+        raise SourceError(_l("A mailbox source is imap(s)://USER@HOST:PORT/MAILBOX: the user and host are "
+                            "missing."))
     tls = split.scheme.lower() == "imaps"
     return kind, {"user": unquote(split.username), "host": split.hostname, "tls": tls,
                   "port": port or (993 if tls else 143), "mailbox": unquote(split.path.lstrip("/")) or "INBOX",
@@ -86,8 +88,8 @@ def unseal(token):
     try:
         return _fernets().decrypt(token.encode()).decode()
     except InvalidToken:
-        raise SourceError("The stored password cannot be read with SECRET_KEY or its fallbacks: set it again "
-                          "(sources remove, then add).") from None
+        raise SourceError(_l("The stored password cannot be read with SECRET_KEY or its fallbacks: set it "
+                             "again (sources remove, then add).")) from None
 
 
 def create(url, owner_email, mapping=None, senders=(), password=None):
@@ -99,18 +101,20 @@ def create(url, owner_email, mapping=None, senders=(), password=None):
     kind, parts = parse_url(url)
     user = User.by_email(owner_email or "")
     if user is None:
-        raise SourceError(f"No account for {owner_email!r}: the owner must be someone who can sign in.")
+        raise SourceError(_l("No account for %(email)r: the owner must be someone who can sign in.",
+                              email=owner_email))
     mapping = mapping or config["DEFAULT_MAPPING"]
     if mapping not in config["MAPPINGS"]:
-        raise SourceError(f"Unknown mapping {mapping[:80]!r}; choose one of: {', '.join(config['MAPPINGS'])}.")
+        raise SourceError(_l("Unknown mapping %(name)r; choose one of: %(mappings)s.", name=mapping[:80],
+                              mappings=", ".join(config["MAPPINGS"])))
     senders = [sender for sender in senders if sender.strip()]
     if kind == FOLDER:
         if senders:
-            raise SourceError("An allow-list of senders is for a mailbox; a folder has no senders.")
+            raise SourceError(_l("An allow-list of senders is for a mailbox; a folder has no senders."))
         if not Path(parts["path"]).is_dir():
-            raise SourceError(f"{parts['path']} is not a folder on this machine.")
+            raise SourceError(_l("%(path)s is not a folder on this machine.", path=parts["path"]))
     elif not password:
-        raise SourceError("A mailbox needs its password.")
+        raise SourceError(_l("A mailbox needs its password."))
     return Source.add(url, user.id, mapping, senders, password if kind == IMAP else None)
 
 

@@ -1,6 +1,7 @@
 """/admin/sources: the mailboxes and folders whose PDFs become jobs (core/sources.py): add one, see how its polls
 go (last poll, last error, counts), switch it off and on, remove it (admins only)."""
 from flask import Blueprint, abort, current_app, render_template, request
+from flask_babel import gettext as _
 from sqlalchemy import select
 
 from core.accounts import User
@@ -40,7 +41,8 @@ def add():
                         senders, form.get("password") or None)
     except SourceError as error:
         return _page(400, error=str(error), form=form)
-    return _page(201, notice=f"Source {source.id} added: {source.url}. Its first poll is due now.")
+    return _page(201, notice=_("Source %(id)s added: %(url)s. Its first poll is due now.", id=source.id,
+                                 url=source.url))
 
 
 @bp.post("/<int:source_id>/<action>")
@@ -50,9 +52,11 @@ def change(source_id, action):
         abort(404)
     done = Source.remove(source_id) if action == "remove" else Source.set_enabled(source_id, action == "enable")
     if not done:
-        return _page(404, error=f"There is no source {source_id}.")
-    notices = {"enable": "is on; its next poll is due now.", "disable": "is off.", "remove": "is removed."}
-    return _page(notice=f"Source {source_id} {notices[action]}")
+        return _page(404, error=_("There is no source %(id)s.", id=source_id))
+    notices = {"enable": _("Source %(id)s is on; its next poll is due now.", id=source_id),
+               "disable": _("Source %(id)s is off.", id=source_id),
+               "remove": _("Source %(id)s is removed.", id=source_id)}
+    return _page(notice=notices[action])
 
 
 def init_app(app):

@@ -135,9 +135,9 @@ def untranslated(html, patterns):
 
 
 @pytest.fixture
-def site(make_app, smtp_url):
+def site(make_app, smtp_url, tmp_path):
     """An app with email (the notifications page's form), an admin with jobs in every state and an invitation,
-    an invoice over a million, and a failed job."""
+    an invoice over a million, a failed job, and a folder source."""
     app = make_app(SMTP_URL=smtp_url, SMTP_FROM="pdfqueue@example.com", WEBHOOK_ALLOWED_HOSTS=["hooks.test"])
     admin = ApiClient(app.test_client(), admin=True)
     pdf, truth = make_invoice(n_lines=6, seed=0)  # its grand total is 1 453 511,88 €
@@ -152,6 +152,9 @@ def site(make_app, smtp_url):
     made = admin.post("/notifications/webhooks", data={"url": "https://hooks.test/pdfqueue", "events": ["job.complete"],
                                                        "csrf_token": admin.token})
     assert made.status_code == 200 and "hooks.test/pdfqueue" in made.get_data(as_text=True)
+    source = admin.post("/admin/sources", data={"url": f"folder://{tmp_path}", "owner": admin.user.email,
+                                                "csrf_token": admin.token})
+    assert source.status_code == 201, source.get_data(as_text=True)
     return app, admin, {"invoice": invoice["id"], "failed": failed["id"], "link": link.group(1), "truth": truth}
 
 
@@ -178,6 +181,7 @@ def every_page(app, admin, jobs):
             "notifications": admin.get("/notifications", headers=headers),
             "deliveries": admin.get("/notifications/deliveries", headers=headers),
             "users": admin.get("/admin/users", headers=headers),
+            "sources": admin.get("/admin/sources", headers=headers),
             "api docs": admin.get("/api/docs", headers=headers),
             "not found": admin.get("/review/nope", headers={**headers, "Accept": "text/html"}),
             "dead link": anonymous.get("/link/not-a-link", headers=headers),
