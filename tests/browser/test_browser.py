@@ -158,10 +158,13 @@ def test_delete_takes_the_row_away_here_and_in_other_tabs(page, stack):
     polling.route("**/api/events**", lambda route: route.abort())
     polling.goto(f"{stack.web_url}/queue")
     expect(polling.locator("tr.job-row")).to_have_count(2)
+    # Both jobs done, the tab has stopped polling: a poll's fresh copy of the row swapped in while the confirm dialog
+    # is open would leave htmx's click on a row no longer in the page, and its DELETE never sent.
+    expect(polling.locator("#live-state")).to_have_attribute("data-state", "idle")
     polling.on("dialog", lambda dialog: dialog.accept())
     polling.get_by_role("button", name="Delete doomed.pdf").click()
-    for tab in (polling, page):  # here by the answer to the click, there by the stream
-        expect(tab.locator("tr.job-row")).to_have_count(1)
+    for name, tab in (("the polling tab", polling), ("the streaming tab", page)):  # by the click's answer, the stream
+        expect(tab.locator("tr.job-row"), f"{name} still shows the deleted row").to_have_count(1)
         expect(tab.locator("tr.job-row")).to_have_attribute("data-filename", "keep.pdf")
     expect(polling.locator("#announcer")).to_have_text("doomed.pdf deleted")
 
