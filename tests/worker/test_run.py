@@ -174,7 +174,8 @@ def test_retry_of_a_failed_job_whose_pdf_is_gone_is_409(worker_app, api, fake):
 
 
 def test_share_link_downloads_without_a_session_until_it_expires(make_app, fake):
-    app = make_app(GATEWAY_URL=fake.url, SHARE_TTL_SECONDS=1)
+    # A link's expiry is a whole second: with 1 s, a loaded box could see it expire before its first use.
+    app = make_app(GATEWAY_URL=fake.url, SHARE_TTL_SECONDS=3)
     api = ApiClient(app.test_client())
     job = upload(api)
     assert api.post(f"/api/jobs/{job['id']}/share").status_code == 409
@@ -183,7 +184,7 @@ def test_share_link_downloads_without_a_session_until_it_expires(make_app, fake)
     stranger = app.test_client()
     assert stranger.get(link["url"]).status_code == 200
     assert stranger.get(link["url"][:-3] + "xyz").status_code == 404
-    time.sleep(2.1)
+    time.sleep(4.1)
     expired = stranger.get(link["url"])
     assert expired.status_code == 410 and expired.get_json()["error"]["code"] == "EXPIRED"
 
