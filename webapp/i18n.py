@@ -100,16 +100,20 @@ def zone():
     return current_app.config["DEFAULT_TIMEZONE"]
 
 
-def amount(text, currency=None):
-    """An invoice's amount (its XML's text, "." decimals) as the reader writes it, with the invoice's currency when
-    known: '1,375,808.29', '1 375 808,29 €'. Text that is no number is shown as it is."""
-    if text is None:
-        return None
+def _decimal(text):
+    """The finite number in an XML text ("." decimals), or None."""
     try:
         value = Decimal(str(text).strip())
     except ArithmeticError:
-        return text
-    if not value.is_finite():
+        return None
+    return value if value.is_finite() else None
+
+
+def amount(text, currency=None):
+    """An invoice's amount (its XML's text, "." decimals) as the reader writes it, with the invoice's currency when
+    known: '1,375,808.29', '1 375 808,29 €'. Text that is no number is shown as it is."""
+    value = None if text is None else _decimal(text)
+    if value is None:
         return text
     if currency:
         try:
@@ -121,13 +125,8 @@ def amount(text, currency=None):
 
 def number(text):
     """A quantity or percentage (its XML's text) with the reader's decimal mark, as many decimals as it has."""
-    if text is None:
-        return None
-    try:
-        value = Decimal(str(text).strip())
-    except ArithmeticError:
-        return text
-    if not value.is_finite():
+    value = None if text is None else _decimal(text)
+    if value is None:
         return text
     places = max(-value.as_tuple().exponent, 0)
     return format_decimal(value, "#,##0" + ("." + "0" * places if places else ""))

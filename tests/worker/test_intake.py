@@ -1,6 +1,7 @@
 """Intake from a real IMAP server (Dovecot on loopback) and from folders, driven through the admin CLI
 (`flask --app wsgi sources ...`) as an operator does: each acceptable PDF one job, every message or file in its
 place, nothing twice, and failures shown on the source rather than mail dropped."""
+import contextlib
 import hashlib
 import json
 import os
@@ -377,19 +378,29 @@ def test_a_folder_that_is_gone_is_an_error_on_the_source(app, owner, inbox):
     assert source_row(app, source_id).failures == 1
 
 
-def test_the_worker_leading_upkeep_takes_a_dropped_file_within_seconds(app, owner, inbox):
-    """worker/intake.py as the worker runs it: this process leads upkeep, watches the folder, polls on a change."""
+@contextlib.contextmanager
+def leading_intake(app):
+    """worker/intake.py's thread as the worker runs it: started once this process leads upkeep, stopped at the end."""
     from core.coordination import Coordination
     from worker.intake import Intake
     from worker.leases import PROCESS_ID
     from worker.upkeep import MAINTENANCE
-    source_id = add_folder(app, owner, inbox)
     with app.app_context():
         assert Coordination.take_lead(MAINTENANCE, PROCESS_ID, 60)
         db.session.remove()
     intake = Intake(app)
     intake.start()
     try:
+        yield intake
+    finally:
+        intake.stop()
+        intake.join(timeout=10)
+
+
+def test_the_worker_leading_upkeep_takes_a_dropped_file_within_seconds(app, owner, inbox):
+    """worker/intake.py as the worker runs it: this process leads upkeep, watches the folder, polls on a change."""
+    source_id = add_folder(app, owner, inbox)
+    with leading_intake(app):
         deadline = time.monotonic() + 30
         while source_row(app, source_id).polls == 0:  # its first poll, due at once
             assert time.monotonic() < deadline
@@ -398,9 +409,6 @@ def test_the_worker_leading_upkeep_takes_a_dropped_file_within_seconds(app, owne
         while not jobs_of(app, owner):
             assert time.monotonic() < deadline, source_row(app, source_id).to_dict()
             time.sleep(0.05)
-    finally:
-        intake.stop()
-        intake.join(timeout=10)
     assert [job.filename for job in jobs_of(app, owner)] == ["dropped.pdf"]
     while (inbox / "dropped.pdf").exists():  # moved once its job is committed
         assert time.monotonic() < deadline
@@ -459,19 +467,10 @@ def test_plain_imap_to_a_host_beyond_loopback_never_sends_the_password(app, owne
 
 def test_the_worker_takes_new_mail_at_once_through_imap_idle(make_app, dovecot, mailbox):
     """With polls an hour apart, only the server's IDLE news can bring a new message in within seconds."""
-    from core.coordination import Coordination
-    from worker.intake import Intake
-    from worker.leases import PROCESS_ID
-    from worker.upkeep import MAINTENANCE
     app = make_app(INTAKE_POLL_SECONDS=3600)
     owner = signed_in(app)[0]
     source_id = add_mailbox(app, dovecot, owner)
-    with app.app_context():
-        assert Coordination.take_lead(MAINTENANCE, PROCESS_ID, 60)
-        db.session.remove()
-    intake = Intake(app)
-    intake.start()
-    try:
+    with leading_intake(app) as intake:
         deadline = time.monotonic() + 30
         while not (source_id in intake.idlers and intake.idlers[source_id].idling.is_set()):
             assert time.monotonic() < deadline
@@ -481,9 +480,6 @@ def test_the_worker_takes_new_mail_at_once_through_imap_idle(make_app, dovecot, 
         while not jobs_of(app, owner):
             assert time.monotonic() < deadline, source_row(app, source_id).to_dict()
             time.sleep(0.05)
-    finally:
-        intake.stop()
-        intake.join(timeout=10)
     assert [job.filename for job in jobs_of(app, owner)] == ["pushed.pdf"]
     assert source_row(app, source_id).polls > polls
 
