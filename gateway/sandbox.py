@@ -24,6 +24,7 @@ import os
 import resource
 import select
 import signal
+import struct
 import threading
 import time
 import traceback
@@ -42,6 +43,9 @@ except (OSError, AttributeError):  # not Linux
 _ANSWER_FD = 3
 _MAX_FILES = 16  # the answer pipe, stdio, and what a parse may open (nothing: the PDF is in memory)
 _TRACEBACK_CHARS = 16 * 1024  # of a traceback sent back for the log: its end, where it was raised
+# A framed answer (zygote.py's children): its length first, so the parent knows it is whole without waiting for the
+# child's exit (which frees the child's memory: a millisecond or two a parse).
+FRAME = struct.Struct("!Q")
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,12 @@ def run(func, args, limits):
     return _outcome(payload, status, overrun, limits)
 
 
-def _read_until(fd, deadline, cap):
-    """Read the child's answer until EOF, the deadline or cap bytes; return (bytes, None) or (b"", why it overran)."""
-    chunks, size = [], 0
+def _read_until(fd, deadline, cap, framed=False):
+    """Read the child's answer until EOF, the deadline or cap bytes; return (bytes, None) or (b"", why it overran).
+
+    framed: the answer starts with its length (FRAME); reading also stops once that many bytes have come. (What
+    comes instead may be no answer at all, the zygote's trailer alone: a length is not trusted to refuse early.)"""
+    chunks, size, whole = [], 0, None
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -104,6 +111,13 @@ def _read_until(fd, deadline, cap):
                 if size > cap:
                     return b"", "size"
                 chunks.append(chunk)
+                if framed:
+                    if whole is None and size >= FRAME.size:
+                        head = b"".join(chunks)
+                        chunks = [head]
+                        whole = FRAME.size + FRAME.unpack(head[:FRAME.size])[0]
+                    if whole is not None and size >= whole:
+                        return b"".join(chunks), None
     finally:
         os.close(fd)
 
@@ -133,18 +147,21 @@ def _outcome(payload, status, overrun, limits):
     raise error
 
 
-def _child(write_fd, func, args, limits):
-    """Confine itself, run, send {"ok": result} or {"error": [status, code, message], "traceback": text} as JSON,
-    and exit at once.
+def _child(write_fd, func, args, limits, framed=False, signals_reset=False):
+    """Confine itself, run, send {"ok": result} or {"error": [status, code, message], "traceback": text} as JSON
+    (framed: after its length, FRAME), and exit at once.
 
-    func's result must be JSON: the parent decodes nothing else."""
+    func's result must be JSON: the parent decodes nothing else. signals_reset: _reset_signals() was called already
+    (by a spare child of the zygote's, while it waited for its request)."""
     code = 0
     try:
-        _reset_signals()
+        if not signals_reset:
+            _reset_signals()
         write_fd = _keep_only(write_fd)
         os.environ.clear()  # no secret the gateway was started with is the parser's to read
         answer = _answer(func, args, limits)
-        data = memoryview(json.dumps(answer).encode())
+        data = json.dumps(answer).encode()
+        data = memoryview(FRAME.pack(len(data)) + data if framed else data)
         while data:
             data = data[os.write(write_fd, data):]
     except BaseException:

@@ -17,15 +17,17 @@ bytes are ever in the memory the next child is forked from.
 One zygote per gunicorn worker (a fresh Python started by the worker with subprocess, never a fork of it), so a
 zygote serves one worker's requests only and dies with it. Per request:
 
-    worker                                      zygote                       child
-    socketpair(); send one end  ─ control ─►    fork()                 ─►    read the request (pickled
-    and the wall-time cap                       kill at the wall-time cap     func, args, limits) from it,
-    write the request  ─────────────── request socket ─────────────────►    confine itself, run,
-    read the answer until EOF  ◄────────────────────────────────────────    write the JSON answer, exit
-                               ◄─ the exit status (after the answer) ─    reap it
+    worker                                      zygote                       child (a spare, forked ahead)
+    socketpair(); send one end  ─ control ─►    pass it to the spare  ─►    read the request (pickled
+    and the wall-time cap                       fork the next spare          func, args, limits) from it,
+                                                kill at the wall-time cap    confine itself, run,
+    write the request  ─────────────── request socket ─────────────────►    write the JSON answer (its
+    read the whole answer      ◄────────────────────────────────────────    length first), exit
+    (or, cut short, until EOF) ◄─ the exit status (after the answer) ─    reap it
 
-The worker decodes the answer as sandbox.run's parent does. If the zygote dies, the next request starts another;
-if none can be started, the request answers 503 OVERLOADED.
+The worker decodes the answer as sandbox.run's parent does, once it has all of it (the child's exit is not waited
+for). If the zygote dies, the next request starts another; if none can be started, the request answers 503
+OVERLOADED.
 """
 
 import ctypes
@@ -33,6 +35,7 @@ import gc
 import logging
 import os
 import pickle
+import resource
 import selectors
 import signal
 import socket
@@ -116,16 +119,22 @@ class Zygote:
             except OSError:
                 pass  # the child is gone already (the zygote could not fork, or killed it): the trailer says why
             deadline = time.monotonic() + limits.wall_s + ANSWER_GRACE_S
-            answer, overrun = sandbox._read_until(mine.detach(), deadline, limits.answer_bytes + _TRAILER.size)
+            cap = sandbox.FRAME.size + limits.answer_bytes + _TRAILER.size
+            answer, overrun = sandbox._read_until(mine.detach(), deadline, cap, framed=True)
         if overrun == "size":
             return sandbox._outcome(b"", 0, "size", limits)
+        whole = _whole_answer(answer) if overrun is None else None
+        if whole is not None:  # the child's whole answer: its exit, and the zygote's trailer, need not be waited for
+            return sandbox._outcome(whole, 0, "size" if len(whole) > limits.answer_bytes else None, limits)
         magic, what, value = _TRAILER.unpack(answer[-_TRAILER.size:]) if len(answer) >= _TRAILER.size else (b"",) * 3
         if overrun == "time" or magic != _MAGIC:
             self._lost(process, "did not answer in time" if overrun else "stopped")
             raise GatewayError(503, "OVERLOADED", "the parser process stopped; retry later")
         if what == _NO_FORK:
             raise GatewayError(503, "OVERLOADED", f"cannot start a parser process ({os.strerror(value)})")
-        return sandbox._outcome(answer[:-_TRAILER.size], value, "time" if what == _KILLED_AT_CAP else None, limits)
+        # A child that died or was killed mid-answer: what it wrote (after its length, if it got that far).
+        payload = answer[:-_TRAILER.size][sandbox.FRAME.size:]
+        return sandbox._outcome(payload, value, "time" if what == _KILLED_AT_CAP else None, limits)
 
     def close(self):
         """Stop the zygote (it exits when its control socket closes, killing any child it still has)."""
@@ -206,6 +215,14 @@ class Zygote:
         self._ready = False
 
 
+def _whole_answer(answer):
+    """The child's answer if answer holds all of it (its length, then that many bytes), else None."""
+    if len(answer) < sandbox.FRAME.size:
+        return None
+    end = sandbox.FRAME.size + sandbox.FRAME.unpack(answer[:sandbox.FRAME.size])[0]
+    return answer[sandbox.FRAME.size:end] if len(answer) >= end else None
+
+
 def _environment():
     """Python's own variables (and coverage's, when a test run measures the zygote too), with this path."""
     kept = {name: value for name, value in os.environ.items() if name.startswith(("PYTHON", "COVERAGE_"))}
@@ -257,13 +274,29 @@ class _Child:
         self.pid, self.pidfd, self.socket, self.deadline, self.killed = pid, pidfd, request_socket, deadline, False
 
 
+class _Spare:
+    """A child forked before its request came, waiting for it on its own socket (handoff)."""
+    __slots__ = ("pid", "pidfd", "handoff")
+
+    def __init__(self, pid, pidfd, handoff):
+        self.pid, self.pidfd, self.handoff = pid, pidfd, handoff
+
+
 def _serve(control):
-    """Fork a child per request socket the worker sends; kill those past their cap; reap each and append its
-    exit status to its socket. Return (killing the children left) when the worker closes the control socket."""
+    """Give each request socket the worker sends to a fresh child; kill those past their cap; reap each and append
+    its exit status to its socket. Return (killing the children left) when the worker closes the control socket.
+
+    The next request's child is forked ahead, while the zygote waits (a spare): the fork, and the child's start
+    up to reading its request, are then off the request's path. It is still one fresh child per request, forked
+    from the zygote, which never holds a document; if the spare is gone (or cannot be forked), the request's child
+    is forked then, as before."""
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)
     children = []
+    spare, want_spare = None, True
     while True:
+        if spare is None and want_spare:
+            spare = _fork_spare(selector)
         now = time.monotonic()
         for child in children:
             if not child.killed and child.deadline <= now:
@@ -277,15 +310,27 @@ def _serve(control):
                 except ConnectionError:  # the worker is gone (a reset rather than a close, at its exit)
                     message, fds = b"", []
                 if not message:
-                    for child in children:
+                    for child in [*children, *([spare] if spare else [])]:
                         signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
                     return
                 request_socket = socket.socket(fileno=fds[0])
                 request_socket.setblocking(True)  # a gevent worker made it non-blocking; the child reads and writes
-                child = _fork(request_socket, *_CAP.unpack(message))
+                (wall_s,) = _CAP.unpack(message)
+                child = _hand_to_spare(spare, request_socket, wall_s, selector) if spare else None
+                spare, want_spare = None, True
+                if child is None:
+                    child = _fork(request_socket, wall_s)
+                    if child is not None:
+                        selector.register(child.pidfd, selectors.EVENT_READ, child)
                 if child is not None:
                     children.append(child)
-                    selector.register(child.pidfd, selectors.EVENT_READ, child)
+            elif isinstance(key.data, _Spare):  # a spare exited before its request (killed, say): fork the next
+                if key.data is spare:            # one for the next request, not in a loop
+                    spare, want_spare = None, False
+                selector.unregister(key.data.pidfd)
+                os.waitpid(key.data.pid, 0)
+                os.close(key.data.pidfd)
+                key.data.handoff.close()
             else:  # a child's pidfd is readable: it exited
                 child = key.data
                 selector.unregister(child.pidfd)
@@ -306,6 +351,54 @@ def _fork(request_socket, wall_s):
     return _Child(pid, os.pidfd_open(pid), request_socket, time.monotonic() + wall_s)
 
 
+def _fork_spare(selector):
+    """A spare child, waiting for its request; None if it cannot be forked (the request's fork then says why)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        _spare_child(theirs.fileno())  # never returns
+    theirs.close()
+    spare = _Spare(pid, os.pidfd_open(pid), ours)
+    selector.register(spare.pidfd, selectors.EVENT_READ, spare)
+    return spare
+
+
+def _hand_to_spare(spare, request_socket, wall_s, selector):
+    """Give the request socket to the spare: its _Child, or None if the spare is gone (it is reaped as it
+    exits)."""
+    try:
+        socket.send_fds(spare.handoff, [b"go"], [request_socket.fileno()])
+    except OSError:
+        return None
+    spare.handoff.close()
+    child = _Child(spare.pid, spare.pidfd, request_socket, time.monotonic() + wall_s)
+    selector.modify(spare.pidfd, selectors.EVENT_READ, child)
+    return child
+
+
+def _spare_child(handoff_fd):
+    """A spare: hold no descriptor but its handoff socket (not the other children's request sockets, which would
+    keep their answers open), be ready to run, then take a request socket and be _child on it. The zygote
+    closing the handoff, or dying, ends it."""
+    try:
+        os.closerange(3, handoff_fd)
+        os.closerange(handoff_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        sandbox._reset_signals()
+        handoff = socket.socket(fileno=handoff_fd)
+        message, fds, _, _ = socket.recv_fds(handoff, len(b"go"), 1)
+        if message != b"go" or len(fds) != 1:
+            os._exit(0)
+        handoff.close()
+    except BaseException:
+        os._exit(70)
+    _child(fds[0], signals_reset=True)
+
+
 def _reply(request_socket, what, value):
     """Append the trailer after the child's answer; the worker reads to EOF (a few bytes: they fit)."""
     with request_socket:
@@ -316,13 +409,13 @@ def _reply(request_socket, what, value):
             pass  # the worker gave up on this request (its answer was over the cap, or it is gone)
 
 
-def _child(fd):
-    """Read the request from the worker, then be sandbox.run's child: confine, run, answer, exit."""
+def _child(fd, signals_reset=False):
+    """Read the request from the worker, then be sandbox.run's child: confine, run, answer (framed), exit."""
     try:
         func, args, limits = pickle.loads(_read_request(fd))
     except BaseException:
         os._exit(70)
-    sandbox._child(fd, func, args, limits)
+    sandbox._child(fd, func, args, limits, framed=True, signals_reset=signals_reset)
 
 
 def _read_request(fd):

@@ -3,6 +3,7 @@ never holds a document, started again when it dies, one per gunicorn worker."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import requests
 from test_gw_sandbox import (LIMITS, answer_pickle_bytes, child_limits, crash, environment, hog_memory,
                              open_descriptors, open_many_files, refuse, spin, start_a_thread, write_a_file)
 
+from gateway import sandbox
 from gateway import zygote as zygote_module
 from gateway.errors import GatewayError
 from gateway.mappings import load_all
@@ -156,6 +158,52 @@ def test_children_run_side_by_side(zygote):
     assert results == {n: None for n in range(4)} and time.monotonic() - started < 1.5
 
 
+def test_the_next_requests_child_is_forked_ahead_and_holds_nothing_but_its_socket_while_it_waits(own_zygote):
+    """The spare: forked from the zygote before its request comes (so never with a document in it), holding only
+    stdio and its own socket (another child's request socket held open would keep that answer from ending)."""
+    own_zygote.run(divmod, (1, 1), LIMITS)
+    spare = only_child(own_zygote._process.pid)
+    descriptors = sorted(int(fd) for fd in os.listdir(f"/proc/{spare}/fd"))
+    assert descriptors[:3] == [0, 1, 2] and len(descriptors) == 4, descriptors
+    assert os.readlink(f"/proc/{spare}/fd/{descriptors[3]}").startswith("socket:")
+    assert own_zygote.run(os.getpid, (), LIMITS) == spare  # the next request runs in it
+    assert only_child(own_zygote._process.pid) != spare  # and the one after that gets a new one
+
+
+def test_a_request_whose_spare_died_gets_a_child_forked_for_it_and_the_spare_comes_back(own_zygote):
+    own_zygote.run(divmod, (1, 1), LIMITS)
+    spare = only_child(own_zygote._process.pid)
+    os.kill(spare, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while spare in children(own_zygote._process.pid):  # reaped by the zygote, which forks no spare on its own
+        assert time.monotonic() < deadline, "the zygote reaps a spare that died"
+        time.sleep(0.02)
+    ran_in = own_zygote.run(os.getpid, (), LIMITS)
+    assert ran_in != spare and own_zygote.run(divmod, (5, 2), LIMITS) == [2, 1]
+    assert only_child(own_zygote._process.pid) not in (spare, ran_in)
+
+
+def test_a_whole_answer_is_taken_without_waiting_for_the_child_to_exit():
+    """A child's answer carries its length: the worker answers once it has all of it, while the child is still
+    exiting (freeing its memory) and before the zygote reaps it; the socket is still open here."""
+    ours, theirs = socket.socketpair()
+    body = b'{"ok": [2, 1]}'
+    theirs.sendall(sandbox.FRAME.pack(len(body)) + body)
+    answer, overrun = sandbox._read_until(ours.detach(), time.monotonic() + 5, 1 << 20, framed=True)
+    assert overrun is None and zygote_module._whole_answer(answer) == body
+    assert zygote_module._whole_answer(answer[:-1]) is None  # a child that died mid-answer: the trailer says why
+    theirs.close()
+
+
+def only_child(pid, timeout=10):
+    """The one child a zygote has once the last request's child has exited and been reaped: its spare."""
+    deadline = time.monotonic() + timeout
+    while len(found := children(pid)) != 1:
+        assert time.monotonic() < deadline, f"the zygote has one child, its spare: {found}"
+        time.sleep(0.02)
+    return found[0]
+
+
 def test_a_zygote_that_died_is_started_again(own_zygote):
     assert own_zygote.run(divmod, (1, 1), LIMITS) == [1, 0]
     first = own_zygote._process.pid
@@ -200,7 +248,6 @@ def test_a_zygote_that_exits_at_start_answers_503_overloaded(own_zygote, monkeyp
 def test_a_zygote_that_cannot_fork_answers_503_overloaded(monkeypatch):
     """Played here by a thread: it answers a request with fork's errno and closes the request socket unread."""
     import errno
-    import socket
 
     stand_in = zygote_module.Zygote()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
