@@ -403,7 +403,7 @@ def main():
          f"{args.latency_samples} pairs)", "≤ 20 ms (goal 10)",
          f"{over_parse * 1000:.0f} ms (app {app_latency * 1000:.0f} ms, parse {parse_latency * 1000:.0f} ms)"),
         ("RSS after the rounds: gateway / web / worker", "—",
-         f"{describe_rss(memory['gateway'], ('master', 'workers', 'zygotes'))} / "
+         f"{describe_rss(memory['gateway'], ('master', 'workers', 'zygotes', 'spares'))} / "
          f"{describe_rss(memory['web'], ('master', 'workers'))} / {describe_rss(memory['worker'], ('worker',))}"),
         (f"real-gateway throughput ratio app ÷ direct ({args.jobs} invoices of 15–70 lines, {CONCURRENCY} at a time; "
          f"median of {args.rounds})", "≥ 0.9",
