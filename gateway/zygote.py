@@ -65,6 +65,8 @@ _LENGTH = struct.Struct("!Q")  # request: its length, then the pickle of (func, 
 _TRAILER = struct.Struct("!4sBi")
 _MAGIC = b"zyg1"
 _EXITED, _KILLED_AT_CAP, _NO_FORK = 0, 1, 2
+_TAKEN = b"!"  # a spare's word that it has its request socket
+SPARE_ACK_TIMEOUT_S = 2  # a spare wakes and answers in well under a millisecond; one that cannot is replaced
 
 _mappings = {}  # in the zygote: the app's mappings, as the worker sent them at the start
 
@@ -369,11 +371,19 @@ def _fork_spare(selector):
 
 
 def _hand_to_spare(spare, request_socket, wall_s, selector):
-    """Give the request socket to the spare: its _Child, or None if the spare is gone (it is reaped as it
-    exits)."""
+    """Give the request socket to the spare: its _Child, or None if the spare is gone (it is reaped as it exits).
+
+    The spare says it has the socket before it counts as the request's child: one killed as it was handed the
+    request (a socket in flight dies with it) leaves the request to a child forked for it, not to a death that
+    would be blamed on the document."""
     try:
         socket.send_fds(spare.handoff, [b"go"], [request_socket.fileno()])
-    except OSError:
+        spare.handoff.settimeout(SPARE_ACK_TIMEOUT_S)
+        taken = spare.handoff.recv(1) == _TAKEN
+    except OSError:  # a timeout too: a spare that cannot answer is stopped, and reaped as it exits
+        taken = False
+    if not taken:
+        signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)
         return None
     spare.handoff.close()
     child = _Child(spare.pid, spare.pidfd, request_socket, time.monotonic() + wall_s)
@@ -393,6 +403,7 @@ def _spare_child(handoff_fd):
         message, fds, _, _ = socket.recv_fds(handoff, len(b"go"), 1)
         if message != b"go" or len(fds) != 1:
             os._exit(0)
+        handoff.sendall(_TAKEN)
         handoff.close()
     except BaseException:
         os._exit(70)
