@@ -153,6 +153,10 @@ class Zygote:
         """Give the zygote a request's socket (starting the zygote first if need be); return its Popen."""
         with self._own_lock():
             for attempt in (1, 2):
+                if self._process is not None and self._process.poll() is not None:
+                    # Dead since the last request: start another rather than write to its control socket, which
+                    # a spare it had just forked may still hold open for a moment (a request sent there is lost).
+                    self._stop()
                 if self._process is None:
                     self._spawn()
                 try:
