@@ -373,7 +373,22 @@
         if (!shown) return;
         htmx.swap(shown, row.outerHTML, { swapStyle: "outerHTML" });
       }
-      if (!shown || shown.dataset.status !== row.dataset.status) announce(row.dataset.filename + ": " + statusWord(row.dataset.status));
+      if (!shown || shown.dataset.status !== row.dataset.status) announceRow(row);
+    });
+
+    // What each row that came live was last announced as. The empty view's table fetches itself when its first row
+    // lands, and a fast job can finish while that fetch is out: the fetched table shows it done, the stream's
+    // "processing" (sent earlier, read later) was announced, and its "complete" then finds nothing to change.
+    var announced = new Map();
+    function announceRow(row) {
+      announced.set(row.id, row.dataset.status);
+      announce(row.dataset.filename + ": " + statusWord(row.dataset.status));
+    }
+    document.body.addEventListener("htmx:afterSwap", function (evt) {
+      if (evt.detail.target.id !== "jobs") return;
+      evt.detail.target.querySelectorAll("tr.job-row").forEach(function (row) {
+        if (announced.has(row.id) && announced.get(row.id) !== row.dataset.status) announceRow(row);
+      });
     });
 
     // A row sent in place of one this page does not show: a job that comes (back) into the view's filters, say
@@ -391,7 +406,7 @@
       row.removeAttribute("hx-swap-oob");
       rows.insertBefore(row, next || null);
       htmx.process(row);
-      announce(row.dataset.filename + ": " + statusWord(row.dataset.status));
+      announceRow(row);
     });
 
     document.addEventListener("htmx:afterRequest", function (evt) {
