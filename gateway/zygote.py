@@ -268,14 +268,18 @@ def _warm_up():
     """Parse the sample through every mapping, to both formats: pdfium's fonts and caches, the mappings'
     expressions and Python's specialised code are then ready in every child."""
     global _sample
-    _sample = sample = WARMUP_PDF.read_bytes()
-    read_pdf(sample)
+    _sample = WARMUP_PDF.read_bytes()
+    read_pdf(_sample)
     for name in _mappings:
         for fmt in ("xml", "json"):
-            try:
-                convert(sample, name, fmt, False, None)
-            except GatewayError:
-                pass  # a mapping for another layout finds nothing in the sample: it has warmed up all the same
+            _parse_sample(name, fmt)
+
+
+def _parse_sample(name, fmt):
+    try:
+        convert(_sample, name, fmt, False, None)
+    except GatewayError:
+        pass  # a mapping for another layout finds nothing in the sample: it has warmed up all the same
 
 
 class _Child:
@@ -431,12 +435,8 @@ def _warm_spare():
     that long, so this costs CPU only when the box has it to spare. The sample is ours: still no document is ever
     in memory another document's child is forked from."""
     name = "pt_simon_invoice_v1" if "pt_simon_invoice_v1" in _mappings else next(iter(_mappings), None)
-    if name is None:
-        return
-    try:
-        convert(_sample, name, "xml", False, None)
-    except GatewayError:
-        pass  # a mapping for another layout finds nothing in the sample: it has warmed up all the same
+    if name is not None:
+        _parse_sample(name, "xml")
 
 
 def _reply(request_socket, what, value):
